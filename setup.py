@@ -1,0 +1,33 @@
+"""Installs the ament_python package `sonata_ros` and the ROS-free library `sonata_model`.
+
+Works with `colcon build` on a ROS 2 install and with `pip install -e .` in a plain virtualenv.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "sonata_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["sonata_model", "sonata_model.*", "sonata_ros", "sonata_ros.*"]),
+    package_data={"sonata_model": ["configs/*.yaml"], "sonata_ros": ["models/*.pth", "models/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config/labels", glob("config/labels/*.yaml")),
+    ],
+    install_requires=["setuptools", "numpy", "pyyaml"],
+    python_requires=">=3.10",
+    zip_safe=False,
+    maintainer="sonata_ros maintainers",
+    maintainer_email="maintainers@sonata-ros.dev",
+    description="Sonata / PTv3 semantic perception for ROS 2, with offline pretraining and probing.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={"console_scripts": []},
+)
