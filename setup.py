@@ -29,5 +29,9 @@ setup(
     description="Sonata / PTv3 semantic perception for ROS 2, with offline pretraining and probing.",
     license="Apache-2.0",
     tests_require=["pytest"],
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "sonata-synth = sonata_model.synth.cli:main",
+        ]
+    },
 )

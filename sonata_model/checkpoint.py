@@ -1,0 +1,198 @@
+"""Loading and saving encoder and head checkpoints: the released Sonata files and the project's own.
+
+Accepted encoder files:
+- released (`sonata.pth`, `sonata_small.pth`): `{"config", "state_dict"}`, keys without prefix;
+- training checkpoints whose keys carry `module.student.backbone.` / `module.backbone.` (other
+  entries such as the teacher or the projection heads are ignored);
+- the project's own (`save_encoder`): the released layout plus the input transform in `config` and a
+  `meta` dict (label set, provenance).
+Loading is strict: any missing, unexpected or wrongly shaped key raises `CheckpointError` naming them.
+Nothing is ever downloaded: a path is given.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .configs import ConfigError, EncoderConfig
+from .encoder import SonataEncoder
+
+ENCODER_PREFIXES = ("module.student.backbone.", "module.backbone.", "student.backbone.", "backbone.")
+PROJECT_FORMAT = "sonata_ros"
+_LIST_LIMIT = 8
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message says what and where."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the same directory, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load with weights_only=True on CPU, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(ckpt).__name__}")
+    return dict(ckpt)
+
+
+def encoder_state_dict(ckpt: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Tensor]:
+    """The encoder's weights, with training prefixes stripped and non-encoder entries dropped."""
+    state = ckpt.get("state_dict", ckpt.get("model"))
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: no 'state_dict' (keys found: {sorted(ckpt)[:_LIST_LIMIT]})")
+    for prefix in ENCODER_PREFIXES:
+        if any(key.startswith(prefix) for key in state):
+            return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    return dict(state)
+
+
+def load(
+    path: str | os.PathLike, *, config: EncoderConfig | None = None, device: str | torch.device = "cpu"
+) -> SonataEncoder:
+    """Build the encoder described by a checkpoint and load its weights strictly (eval mode).
+
+    `config` overrides the file's config (needed only for training checkpoints that carry none).
+    """
+    ckpt = read_checkpoint(path)
+    state = encoder_state_dict(ckpt, str(path))
+    if config is None:
+        config = _config_of(ckpt, path)
+    encoder = SonataEncoder(config)
+    load_strict(encoder, state, str(path))
+    encoder.meta = dict(ckpt.get("meta", {}))
+    return encoder.to(device).eval()
+
+
+def _config_of(ckpt: Mapping[str, Any], path: str | os.PathLike) -> EncoderConfig:
+    config = ckpt.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("encoder"), Mapping):
+        config = config["encoder"]  # the project's pretraining checkpoints nest the encoder config
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            f"{path}: no encoder config in the file; pass config=sonata_model.get_config(...) explicitly"
+        )
+    try:
+        return EncoderConfig.from_dict(config)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad encoder config: {exc}") from exc
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """load_state_dict(strict=True) with one error listing missing, unexpected and misshaped keys."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = [
+        _describe(name, keys)
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", misshaped))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def _describe(name: str, keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    more = f" (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
+    return f"{len(keys)} {name} key(s): {shown}{more}"
+
+
+def save_encoder(path: str | os.PathLike, encoder: SonataEncoder, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write the encoder in the released layout plus its input transform and `meta` (atomic)."""
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    payload = {
+        "format": PROJECT_FORMAT,
+        "config": encoder.config.to_dict(),
+        "state_dict": state,
+        "meta": dict(meta or {}),
+    }
+    return atomic_save(payload, path)
+
+
+class LinearHead(nn.Module):
+    """Linear probe over the all-level upcast: one Linear(C_upcast, classes), key `seg_head.*`."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, class_names: list[str] | None = None, label_set: str | None = None
+    ) -> None:
+        super().__init__()
+        self.seg_head = nn.Linear(in_channels, num_classes)
+        self.class_names = class_names
+        self.label_set = label_set
+
+    @property
+    def in_channels(self) -> int:
+        return self.seg_head.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.seg_head.out_features
+
+    def forward(self, feat: Tensor) -> Tensor:
+        return self.seg_head(feat)
+
+
+def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> LinearHead:
+    """Load a head in the released format `{"config": {backbone_out_channels, num_classes}, "state_dict"}`."""
+    ckpt = read_checkpoint(path)
+    config = ckpt.get("config")
+    if not isinstance(config, Mapping) or not {"backbone_out_channels", "num_classes"} <= set(config):
+        raise CheckpointError(f"{path}: head config needs backbone_out_channels and num_classes, got {config!r}")
+    meta = dict(ckpt.get("meta", {}))
+    head = LinearHead(
+        int(config["backbone_out_channels"]),
+        int(config["num_classes"]),
+        class_names=meta.get("class_names"),
+        label_set=meta.get("label_set"),
+    )
+    state = ckpt.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: no 'state_dict' in head checkpoint")
+    load_strict(head, state, str(path))
+    return head.to(device).eval()
+
+
+def save_head(path: str | os.PathLike, head: LinearHead, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write a head in the released format (+ `meta`: class names, label set, provenance)."""
+    meta = {"class_names": head.class_names, "label_set": head.label_set, **(meta or {})}
+    payload = {
+        "config": {"backbone_out_channels": head.in_channels, "num_classes": head.num_classes},
+        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "meta": meta,
+    }
+    return atomic_save(payload, path)

@@ -1,0 +1,113 @@
+"""Label sets: class names, display colours and the map from a dataset's raw ids to train ids.
+
+A label set is a YAML file (`config/labels/*.yaml`)::
+
+    name: semantic_kitti
+    ignore_index: -1
+    classes: [{name: car, color: [100, 150, 245]}, ...]   # train id = position
+    learning_map: {10: 0, 252: 0, 0: -1, ...}             # raw id -> train id (optional)
+
+`load_label_set` takes a path or a name, searched in the source tree's `config/labels/`, then in the
+installed package share (`<prefix>/share/sonata_ros/config/labels/`, and the ament index when ROS is
+there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+UNKNOWN = 255  # class id of points without a label in published clouds
+UNKNOWN_COLOR = (128, 128, 128)
+
+
+class LabelSetError(ValueError):
+    """A label-set file that is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    name: str
+    names: tuple[str, ...]
+    colors: np.ndarray  # (C, 3) uint8
+    ignore_index: int = -1
+    learning_map: dict[int, int] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def palette(self) -> np.ndarray:
+        """(256, 3) uint8 colour of every uint8 class id: the classes, then grey (255 = unknown)."""
+        table = np.tile(np.array(UNKNOWN_COLOR, np.uint8), (256, 1))
+        table[: self.num_classes] = self.colors
+        return table
+
+    def map_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Raw dataset ids -> train ids (int32; unmapped ids -> ignore_index), via a lookup table."""
+        if self.learning_map is None:
+            return np.asarray(raw, dtype=np.int32)
+        raw = np.asarray(raw, dtype=np.int64)
+        size = max(max(self.learning_map) + 1, int(raw.max(initial=0)) + 1)
+        table = np.full(size, self.ignore_index, dtype=np.int32)
+        table[list(self.learning_map)] = list(self.learning_map.values())
+        return table[raw]
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [
+        Path(__file__).resolve().parents[2] / "config" / "labels",
+        Path(sys.prefix) / "share" / "sonata_ros" / "config" / "labels",
+    ]
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        with contextlib.suppress(PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH
+            dirs.append(Path(get_package_share_directory("sonata_ros")) / "config" / "labels")
+    except ImportError:
+        pass
+    return dirs
+
+
+def available_label_sets() -> list[str]:
+    return sorted({p.stem for d in _search_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def load_label_set(name_or_path: str | os.PathLike) -> LabelSet:
+    """A label set from a YAML path or by name (see the module docstring for where names are found)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        candidates = [d / f"{name_or_path}.yaml" for d in _search_dirs()]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise LabelSetError(f"label set {str(name_or_path)!r} not found; available: {available_label_sets()}")
+    try:
+        data = yaml.safe_load(path.read_text())
+        classes = data["classes"]
+        names = tuple(str(c["name"]) for c in classes)
+        colors = np.array([c["color"] for c in classes], dtype=np.int64)
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise LabelSetError(f"{path}: not a label set ({exc})") from exc
+    if colors.shape != (len(names), 3) or colors.min(initial=0) < 0 or colors.max(initial=0) > 255:
+        raise LabelSetError(f"{path}: every class needs a colour [r, g, b] in 0-255")
+    if not 0 < len(names) < UNKNOWN:
+        raise LabelSetError(f"{path}: {len(names)} classes; 1 to {UNKNOWN - 1} are supported")
+    learning_map = data.get("learning_map")
+    if learning_map is not None:
+        learning_map = {int(k): int(v) for k, v in learning_map.items()}
+        bad = {k: v for k, v in learning_map.items() if not -1 <= v < len(names)}
+        if bad:
+            raise LabelSetError(f"{path}: learning_map targets outside 0..{len(names) - 1}: {bad}")
+    return LabelSet(
+        name=str(data.get("name", path.stem)),
+        names=names,
+        colors=colors.astype(np.uint8),
+        ignore_index=int(data.get("ignore_index", -1)),
+        learning_map=learning_map,
+    )

@@ -1,0 +1,357 @@
+"""sensor_msgs/PointCloud2 <-> numpy, without ROS.
+
+Message objects from rclpy (`data` is an array.array) and from `rosbags` (`data` is a numpy uint8
+array) have the same attributes, so one duck-typed codec serves both. Decoding builds a zero-copy
+numpy structured view over the message buffer that honours each field's offset, datatype, count and
+the message's endianness, point_step, row_step (row padding) and height (organized clouds); nothing
+loops over points. Every malformed message raises `PointCloudError` with what is wrong.
+
+Intensity to strength in [0, 1]: an explicit `intensity_scale` divides; otherwise UINT8 / 255,
+UINT16 / 65535 and floats / 255 (Velodyne, Ouster, Livox and Hesai drivers publish 0-255 floats),
+then clipped. Invalid points (NaN / inf coordinates, all-zero returns as Ouster sends them) are masked.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
+DATATYPES: dict[int, np.dtype] = {
+    INT8: np.dtype("i1"),
+    UINT8: np.dtype("u1"),
+    INT16: np.dtype("i2"),
+    UINT16: np.dtype("u2"),
+    INT32: np.dtype("i4"),
+    UINT32: np.dtype("u4"),
+    FLOAT32: np.dtype("f4"),
+    FLOAT64: np.dtype("f8"),
+}
+_DATATYPE_OF = {dtype: code for code, dtype in DATATYPES.items()}
+INTENSITY_FIELDS = ("intensity", "i", "reflectivity")
+RGB_FIELDS = ("rgb", "rgba")
+NORMAL_FIELDS = ("normal_x", "normal_y", "normal_z")
+
+
+class PointCloudError(ValueError):
+    """A PointCloud2 message that cannot be decoded; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    offset: int
+    datatype: int
+    count: int = 1
+
+
+def _layout(*fields: tuple[str, int, int] | tuple[str, int, int, int]) -> list[FieldSpec]:
+    return [FieldSpec(*f) for f in fields]
+
+
+LAYOUTS: dict[str, list[FieldSpec]] = {
+    # Velodyne (velodyne_pointcloud): point_step 22
+    "velodyne": _layout(
+        ("x", 0, FLOAT32),
+        ("y", 4, FLOAT32),
+        ("z", 8, FLOAT32),
+        ("intensity", 12, FLOAT32),
+        ("ring", 16, UINT16),
+        ("time", 18, FLOAT32),
+    ),
+    # Ouster (ouster-ros default): point_step 48, organized (height = beams)
+    "ouster": _layout(
+        ("x", 0, FLOAT32),
+        ("y", 4, FLOAT32),
+        ("z", 8, FLOAT32),
+        ("intensity", 16, FLOAT32),
+        ("t", 20, UINT32),
+        ("reflectivity", 24, UINT16),
+        ("ring", 26, UINT16),
+        ("ambient", 28, UINT16),
+        ("range", 32, UINT32),
+    ),
+    # Livox (livox_ros_driver2, PointXYZRTLT): point_step 26
+    "livox": _layout(
+        ("x", 0, FLOAT32),
+        ("y", 4, FLOAT32),
+        ("z", 8, FLOAT32),
+        ("intensity", 12, FLOAT32),
+        ("tag", 16, UINT8),
+        ("line", 17, UINT8),
+        ("timestamp", 18, FLOAT64),
+    ),
+    # Hesai (HesaiLidar_ROS_2.0): point_step 26
+    "hesai": _layout(
+        ("x", 0, FLOAT32),
+        ("y", 4, FLOAT32),
+        ("z", 8, FLOAT32),
+        ("intensity", 12, FLOAT32),
+        ("ring", 16, UINT16),
+        ("timestamp", 18, FLOAT64),
+    ),
+    # Autoware / Nebula PointXYZIRC: point_step 16, intensity u8
+    "autoware_xyzirc": _layout(
+        ("x", 0, FLOAT32),
+        ("y", 4, FLOAT32),
+        ("z", 8, FLOAT32),
+        ("intensity", 12, UINT8),
+        ("return_type", 13, UINT8),
+        ("channel", 14, UINT16),
+    ),
+    # RGB-D camera (depth_image_proc point_cloud_xyzrgb): organized, NaNs, packed rgb as float32
+    "rgbd": _layout(("x", 0, FLOAT32), ("y", 4, FLOAT32), ("z", 8, FLOAT32), ("rgb", 16, FLOAT32)),
+    # PCL PointXYZI
+    "xyzi": _layout(("x", 0, FLOAT32), ("y", 4, FLOAT32), ("z", 8, FLOAT32), ("intensity", 16, FLOAT32)),
+}
+LAYOUT_POINT_STEP = {
+    "velodyne": 22,
+    "ouster": 48,
+    "livox": 26,
+    "hesai": 26,
+    "autoware_xyzirc": 16,
+    "rgbd": 32,
+    "xyzi": 32,
+}
+
+
+@dataclass
+class DecodedCloud:
+    coord: np.ndarray  # (N, 3) float32 of the valid points
+    strength: np.ndarray | None  # (N,) float32 in [0, 1]
+    color: np.ndarray | None  # (N, 3) uint8
+    normal: np.ndarray | None  # (N, 3) float32
+    valid: np.ndarray  # (height * width,) bool, row-major
+    num_input_points: int
+
+
+@dataclass
+class EncodedCloud:
+    fields: list[FieldSpec]
+    point_step: int
+    row_step: int
+    height: int
+    width: int
+    is_bigendian: bool
+    is_dense: bool
+    data: np.ndarray  # uint8, contiguous, row_step * height bytes
+
+
+def _buffer(msg) -> np.ndarray:
+    data = msg.data
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)  # array.array / bytes / memoryview: zero copy
+
+
+def message_dtype(msg) -> np.dtype:
+    """The numpy structured dtype of one point of `msg` (validated)."""
+    point_step = int(msg.point_step)
+    order = ">" if msg.is_bigendian else "<"
+    names, formats, offsets = [], [], []
+    for field in msg.fields:
+        name, offset, datatype, count = field.name, int(field.offset), int(field.datatype), int(field.count)
+        if datatype not in DATATYPES:
+            raise PointCloudError(f"field {name!r} has unknown datatype {datatype} (expected 1-8)")
+        if count < 1:
+            raise PointCloudError(f"field {name!r} has count {count} (must be >= 1)")
+        if name in names:
+            raise PointCloudError(f"duplicate field name {name!r}")
+        base = DATATYPES[datatype].newbyteorder(order)
+        size = base.itemsize * count
+        if offset < 0 or offset + size > point_step:
+            raise PointCloudError(f"field {name!r} (offset {offset}, {size} bytes) lies beyond point_step {point_step}")
+        names.append(name)
+        formats.append(base if count == 1 else np.dtype((base, (count,))))
+        offsets.append(offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
+
+
+def structured_view(msg) -> np.ndarray:
+    """Zero-copy (height, width) structured array over the message's bytes."""
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    dtype = message_dtype(msg)
+    data = _buffer(msg)
+    points = height * width
+    if points == 0:
+        return np.empty((height, width), dtype=dtype)
+    if point_step <= 0:
+        raise PointCloudError(f"point_step is {point_step} for {points} points")
+    if row_step < point_step * width:
+        raise PointCloudError(f"row_step {row_step} is shorter than width {width} x point_step {point_step}")
+    needed = row_step * height
+    if data.size < needed:
+        raise PointCloudError(f"data has {data.size} bytes, row_step {row_step} x height {height} needs {needed}")
+    return np.ndarray((height, width), dtype=dtype, buffer=data, offset=0, strides=(row_step, point_step))
+
+
+def _field(view: np.ndarray, names: Sequence[str]) -> str | None:
+    return next((n for n in names if n in view.dtype.names), None)
+
+
+def _as_float32(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def decode(
+    msg, *, intensity_scale: float | None = None, need_strength: bool = False, need_color: bool = False
+) -> DecodedCloud:
+    """Arrays of the valid points of `msg` (see the module docstring for scaling and validity)."""
+    view = structured_view(msg).reshape(-1)
+    missing = [axis for axis in "xyz" if axis not in (view.dtype.names or ())]
+    if missing:
+        raise PointCloudError(f"cloud has no {'/'.join(missing)} field (fields: {list(view.dtype.names or ())})")
+    x, y, z = (view[axis].astype(np.float32, copy=False) for axis in "xyz")
+    valid = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
+    coord = np.stack((x[valid], y[valid], z[valid]), axis=1)
+
+    strength = None
+    name = _field(view, INTENSITY_FIELDS)
+    if name is not None:
+        strength = _strength(view[name][valid], view.dtype[name], intensity_scale)
+    elif need_strength:
+        raise PointCloudError(f"cloud has no intensity field ({'/'.join(INTENSITY_FIELDS)}), the model needs it")
+
+    color = None
+    name = _field(view, RGB_FIELDS)
+    if name is not None:
+        color = unpack_rgb(view[name][valid])
+    elif need_color:
+        raise PointCloudError("cloud has no rgb/rgba field, the model needs colour")
+
+    normal = None
+    if all(n in view.dtype.names for n in NORMAL_FIELDS):
+        normal = np.stack([_as_float32(view[n][valid]) for n in NORMAL_FIELDS], axis=1)
+    return DecodedCloud(
+        coord=coord, strength=strength, color=color, normal=normal, valid=valid, num_input_points=view.shape[0]
+    )
+
+
+def _strength(values: np.ndarray, dtype: np.dtype, scale: float | None) -> np.ndarray:
+    if values.ndim > 1:
+        values = values[:, 0]
+    if scale is None:
+        scale = {np.dtype("u1"): 255.0, np.dtype("u2"): 65535.0}.get(dtype.newbyteorder("="), 255.0)
+    return np.clip(values.astype(np.float32) / np.float32(scale), 0.0, 1.0)
+
+
+def pack_rgb(color: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 -> (N,) float32 whose bits are 0x00RRGGBB (what RViz's RGB8 transformer reads)."""
+    color = np.asarray(color, dtype=np.uint32)
+    packed = (color[:, 0] << 16) | (color[:, 1] << 8) | color[:, 2]
+    return packed.astype("<u4").view("<f4")
+
+
+def unpack_rgb(packed: np.ndarray) -> np.ndarray:
+    """(N,) float32 or uint32 0x00RRGGBB (either endianness) -> (N, 3) uint8."""
+    if packed.ndim > 1:
+        packed = packed[:, 0]
+    bits = packed.astype(packed.dtype.newbyteorder("="), copy=False).view(np.uint32)
+    return np.stack(((bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF), axis=1).astype(np.uint8)
+
+
+def _spec_dtype(spec: FieldSpec) -> np.dtype:
+    base = DATATYPES[spec.datatype].newbyteorder("<")
+    return base if spec.count == 1 else np.dtype((base, (spec.count,)))
+
+
+def fields_for(arrays: Mapping[str, np.ndarray], packed: bool = True) -> list[FieldSpec]:
+    """Field list for `arrays` in their order: numpy dtype -> datatype, (N, k) -> count k."""
+    fields, offset = [], 0
+    for name, values in arrays.items():
+        values = np.asarray(values)
+        dtype = values.dtype.newbyteorder("=")
+        if dtype not in _DATATYPE_OF:
+            raise PointCloudError(f"array {name!r} has dtype {values.dtype}, not a PointCloud2 datatype")
+        count = 1 if values.ndim == 1 else int(np.prod(values.shape[1:]))
+        if not packed:
+            offset = -(-offset // dtype.itemsize) * dtype.itemsize
+        fields.append(FieldSpec(name, offset, _DATATYPE_OF[dtype], count))
+        offset += dtype.itemsize * count
+    return fields
+
+
+def encode(
+    fields: Sequence[FieldSpec] | None,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    height: int = 1,
+    packed: bool = True,
+    point_step: int | None = None,
+) -> EncodedCloud:
+    """Little-endian PointCloud2 buffer holding `arrays` (name -> (N,) or (N, k)) in `fields`' layout.
+
+    fields None derives them from the arrays (packed, or aligned like PCL with packed=False). Fields
+    without an array are zero. One vectorised copy per field; no per-point Python.
+    """
+    if not arrays:
+        raise PointCloudError("nothing to encode")
+    fields = list(fields) if fields is not None else fields_for(arrays, packed)
+    n = len(next(iter(arrays.values())))
+    if n % height:
+        raise PointCloudError(f"{n} points do not fill {height} rows")
+    end = max(f.offset + _spec_dtype(f).itemsize for f in fields)
+    step = point_step or (end if packed else -(-end // 4) * 4)
+    if step < end:
+        raise PointCloudError(f"point_step {step} is shorter than the fields ({end} bytes)")
+    dtype = np.dtype(
+        {
+            "names": [f.name for f in fields],
+            "formats": [_spec_dtype(f) for f in fields],
+            "offsets": [f.offset for f in fields],
+            "itemsize": step,
+        }
+    )
+    buffer = np.zeros(n * step, dtype=np.uint8)
+    points = buffer.view(dtype)
+    for name, values in arrays.items():
+        if name not in dtype.names:
+            raise PointCloudError(f"array {name!r} has no field in the layout {list(dtype.names)}")
+        if len(values) != n:
+            raise PointCloudError(f"array {name!r} has {len(values)} rows, expected {n}")
+        points[name] = np.asarray(values).reshape(points[name].shape)
+    return EncodedCloud(
+        fields=fields,
+        point_step=step,
+        row_step=step * (n // height),
+        height=height,
+        width=n // height,
+        is_bigendian=False,
+        is_dense=False,
+        data=buffer,
+    )
+
+
+def to_message(encoded: EncodedCloud, msg_cls, field_cls, header):
+    """Build a PointCloud2 of `msg_cls` (rclpy's or a rosbags typestore class) from `encoded`.
+
+    rclpy messages take `data` fastest as array.array('B'); rosbags messages take the numpy array.
+    """
+    is_rosbags = hasattr(msg_cls, "__dataclass_fields__")
+    if is_rosbags:
+        fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in encoded.fields]
+        return msg_cls(
+            header=header,
+            height=encoded.height,
+            width=encoded.width,
+            fields=fields,
+            is_bigendian=encoded.is_bigendian,
+            point_step=encoded.point_step,
+            row_step=encoded.row_step,
+            data=encoded.data,
+            is_dense=encoded.is_dense,
+        )
+    msg = msg_cls()
+    msg.header = header
+    msg.height, msg.width = encoded.height, encoded.width
+    msg.fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in encoded.fields]
+    msg.is_bigendian, msg.is_dense = encoded.is_bigendian, encoded.is_dense
+    msg.point_step, msg.row_step = encoded.point_step, encoded.row_step
+    data = array.array("B")
+    data.frombytes(encoded.data.data)
+    msg.data = data
+    return msg

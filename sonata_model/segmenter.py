@@ -1,0 +1,285 @@
+"""`Segmenter`: numpy cloud in, one label per input point out — the inference path the node runs.
+
+The input transform is the reference's (centre shift: x, y to the bounding-box centre and z to its
+minimum; one point per voxel of the checkpoint's grid; colour / 255; features concatenated in the
+checkpoint's `feature_keys` order), with the representative of each voxel chosen deterministically.
+Everything after the host->device copy stays on the device; results are copied back on demand, so
+the large per-voxel embedding costs nothing unless it is read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import LinearHead
+from .configs import FEATURE_CHANNELS
+from .encoder import SonataEncoder
+from .grid import GridSample, grid_sample
+from .normals import NORMAL_MODES, normals_for
+from .point import Point
+from .pooling import upcast
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Cloud:
+    """Per-point inputs of one cloud (numpy); only `coord` is required."""
+
+    coord: np.ndarray
+    color: np.ndarray | None = None
+    normal: np.ndarray | None = None
+    strength: np.ndarray | None = None
+
+
+@dataclass
+class SegmentationResult:
+    """Per-point labels and per-voxel embeddings of one cloud. Device tensors are copied on access."""
+
+    voxel_of_point: np.ndarray  # (N,) int64 index into the voxels
+    voxel_index: np.ndarray  # (M,) int64 input point chosen to represent each voxel
+    timings_ms: dict[str, float]
+    _labels: Tensor | None = field(repr=False)
+    _probability: Tensor | None = field(repr=False)
+    _embedding: Tensor = field(repr=False)  # (M, C) on the device
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """(N,) int64 class of every input point (None without a head)."""
+        return None if self._labels is None else self._labels.cpu().numpy()
+
+    @property
+    def probability(self) -> np.ndarray | None:
+        """(N,) float32 softmax probability of the winning class (None without a head)."""
+        return None if self._probability is None else self._probability.cpu().numpy()
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """(M, C) float32 per-voxel features: the head's input (all-level upcast)."""
+        return self._embedding.float().cpu().numpy()
+
+    @property
+    def embedding_tensor(self) -> Tensor:
+        """The embedding where it was computed (no copy): for further work on the device."""
+        return self._embedding
+
+
+class Segmenter:
+    """Runs encoder (+ optional linear head) on numpy clouds, one label per input point.
+
+    Grid size, feature keys and coordinate scale come from the encoder's checkpoint config.
+    `normals`: what to feed checkpoints that need normals when a cloud has none ("estimate" by PCA,
+    oriented towards the sensor, or "zeros").
+    """
+
+    def __init__(
+        self,
+        encoder: SonataEncoder,
+        head: LinearHead | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        normals: str = "estimate",
+    ) -> None:
+        self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if normals not in NORMAL_MODES:
+            raise ValueError(f"normals must be one of {NORMAL_MODES}, got {normals!r}")
+        config = encoder.config
+        if head is not None and head.in_channels != config.head_channels:
+            raise ValueError(
+                f"head reads {head.in_channels} channels but the encoder's upcast has {config.head_channels}"
+            )
+        self.encoder = encoder.to(self.device).eval()
+        self.head = None if head is None else head.to(self.device).eval()
+        self.precision = precision
+        self.normals = normals
+        self.config = config
+
+    @property
+    def feature_keys(self) -> tuple[str, ...]:
+        return self.config.feature_keys
+
+    def __call__(
+        self,
+        coord: np.ndarray,
+        color: np.ndarray | None = None,
+        normal: np.ndarray | None = None,
+        strength: np.ndarray | None = None,
+    ) -> SegmentationResult:
+        return self.segment_batch([Cloud(coord, color, normal, strength)])[0]
+
+    @torch.inference_mode()
+    def segment_batch(self, clouds: Sequence[Cloud]) -> list[SegmentationResult]:
+        """Several clouds in one forward (e.g. several LiDARs); each result equals the cloud alone."""
+        timer = StageTimer(self.device)
+        point, voxels, counts = self.prepare(clouds, timer)
+        with self._autocast():
+            embedding = upcast(self.encoder(point))
+            timer.mark("encoder")
+            logits = None if self.head is None else self.head(embedding)
+        labels = probability = None
+        if logits is not None:
+            probability, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+            labels, probability = labels[voxels.inverse], probability[voxels.inverse]
+        timer.mark("head")
+        return self._split(counts, voxels, labels, probability, embedding, timer.finish())
+
+    def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> tuple[Point, GridSample, list[int]]:
+        """The reference inference transform on the device: the encoder's input `Point` and the voxels."""
+        timer = timer or StageTimer(self.device)
+        coord, feat, counts = self._inputs(clouds)
+        timer.mark("prepare")
+        offset = torch.as_tensor(np.cumsum(counts), device=self.device)
+        coord, feat = self._to_device(coord), self._to_device(feat)
+        shifted = coord - _centre_shift(coord, offset)
+        voxels = grid_sample(shifted, offset, self.config.grid_size)
+        voxel_coord = shifted[voxels.index]
+        point = Point(
+            coord=voxel_coord,
+            grid_coord=voxels.grid_coord,
+            feat=self._voxel_features(voxel_coord, feat[voxels.index]),
+            offset=voxels.offset,
+        )
+        timer.mark("voxelize")
+        return point, voxels, counts
+
+    def _inputs(self, clouds: Sequence[Cloud]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Concatenated coords and per-point features in the checkpoint's feature order."""
+        coords, feats, counts = [], [], []
+        for i, cloud in enumerate(clouds):
+            coord = np.asarray(cloud.coord, dtype=np.float32)
+            if coord.ndim != 2 or coord.shape[1] != 3:
+                raise ValueError(f"cloud {i}: coord must be (N, 3), got {coord.shape}")
+            if len(coord) == 0:
+                raise ValueError(f"cloud {i} is empty")
+            if not np.isfinite(coord).all():
+                raise ValueError(f"cloud {i}: coord has NaN or inf; drop invalid points first")
+            coords.append(coord)
+            columns = [self._feature(cloud, key, coord, i) for key in self.feature_keys if key != "coord"]
+            feats.append(np.concatenate(columns, axis=1) if columns else np.empty((len(coord), 0), np.float32))
+            counts.append(len(coord))
+        return np.concatenate(coords), np.concatenate(feats), counts
+
+    def _voxel_features(self, coord: Tensor, other: Tensor) -> Tensor:
+        """Encoder input in `feature_keys` order: the centre-shifted, scaled coord and the other features."""
+        parts, column = [], 0
+        for key in self.feature_keys:
+            if key == "coord":
+                parts.append(coord * self.config.coord_scale)
+            else:
+                width = FEATURE_CHANNELS[key]
+                parts.append(other[:, column : column + width])
+                column += width
+        return torch.cat(parts, dim=1)
+
+    def _feature(self, cloud: Cloud, key: str, coord: np.ndarray, i: int) -> np.ndarray:
+        n = len(coord)
+        if key == "color":
+            if cloud.color is None:
+                raise ValueError(f"cloud {i}: this checkpoint needs colour (0-255) and none was given")
+            return _column(cloud.color, 3, n, "color", i) / np.float32(255.0)
+        if key == "normal":
+            normal = normals_for(coord, self.normals) if cloud.normal is None else cloud.normal
+            return _column(normal, 3, n, "normal", i)
+        if key == "strength":
+            if cloud.strength is None:
+                raise ValueError(f"cloud {i}: this checkpoint needs strength (intensity in [0, 1]) and none was given")
+            return _column(cloud.strength, 1, n, "strength", i)
+        raise ValueError(f"unknown feature key {key!r}")
+
+    def _to_device(self, array: np.ndarray) -> Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def _split(self, counts, voxels, labels, probability, embedding, timings) -> list[SegmentationResult]:
+        point_ends = np.cumsum(counts)
+        voxel_ends = voxels.offset.cpu().numpy()
+        inverse = voxels.inverse.cpu().numpy()
+        index = voxels.index.cpu().numpy()
+        results = []
+        for b in range(len(counts)):
+            p0, p1 = point_ends[b] - counts[b], point_ends[b]
+            v0, v1 = (voxel_ends[b - 1] if b else 0), voxel_ends[b]
+            results.append(
+                SegmentationResult(
+                    voxel_of_point=inverse[p0:p1] - v0,
+                    voxel_index=index[v0:v1] - p0,
+                    timings_ms=timings,
+                    _labels=None if labels is None else labels[p0:p1],
+                    _probability=None if probability is None else probability[p0:p1],
+                    _embedding=embedding[v0:v1],
+                )
+            )
+        return results
+
+
+def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float32).reshape(n, width) if np.size(values) == n * width else None
+    if array is None:
+        raise ValueError(f"cloud {i}: {name} has {np.size(values)} values, expected {n} x {width}")
+    return array
+
+
+def _centre_shift(coord: Tensor, offset: Tensor) -> Tensor:
+    """Per-point shift that puts each cloud's x, y bounding-box centre and its z minimum at 0."""
+    starts = torch.cat((offset.new_zeros(1), offset[:-1]))
+    counts = offset - starts
+    batch = torch.repeat_interleave(torch.arange(len(offset), device=coord.device), counts, output_size=len(coord))
+    index = batch.unsqueeze(1).expand_as(coord)
+    low = coord.new_full((len(offset), 3), torch.inf).scatter_reduce(0, index, coord, "amin")
+    high = coord.new_full((len(offset), 3), -torch.inf).scatter_reduce(0, index, coord, "amax")
+    shift = torch.cat(((low[:, :2] + high[:, :2]) / 2, low[:, 2:]), dim=1)
+    return shift[batch]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; a cuda request without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available (use 'cpu' or 'auto')")
+    return device
+
+
+class StageTimer:
+    """Wall time per stage; on CUDA with events, read once at the end (no sync between stages)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.names: list[str] = []
+        self.marks: list = [self._now()]
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        self.names.append(name)
+        self.marks.append(self._now())
+
+    def finish(self) -> dict[str, float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            spans = [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        else:
+            spans = [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return dict(zip(self.names, spans, strict=True))

@@ -1,0 +1,166 @@
+"""Released checkpoints load strictly; broken ones fail with errors naming the problem."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import sonata_model as sm
+from sonata_model.checkpoint import atomic_save
+
+DATA = Path(__file__).parent / "data"
+
+# The reference's constructor arguments as stored in the released files' "config".
+RELEASED_CONFIG = {
+    "in_channels": 9,
+    "order": ["z", "z-trans", "hilbert", "hilbert-trans"],
+    "stride": [2, 2, 2, 2],
+    "mlp_ratio": 4,
+    "qkv_bias": True,
+    "qk_scale": None,
+    "attn_drop": 0.0,
+    "proj_drop": 0.0,
+    "drop_path": 0.3,
+    "shuffle_orders": True,
+    "pre_norm": True,
+    "enable_rpe": False,
+    "enable_flash": True,
+    "upcast_attention": False,
+    "upcast_softmax": False,
+    "traceable": True,
+    "mask_token": True,
+    "enc_mode": True,
+    "freeze_encoder": False,
+}
+SIZES = {
+    "sonata": dict(
+        enc_depths=[3, 3, 3, 12, 3],
+        enc_channels=[48, 96, 192, 384, 512],
+        enc_num_head=[3, 6, 12, 24, 32],
+        enc_patch_size=[1024] * 5,
+    ),
+    "sonata_small": dict(
+        enc_depths=[2, 2, 2, 6, 2],
+        enc_channels=[32, 64, 128, 256, 512],
+        enc_num_head=[2, 4, 8, 16, 32],
+        enc_patch_size=[1024] * 5,
+    ),
+}
+PARAMETERS = {"sonata": 108_461_376, "sonata_small": 38_648_992}
+
+
+def released_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """Random tensors with exactly the released file's keys and shapes (from the reference TSV)."""
+    rows = (DATA / f"{name}_state_dict_keys.tsv").read_text().splitlines()[1:]
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for row in rows:
+        key, shape, _ = row.split("\t")
+        state[key] = torch.randn(ast.literal_eval(shape), generator=generator) * 0.02
+    return state
+
+
+@pytest.fixture(scope="module", params=["sonata", "sonata_small"])
+def released(request, tmp_path_factory):
+    name = request.param
+    state = released_state_dict(name)
+    path = tmp_path_factory.mktemp(name) / f"{name}.pth"
+    torch.save({"config": {**RELEASED_CONFIG, **SIZES[name]}, "state_dict": state}, path)
+    return name, path, state
+
+
+def test_released_checkpoint_loads_strictly_with_exact_parameter_count(released):
+    name, path, state = released
+    encoder = sm.load(path)
+    assert sm.count_parameters(encoder) == PARAMETERS[name]
+    assert sm.count_parameters(sm.SonataEncoder(sm.get_config(name))) == PARAMETERS[name]
+    loaded = encoder.state_dict()
+    assert list(loaded) == list(state)  # same key names, same order as the released file
+    key = "enc.enc3.block1.attn.qkv.weight"
+    assert torch.equal(loaded[key], state[key])
+    assert encoder.config.grid_size == 0.02 and encoder.config.feature_keys == ("coord", "color", "normal")
+    assert encoder.config.head_channels == sum(SIZES[name]["enc_channels"])
+    assert not encoder.training
+
+
+def test_training_checkpoint_prefixes_are_stripped_and_other_entries_ignored(released, tmp_path):
+    name, _, state = released
+    for prefix in ("module.student.backbone.", "module.backbone."):
+        wrapped = {prefix + k: v for k, v in state.items()}
+        wrapped["module.teacher.backbone.embedding.mask_token"] = torch.zeros(1, 1)
+        wrapped["module.mask_head.weight"] = torch.zeros(3, 3)
+        path = tmp_path / "train.pth"
+        torch.save({"state_dict": wrapped, "epoch": 3}, path)
+        encoder = sm.load(path, config=sm.get_config(name))
+        assert torch.equal(encoder.embedding.mask_token, state["embedding.mask_token"])
+
+
+def test_mismatched_checkpoint_names_missing_unexpected_and_misshaped_keys(released, tmp_path):
+    name, _, state = released
+    broken = dict(state)
+    broken.pop("enc.enc0.block0.attn.proj.bias")
+    broken["enc.enc9.block0.bogus"] = torch.zeros(1)
+    broken["embedding.stem.linear.weight"] = torch.zeros(SIZES[name]["enc_channels"][0], 4)
+    path = tmp_path / "broken.pth"
+    torch.save({"config": {**RELEASED_CONFIG, **SIZES[name]}, "state_dict": broken}, path)
+    with pytest.raises(sm.CheckpointError) as error:
+        sm.load(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "1 missing key(s): enc.enc0.block0.attn.proj.bias" in message
+    assert "1 unexpected key(s): enc.enc9.block0.bogus" in message
+    assert "embedding.stem.linear.weight: file (" in message and ", 4) vs model (" in message
+
+
+def test_unreadable_and_unsupported_checkpoints_fail_fast(tmp_path):
+    with pytest.raises(sm.CheckpointError, match="checkpoint not found"):
+        sm.load(tmp_path / "absent.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(sm.CheckpointError, match="cannot read checkpoint"):
+        sm.load(garbage)
+    rpe = tmp_path / "rpe.pth"
+    torch.save({"config": {**RELEASED_CONFIG, "enable_rpe": True}, "state_dict": {}}, rpe)
+    with pytest.raises(sm.CheckpointError, match="enable_rpe"):
+        sm.load(rpe)
+
+
+def test_own_checkpoint_round_trip_keeps_transform_and_meta(tmp_path):
+    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.1, coord_scale=0.2)
+    encoder = sm.SonataEncoder(config)
+    path = sm.save_encoder(tmp_path / "own.pth", encoder, meta={"label_set": "synthetic"})
+    loaded = sm.load(path)
+    assert loaded.config == config
+    assert loaded.meta == {"label_set": "synthetic"}
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_head_round_trip_in_released_format(tmp_path):
+    head = sm.LinearHead(1232, 20, class_names=[f"c{i}" for i in range(20)], label_set="scannet20")
+    path = sm.save_head(tmp_path / "head.pth", head)
+    raw = torch.load(path, weights_only=True)
+    assert raw["config"] == {"backbone_out_channels": 1232, "num_classes": 20}
+    assert set(raw["state_dict"]) == {"seg_head.weight", "seg_head.bias"}
+    loaded = sm.load_head(path)
+    assert loaded.class_names == head.class_names and loaded.label_set == "scannet20"
+    assert torch.equal(loaded.seg_head.weight, head.seg_head.weight)
+    torch.save({"config": {"num_classes": 20}, "state_dict": {}}, tmp_path / "bad_head.pth")
+    with pytest.raises(sm.CheckpointError, match="backbone_out_channels"):
+        sm.load_head(tmp_path / "bad_head.pth")
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    target = tmp_path / "ckpt.pth"
+    atomic_save({"ok": 1}, target)
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"bad": Unpicklable()}, target)
+    assert torch.load(target, weights_only=True) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]

@@ -1,0 +1,162 @@
+"""The encoder and Segmenter end to end on a small config: transform, determinism, batching, labels."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scenes import room
+
+import sonata_model as sm
+from sonata_model.normals import estimate_normals
+from sonata_model.pooling import upcast
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    encoder = sm.SonataEncoder(sm.get_config("tiny", grid_size=0.05))
+    # Non-zero biases and norms so that every parameter influences the output.
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    head = sm.LinearHead(encoder.config.head_channels, 3)
+    return sm.Segmenter(encoder, head, device="cpu")
+
+
+def reference_transform(coord, color, normal, grid_size):
+    """The reference inference transform in numpy (CenterShift, GridSample, NormalizeColor, Collect),
+    keeping the first point of each voxel."""
+    coord = coord.astype(np.float64)
+    low, high = coord.min(0), coord.max(0)
+    shifted = coord - np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]])
+    grid = np.floor(shifted / grid_size).astype(np.int64)
+    grid -= grid.min(0)
+    _, first, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
+    feat = np.concatenate([shifted[first], color[first] / 255.0, normal[first]], axis=1)
+    return grid[first], feat, first, inverse.ravel()
+
+
+def test_input_transform_matches_the_reference(tiny):
+    scene = room(2000)
+    point, voxels, _ = tiny.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])])
+    grid, feat, first, inverse = reference_transform(scene["coord"], scene["color"], scene["normal"], 0.05)
+    order = np.lexsort(point.grid_coord.numpy().T[::-1])  # compare voxel sets independent of order
+    ref_order = np.lexsort(grid.T[::-1])
+    assert np.array_equal(point.grid_coord.numpy()[order], grid[ref_order])
+    assert np.array_equal(voxels.index.numpy()[order], first[ref_order])
+    np.testing.assert_allclose(point.feat.numpy()[order], feat[ref_order], rtol=0, atol=2e-6)
+    # the inverse map sends each point to its own voxel
+    assert np.array_equal(point.grid_coord.numpy()[voxels.inverse.numpy()], grid[inverse])
+
+
+def test_levels_have_configured_channels_and_shrink(tiny):
+    scene = room(3000)
+    point, _, _ = tiny.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])])
+    with torch.inference_mode():
+        levels = tiny.encoder(point)
+    config = tiny.config
+    assert [level.feat.shape[1] for level in levels] == list(config.enc_channels)
+    counts = [level.num_points for level in levels]
+    assert counts == sorted(counts, reverse=True) and counts[-1] < counts[0]
+    for fine, coarse in itertools.pairwise(levels):
+        assert torch.equal(coarse.grid_coord[coarse.pooling_inverse], fine.grid_coord // 2)
+    assert upcast(levels).shape == (counts[0], config.head_channels)
+
+
+def test_every_input_point_gets_the_label_of_its_voxel(tiny):
+    scene = room(3000, seed=1)
+    out = tiny(scene["coord"], color=scene["color"], normal=scene["normal"])
+    n = len(scene["coord"])
+    assert out.labels.shape == (n,) and out.probability.shape == (n,)
+    assert out.embedding.shape == (out.voxel_index.shape[0], tiny.config.head_channels)
+    with torch.no_grad():
+        logits = tiny.head(torch.from_numpy(out.embedding))
+    probability, labels = torch.softmax(logits, 1).max(1)
+    assert np.array_equal(out.labels, labels.numpy()[out.voxel_of_point])
+    np.testing.assert_allclose(out.probability, probability.numpy()[out.voxel_of_point], rtol=1e-6)
+    assert len(np.unique(out.labels)) > 1  # a random head still separates the surfaces somewhat
+    assert set(out.timings_ms) == {"prepare", "voxelize", "encoder", "head"}
+
+
+def test_inference_is_bit_identical_twice(tiny):
+    scene = room(3000, seed=2)
+    first = tiny(scene["coord"], color=scene["color"], normal=scene["normal"])
+    second = tiny(scene["coord"], color=scene["color"], normal=scene["normal"])
+    assert np.array_equal(first.embedding, second.embedding)
+    assert np.array_equal(first.labels, second.labels)
+
+
+def test_batch_of_two_clouds_equals_each_alone(tiny):
+    a, b = room(2500, seed=3), room(1200, seed=4)
+    b["coord"] = b["coord"] * 1.7 + 5  # different extent: different serialization depth
+    clouds = [sm.Cloud(s["coord"], s["color"], s["normal"]) for s in (a, b)]
+    together = tiny.segment_batch(clouds)
+    for cloud, batched in zip(clouds, together, strict=True):
+        alone = tiny.segment_batch([cloud])[0]
+        np.testing.assert_allclose(batched.embedding, alone.embedding, rtol=1e-4, atol=1e-5)
+        assert np.array_equal(batched.voxel_of_point, alone.voxel_of_point)
+        assert np.mean(batched.labels == alone.labels) > 0.999
+
+
+def test_embeddings_only_without_head_and_lidar_features():
+    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.1, coord_scale=0.2)
+    seg = sm.Segmenter(sm.SonataEncoder(config), None, device="cpu")
+    rng = np.random.default_rng(0)
+    coord = rng.uniform(-20, 20, (4000, 3)).astype(np.float32)
+    out = seg(coord, strength=rng.uniform(0, 1, 4000).astype(np.float32))
+    assert out.labels is None and out.probability is None
+    assert out.embedding.shape[1] == config.head_channels
+    with pytest.raises(ValueError, match="needs strength"):
+        seg(coord)
+
+
+def test_bad_inputs_fail_with_clear_messages(tiny):
+    scene = room(500)
+    bad = scene["coord"].copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tiny(bad, color=scene["color"], normal=scene["normal"])
+    with pytest.raises(ValueError, match="needs colour"):
+        tiny(scene["coord"], normal=scene["normal"])
+    with pytest.raises(ValueError, match="empty"):
+        tiny(np.zeros((0, 3), np.float32), color=np.zeros((0, 3)), normal=np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="head reads"):
+        sm.Segmenter(tiny.encoder, sm.LinearHead(10, 2), device="cpu")
+
+
+def test_estimated_normals_are_surface_normals_facing_the_sensor():
+    rng = np.random.default_rng(0)
+    plane = np.c_[rng.uniform(-1, 1, (800, 2)), np.full(800, 2.0)].astype(np.float32)  # ceiling above
+    normal = estimate_normals(plane)
+    np.testing.assert_allclose(normal, np.tile([0, 0, -1], (800, 1)), atol=1e-3)
+    direction = rng.normal(size=(2000, 3))
+    sphere = (direction / np.linalg.norm(direction, axis=1, keepdims=True) * 3).astype(np.float32)
+    normal = estimate_normals(sphere, k=12)
+    cosine = np.einsum("ni,ni->n", normal, -sphere / 3)  # sensor at the centre: normals point inwards
+    assert np.quantile(cosine, 0.01) > 0.98
+
+
+def test_missing_normals_follow_the_normals_option(tiny):
+    scene = room(1500, seed=5)
+    estimated, _, _ = tiny.prepare([sm.Cloud(scene["coord"], scene["color"])])
+    assert np.abs(estimated.feat[:, 6:].numpy()).sum(1).min() > 0.99  # unit vectors
+    zeros = sm.Segmenter(tiny.encoder, tiny.head, device="cpu", normals="zeros")
+    point, _, _ = zeros.prepare([sm.Cloud(scene["coord"], scene["color"])])
+    assert not point.feat[:, 6:].any()
+
+
+def test_train_mode_runs_with_gradients_to_every_parameter():
+    torch.manual_seed(0)
+    encoder = sm.SonataEncoder(sm.get_config("tiny", grid_size=0.05, drop_path=0.2)).train()
+    seg = sm.Segmenter(encoder, None, device="cpu")
+    scene = room(2000)
+    point, _, _ = seg.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])])
+    encoder.train()
+    point.mask = torch.rand(point.num_points) < 0.3
+    upcast(encoder(point)).square().mean().backward()
+    missing = [name for name, p in encoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []

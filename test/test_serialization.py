@@ -1,0 +1,102 @@
+"""Serialization codes equal slow, obviously-correct references: bit interleaving and Skilling's Hilbert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sonata_model.serialization import ORDERS, cloud_depths, encode, serialize
+
+
+def z_reference(x: int, y: int, z: int, depth: int) -> int:
+    code = 0
+    for i in range(depth):
+        code |= ((x >> i) & 1) << (3 * i + 2) | ((y >> i) & 1) << (3 * i + 1) | ((z >> i) & 1) << (3 * i)
+    return code
+
+
+def hilbert_reference(coords: tuple[int, int, int], depth: int) -> int:
+    """Skilling (2004), 'Programming the Hilbert curve': AxesToTranspose, then the transpose read
+    bit level by bit level (x most significant), in plain Python integers."""
+    x = list(coords)
+    m = 1 << (depth - 1)
+    q = m
+    while q > 1:  # inverse undo
+        p = q - 1
+        for i in range(3):
+            if x[i] & q:
+                x[0] ^= p
+            else:
+                t = (x[0] ^ x[i]) & p
+                x[0] ^= t
+                x[i] ^= t
+        q >>= 1
+    for i in range(1, 3):  # Gray encode
+        x[i] ^= x[i - 1]
+    t, q = 0, m
+    while q > 1:
+        if x[2] & q:
+            t ^= q - 1
+        q >>= 1
+    x = [v ^ t for v in x]
+    index = 0
+    for level in range(depth - 1, -1, -1):
+        for i in range(3):
+            index = (index << 1) | ((x[i] >> level) & 1)
+    return index
+
+
+@pytest.mark.parametrize("depth", range(1, 17))
+def test_codes_equal_the_references_at_every_depth(depth):
+    rng = np.random.default_rng(depth)
+    grid = rng.integers(0, 2**depth, size=(60, 3))
+    tensor = torch.from_numpy(grid)
+    for order in ORDERS:
+        swapped = grid[:, [1, 0, 2]] if order.endswith("-trans") else grid
+        reference = z_reference if order.startswith("z") else lambda x, y, z, d: hilbert_reference((x, y, z), d)
+        expected = [reference(int(a), int(b), int(c), depth) for a, b, c in swapped]
+        assert encode(tensor, depth, order).tolist() == expected, order
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_hilbert_visits_every_cell_once_through_face_neighbours(depth):
+    side = 2**depth
+    cells = torch.cartesian_prod(*(torch.arange(side),) * 3)
+    for order in ("hilbert", "hilbert-trans"):
+        code = encode(cells, depth, order)
+        assert sorted(code.tolist()) == list(range(side**3))
+        walk = cells[torch.argsort(code)]
+        assert torch.all((walk[1:] - walk[:-1]).abs().sum(dim=1) == 1)
+
+
+def test_batch_serializes_each_cloud_as_alone_and_orders_invert():
+    rng = np.random.default_rng(0)
+
+    def distinct_cells(count: int, side: int) -> torch.Tensor:  # voxels are unique, as after grid sampling
+        cells = rng.choice(side**3, size=count, replace=False)
+        return torch.from_numpy(np.stack(np.unravel_index(cells, (side,) * 3), axis=1))
+
+    small = distinct_cells(200, 6)  # depth 3
+    large = distinct_cells(300, 900)  # depth 10
+    both = serialize(torch.cat((small, large)), torch.tensor([200, 500]), ORDERS)
+    assert both.depth.tolist() == [3, 10]
+    for k, order in enumerate(ORDERS):
+        alone_small = encode(small, 3, order)
+        alone_large = encode(large, 10, order)
+        assert torch.equal(both.code[k, :200] & ((1 << 48) - 1), alone_small)
+        assert torch.equal(both.code[k, 200:] & ((1 << 48) - 1), alone_large)
+        assert torch.equal(both.order[k, :200], torch.argsort(alone_small))
+        assert torch.equal(both.order[k, 200:], torch.argsort(alone_large) + 200)
+        assert torch.equal(both.inverse[k][both.order[k]], torch.arange(500))
+        assert torch.all(torch.diff(both.code[k][both.order[k]]) > 0)
+
+
+def test_depth_follows_the_reference_rule_and_is_capped():
+    grid = torch.tensor([[7, 0, 0], [0, 8, 0]])
+    assert cloud_depths(grid, torch.tensor([1, 2])).tolist() == [4, 4]  # bit_length(max + 1)
+    assert cloud_depths(torch.tensor([[6, 0, 0]]), torch.tensor([1])).tolist() == [3]
+    with pytest.raises(ValueError, match="cloud 1 spans 65537 voxels"):
+        cloud_depths(torch.tensor([[1, 1, 1], [65536, 0, 0]]), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="unknown serialization order"):
+        encode(grid, 4, "peano")
