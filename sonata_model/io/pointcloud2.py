@@ -40,6 +40,10 @@ class PointCloudError(ValueError):
     """A PointCloud2 message that cannot be decoded; the message says what is wrong."""
 
 
+class MissingFieldError(PointCloudError):
+    """A well-formed cloud without a field the caller needs (intensity, colour)."""
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
@@ -214,14 +218,14 @@ def decode(
     if name is not None:
         strength = _strength(view[name][valid], view.dtype[name], intensity_scale)
     elif need_strength:
-        raise PointCloudError(f"cloud has no intensity field ({'/'.join(INTENSITY_FIELDS)}), the model needs it")
+        raise MissingFieldError(f"cloud has no intensity field ({'/'.join(INTENSITY_FIELDS)}), the model needs it")
 
     color = None
     name = _field(view, RGB_FIELDS)
     if name is not None:
         color = unpack_rgb(view[name][valid])
     elif need_color:
-        raise PointCloudError("cloud has no rgb/rgba field, the model needs colour")
+        raise MissingFieldError("cloud has no rgb/rgba field, the model needs colour")
 
     normal = None
     if all(n in view.dtype.names for n in NORMAL_FIELDS):

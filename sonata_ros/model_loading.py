@@ -1,0 +1,61 @@
+"""Which model the node runs: the configured checkpoint, or the demo model shipped with the package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import sonata_model as sm
+from sonata_model.io.labels import LabelSet, load_label_set
+
+MODELS = Path(__file__).parent / "models"
+DEMO_ENCODER = MODELS / "demo_encoder.pth"
+DEMO_HEAD = MODELS / "demo_head.pth"
+DEMO_LABEL_SET = "synthetic"
+UNTRAINED_WARNING = (
+    "The trained demo model is not installed (sonata_ros/models/demo_*.pth): running the 'demo' encoder "
+    "config with RANDOM weights. Its labels are meaningless; pass checkpoint:=/path/to/model.pth."
+)
+
+
+@dataclass
+class LoadedModel:
+    encoder: sm.SonataEncoder
+    head: sm.LinearHead | None
+    label_set: LabelSet
+    description: str
+    warning: str | None = None
+
+
+def load_model(checkpoint: str, head: str, label_set: str) -> LoadedModel:
+    """Load the configured model. Empty `checkpoint`: the shipped demo model (or, when its files are
+    absent, the untrained demo config with a warning). `head` 'none': embeddings only."""
+    warning = None
+    if checkpoint:
+        encoder = sm.load(checkpoint)
+        description = checkpoint
+        head_model = None if head in ("", "none") else sm.load_head(head)
+    elif DEMO_ENCODER.is_file():
+        encoder = sm.load(DEMO_ENCODER)
+        description = f"shipped demo model ({DEMO_ENCODER.name}, trained on synthetic data)"
+        head_model = None if head == "none" else sm.load_head(head or DEMO_HEAD)
+    else:
+        torch.manual_seed(0)
+        encoder = sm.SonataEncoder(sm.get_config("demo")).eval()
+        names = load_label_set(DEMO_LABEL_SET).names
+        head_model = (
+            None
+            if head == "none"
+            else sm.LinearHead(encoder.config.head_channels, len(names), list(names), DEMO_LABEL_SET)
+        )
+        description = "untrained demo config (random weights)"
+        warning = UNTRAINED_WARNING
+    name = label_set or (head_model.label_set if head_model is not None and head_model.label_set else DEMO_LABEL_SET)
+    labels = load_label_set(name)
+    if head_model is not None and head_model.num_classes > labels.num_classes:
+        raise ValueError(
+            f"head predicts {head_model.num_classes} classes but label set {labels.name!r} has {labels.num_classes}"
+        )
+    return LoadedModel(encoder, head_model, labels, description, warning)

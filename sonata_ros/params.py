@@ -1,0 +1,82 @@
+"""The perception node's parameters: one table for the node, config/perception.yaml and the launch file.
+
+All are read-only (declared once at start): changing the model, device or crop means restarting the
+node, which is what the deployed LiDAR segmentation nodes do too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+
+
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "checkpoint",
+        "",
+        "Encoder checkpoint (.pth): released Sonata, a training checkpoint or the project's "
+        "own. Empty: the demo model shipped with the package.",
+    ),
+    Param(
+        "head",
+        "",
+        "Linear head checkpoint (released format). Empty: the shipped demo head when the "
+        "checkpoint is the shipped model; 'none': embeddings only.",
+    ),
+    Param("device", "auto", "auto | cpu | cuda ('auto' uses CUDA when available)."),
+    Param("precision", "fp32", "fp32 | fp16 | bf16 (half precisions on CUDA)."),
+    Param("grid_size", 0.0, "Voxel size in metres; 0 uses the checkpoint's."),
+    Param(
+        "feature_keys",
+        "",
+        "Comma-separated input features (e.g. 'coord,strength'); empty uses the "
+        "checkpoint's. Must give the checkpoint's channel count.",
+    ),
+    Param("normals", "estimate", "For models that take normals when the cloud has none: estimate | zeros."),
+    Param("label_set", "", "Label set name or YAML path; empty uses the head's, else 'synthetic'."),
+    Param("input_reliability", "best_effort", "QoS reliability of the input subscription: best_effort | reliable."),
+    Param("frame_id", "", "Expected header.frame_id of the input; empty accepts any. Others are rejected."),
+    Param(
+        "intensity_scale",
+        0.0,
+        "Divide intensity by this to get strength in [0, 1]; 0 picks by datatype (u8 / 255, u16 / 65535, float / 255).",
+    ),
+    Param("min_range", 0.0, "Points closer to the sensor are not segmented (class 255); 0 disables."),
+    Param("max_range", 0.0, "Points farther from the sensor are not segmented (class 255); 0 disables."),
+    Param(
+        "crop_box",
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        "[xmin, ymin, zmin, xmax, ymax, zmax] in the base frame; points outside get class 255; all zeros disables.",
+    ),
+    Param(
+        "max_points",
+        300000,
+        "Clouds with more valid points are subsampled deterministically (every k-th); the rest get class 255.",
+    ),
+    Param(
+        "sensor_to_base_translation",
+        [0.0, 0.0, 0.0],
+        "Static sensor -> base translation [x, y, z] (m), applied to the model input only.",
+    ),
+    Param("sensor_to_base_rotation", [0.0, 0.0, 0.0, 1.0], "Static sensor -> base rotation quaternion [x, y, z, w]."),
+    Param(
+        "embedding_dim",
+        0,
+        "Dimensions of ~/output/embeddings: 0 publishes all channels, D > 0 projects "
+        "on the first D principal components.",
+    ),
+    Param("pca_frames", 5, "Frames used to fit the embedding PCA basis when the model carries none; then fixed."),
+    Param("processing_budget_ms", 100.0, "Diagnostics WARN when the mean processing time exceeds this."),
+    Param("late_frames_error", 10, "Diagnostics ERROR after this many consecutive frames over budget."),
+    Param("diagnostics_period_s", 1.0, "Period of /diagnostics messages."),
+    Param("log_period_s", 10.0, "Period of the status log line."),
+)
+
+PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)

@@ -1,0 +1,321 @@
+"""`sonata_perception`: PointCloud2 in, labelled clouds and embeddings out.
+
+    ros2 launch sonata_ros perception.launch.py input_topic:=/points
+    python -m sonata_ros.perception_node --ros-args --params-file config/perception.yaml
+
+The subscription callback only stores the newest cloud in a depth-1 mailbox; a worker thread decodes,
+runs the model and publishes, so the executor never waits for inference and frames that arrive while
+the worker is busy replace the pending one (counted as dropped). Outputs nobody subscribes to are not
+computed; with no subscriber at all, no inference runs. Bad input is logged (throttled), counted in
+/diagnostics and skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+
+import sonata_model as sm
+from sonata_model.embedding_pca import EmbeddingPCA
+from sonata_model.io.labels import UNKNOWN, LabelSetError
+from sonata_model.io.pointcloud2 import MissingFieldError, PointCloudError, decode, structured_view
+
+from .health import Health
+from .mailbox import Mailbox
+from .messages import embedding_cloud, packed_palette, rgb_cloud, segmentation_cloud
+from .model_loading import load_model
+from .params import PARAMETERS
+
+NODE_NAME = "sonata_perception"
+WARN_EVERY_S = 5.0
+
+
+class PerceptionNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.p = self._declare_parameters()
+        model = load_model(self.p["checkpoint"], self.p["head"], self.p["label_set"])
+        if model.warning:
+            self.get_logger().warning(model.warning)
+        encoder = model.encoder
+        overrides = {}
+        if self.p["grid_size"] > 0:
+            overrides["grid_size"] = self.p["grid_size"]
+        if self.p["feature_keys"]:
+            overrides["feature_keys"] = tuple(k.strip() for k in self.p["feature_keys"].split(","))
+        if overrides:
+            encoder.config = encoder.config.replace(**overrides)
+        self.segmenter = sm.Segmenter(
+            encoder, model.head, device=self.p["device"], precision=self.p["precision"], normals=self.p["normals"]
+        )
+        self.labels = model.label_set
+        self.palette = packed_palette(self.labels.colors)
+        self.rotation, self.translation = _transform(
+            self.p["sensor_to_base_translation"], self.p["sensor_to_base_rotation"]
+        )
+        self.pca = EmbeddingPCA.from_meta(encoder.meta)
+        self._pca_samples: list[torch.Tensor] = []
+        self.health = Health(self.p["processing_budget_ms"], self.p["late_frames_error"])
+        self.model_description = model.description
+
+        reliability = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+        if self.p["input_reliability"] not in reliability:
+            raise ValueError(f"input_reliability must be best_effort or reliable, got {self.p['input_reliability']!r}")
+        qos_in = QoSProfile(
+            depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability[self.p["input_reliability"]]
+        )
+        qos_out = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self.out_segmentation = self.create_publisher(PointCloud2, "~/output/segmentation", qos_out)
+        self.out_embeddings = self.create_publisher(PointCloud2, "~/output/embeddings", qos_out)
+        self.out_embedding_rgb = self.create_publisher(PointCloud2, "~/output/embedding_rgb", qos_out)
+        self.out_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.mailbox: Mailbox[PointCloud2] = Mailbox()
+        self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos_in)
+        self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics)
+        self.create_timer(self.p["log_period_s"], self._log_status)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="sonata_inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: {self.model_description} on {self.segmenter.device} ({self.p['precision']}), features "
+            f"{','.join(self.segmenter.feature_keys)}, grid {self.segmenter.config.grid_size} m, "
+            f"labels {self.labels.name}"
+        )
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    def _declare_parameters(self) -> dict:
+        values = {}
+        for param in PARAMETERS:
+            descriptor = ParameterDescriptor(description=param.description, read_only=True)
+            values[param.name] = self.declare_parameter(param.name, param.default, descriptor).value
+        return values
+
+    # ------------------------------------------------------------------------------------------ runtime
+
+    def _wanted(self) -> tuple[bool, bool, bool]:
+        return (
+            self.out_segmentation.get_subscription_count() > 0,
+            self.out_embeddings.get_subscription_count() > 0,
+            self.out_embedding_rgb.get_subscription_count() > 0,
+        )
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        if not any(self._wanted()):
+            self.health.frame_idle()
+            return
+        if self.mailbox.put(msg):
+            self.health.frame_dropped()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            msg = self.mailbox.take(timeout=0.5)
+            if msg is None:
+                continue
+            try:
+                self._process(msg)
+            except torch.cuda.OutOfMemoryError as exc:
+                torch.cuda.empty_cache()
+                self._reject("out_of_memory", str(exc).splitlines()[0])
+            except Exception as exc:
+                if not self.context.ok():  # shutting down (SIGINT / SIGTERM): nothing left to publish to
+                    return
+                self._reject("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.health.frame_rejected(reason, detail)
+        self.get_logger().warning(f"frame skipped ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
+
+    def _process(self, msg: PointCloud2) -> None:
+        clock = time.perf_counter
+        start = clock()
+        stages: dict[str, float] = {}
+        want_segmentation, want_embeddings, want_rgb = self._wanted()
+        if self.p["frame_id"] and msg.header.frame_id != self.p["frame_id"]:
+            self._reject("wrong_frame", f"frame_id {msg.header.frame_id!r}, expected {self.p['frame_id']!r}")
+            return
+        keys = self.segmenter.feature_keys
+        try:
+            cloud = decode(
+                msg,
+                intensity_scale=self.p["intensity_scale"] or None,
+                need_strength="strength" in keys,
+                need_color="color" in keys,
+            )
+        except MissingFieldError as exc:
+            self._reject("missing_field", str(exc))
+            return
+        except PointCloudError as exc:
+            self._reject("malformed", str(exc))
+            return
+        if cloud.num_input_points == 0:
+            self._reject("empty", "cloud has no points")
+            return
+        if len(cloud.coord) == 0:
+            self._reject("no_valid_points", f"all {cloud.num_input_points} points are NaN, inf or zero")
+            return
+        base = cloud.coord @ self.rotation.T + self.translation
+        selected = np.flatnonzero(self._crop(cloud.coord, base))
+        if len(selected) > self.p["max_points"]:
+            self.get_logger().warning(
+                f"{len(selected)} points over max_points={self.p['max_points']}: subsampled",
+                throttle_duration_sec=WARN_EVERY_S,
+            )
+            selected = selected[np.linspace(0, len(selected) - 1, self.p["max_points"]).astype(np.int64)]
+        stages["decode"] = (clock() - start) * 1e3
+
+        num = cloud.num_input_points
+        class_id = np.full(num, UNKNOWN, np.uint8)
+        probability = np.zeros(num, np.float32)
+        result = None
+        if len(selected):
+            optional = {
+                k: getattr(cloud, k)[selected] if getattr(cloud, k) is not None else None
+                for k in ("color", "normal", "strength")
+            }
+            result = self.segmenter(base[selected], **optional)
+            stages["voxelize"] = result.timings_ms["prepare"] + result.timings_ms["voxelize"]
+            stages["encoder"] = result.timings_ms["encoder"]
+            stages["head"] = result.timings_ms["head"]
+            rows = np.flatnonzero(cloud.valid)[selected]
+            if result.labels is not None:
+                class_id[rows] = result.labels.astype(np.uint8)
+                probability[rows] = result.probability
+
+        encode_start = clock()
+        view = structured_view(msg).reshape(-1)
+        xyz = np.stack([view[a].astype(np.float32) for a in "xyz"], axis=1)
+        outgoing = []
+        if want_segmentation:
+            outgoing.append(
+                (
+                    self.out_segmentation,
+                    segmentation_cloud(msg.header, xyz, class_id, probability, self.palette, msg.height),
+                )
+            )
+        if result is not None and (want_embeddings or want_rgb):
+            outgoing += self._embedding_messages(msg, cloud, selected, result, xyz, want_embeddings, want_rgb)
+        stages["encode"] = (clock() - encode_start) * 1e3
+        publish_start = clock()
+        for publisher, out in outgoing:
+            publisher.publish(out)
+        stages["publish"] = (clock() - publish_start) * 1e3
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
+        self.health.frame_done(stages, latency_ms)
+
+    def _crop(self, sensor: np.ndarray, base: np.ndarray) -> np.ndarray:
+        keep = np.ones(len(sensor), bool)
+        distance = np.linalg.norm(sensor, axis=1)
+        if self.p["min_range"] > 0:
+            keep &= distance >= self.p["min_range"]
+        if self.p["max_range"] > 0:
+            keep &= distance <= self.p["max_range"]
+        box = np.asarray(self.p["crop_box"], np.float64)
+        if box.any():
+            keep &= np.all((base >= box[:3]) & (base <= box[3:]), axis=1)
+        return keep
+
+    def _embedding_messages(self, msg, cloud, selected, result, xyz, want_embeddings: bool, want_rgb: bool) -> list:
+        feat = result.embedding_tensor
+        dim = self.p["embedding_dim"]
+        needs_pca = want_rgb or dim > 0
+        if needs_pca and self.pca is None:
+            self._pca_samples.append(feat[:: max(1, feat.shape[0] // 20000)].float().cpu())
+            if len(self._pca_samples) < self.p["pca_frames"]:
+                return []
+            self.pca = EmbeddingPCA.fit(torch.cat(self._pca_samples), max(3, dim))
+            self._pca_samples.clear()
+            self.get_logger().info(f"embedding PCA basis fitted on {self.p['pca_frames']} frames and fixed")
+        out = []
+        if want_embeddings:
+            projected = self.pca.project(feat, dim) if dim > 0 else feat.float()
+            centres = cloud.coord[selected][result.voxel_index]
+            out.append((self.out_embeddings, embedding_cloud(msg.header, centres, projected.cpu().numpy())))
+        if want_rgb:
+            voxel_rgb = self.pca.rgb(feat).cpu().numpy()
+            rgb = np.full((cloud.num_input_points, 3), 128, np.uint8)
+            rgb[np.flatnonzero(cloud.valid)[selected]] = voxel_rgb[result.voxel_of_point]
+            out.append((self.out_embedding_rgb, rgb_cloud(msg.header, xyz, rgb, msg.height)))
+        return out
+
+    # -------------------------------------------------------------------------------------- reporting
+
+    def _publish_diagnostics(self) -> None:
+        extra = {"model": self.model_description, "device": str(self.segmenter.device), "label_set": self.labels.name}
+        self.out_diagnostics.publish(
+            self.health.diagnostics(
+                self.get_clock().now().to_msg(),
+                f"{self.get_name()}: segmentation",
+                self.get_fully_qualified_name(),
+                extra,
+            )
+        )
+
+    def _log_status(self) -> None:
+        s = self.health.snapshot()
+        self.get_logger().info(
+            f"{s['rate_hz']:.1f} Hz, processing {s['processing_ms_mean']:.1f} ms, latency p50 "
+            f"{s['latency_ms_p50']:.1f} ms, processed {s['frames_processed']}, dropped {s['frames_dropped']}, "
+            f"rejected {s['frames_rejected']}"
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.mailbox.close()
+        self._worker.join(timeout=10.0)
+
+
+def _transform(translation, quaternion) -> tuple[np.ndarray, np.ndarray]:
+    x, y, z, w = (float(v) for v in quaternion)
+    norm = np.sqrt(x * x + y * y + z * z + w * w)
+    if len(quaternion) != 4 or len(translation) != 3 or norm == 0:
+        raise ValueError(
+            "sensor_to_base_translation needs [x, y, z] and sensor_to_base_rotation a non-zero quaternion [x, y, z, w]"
+        )
+    x, y, z, w = x / norm, y / norm, z / norm, w / norm
+    rotation = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ],
+        np.float32,
+    )
+    return rotation, np.asarray(translation, np.float32)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = PerceptionNode()
+    except (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
