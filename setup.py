@@ -31,6 +31,9 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
+            "sonata_perception = sonata_ros.perception_node:main",
+            "sonata_sim_lidar = sonata_ros.sim_lidar:main",
+            "sonata_demo = sonata_ros.demo:main",
             "sonata-synth = sonata_model.synth.cli:main",
         ]
     },

@@ -36,6 +36,7 @@ from .mailbox import Mailbox
 from .messages import embedding_cloud, packed_palette, rgb_cloud, segmentation_cloud
 from .model_loading import load_model
 from .params import PARAMETERS
+from .shutdown import stop_on_sigterm
 
 NODE_NAME = "sonata_perception"
 WARN_EVERY_S = 5.0
@@ -298,6 +299,7 @@ def _transform(translation, quaternion) -> tuple[np.ndarray, np.ndarray]:
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
+    stop_on_sigterm()
     try:
         node = PerceptionNode()
     except (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError) as exc:

@@ -36,6 +36,8 @@ from sonata_model.io.pointcloud2 import (
 from sonata_model.synth.drive import generate_drive
 from sonata_model.synth.sensors import get_sensor
 
+from .shutdown import stop_on_sigterm
+
 GROUND_TRUTH_FIELDS = [
     FieldSpec("x", 0, FLOAT32),
     FieldSpec("y", 4, FLOAT32),
@@ -153,6 +155,7 @@ def _organized_truth(frame, truth: dict, height: int) -> dict:
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
+    stop_on_sigterm()
     try:
         node = SimLidar()
     except (ValueError, OSError) as exc:

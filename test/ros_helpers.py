@@ -1,0 +1,79 @@
+"""Helpers for tests that run ROS 2 nodes in separate processes over real DDS (localhost only)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROS_ENV = {
+    "ROS_DOMAIN_ID": str(random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)),
+    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    "PYTHONUNBUFFERED": "1",
+}
+os.environ.update(ROS_ENV)  # this test process joins the same isolated domain
+
+
+class NodeProcess:
+    """A `python -m module --ros-args ...` child whose output is collected line by line."""
+
+    def __init__(self, module: str, ros_args: list[str]) -> None:
+        env = {**os.environ, **ROS_ENV}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, "--ros-args", *ros_args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+
+    def wait_for_line(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        for line in list(self.lines):
+            if text in line:
+                return line
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.process.poll() is not None and self._queue.empty():
+                    break
+                continue
+            if text in line:
+                return line
+        raise AssertionError(f"no line containing {text!r} within {timeout} s; output:\n{self.output}")
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig: int, timeout: float = 20.0) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def spin_until(node, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Spin `node` until `condition()` holds; fail naming `what` after `timeout` seconds."""
+    import rclpy
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        rclpy.spin_once(node, timeout_sec=0.05)

@@ -1,0 +1,337 @@
+"""The perception node in its own process, over real DDS: outputs, bad input, back-pressure, soak, shutdown."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_helpers import NodeProcess, spin_until
+from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import Header
+
+import sonata_model as sm
+from sonata_model.io.bags import frame_arrays
+from sonata_model.io.frame import Frame
+from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, decode, encode, structured_view, to_message
+from sonata_model.synth.drive import generate_drive
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+OUT = "/sonata_perception/output"
+CLASSES = 13
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.15, coord_scale=0.2)
+    encoder = sm.SonataEncoder(config)
+    head = sm.LinearHead(config.head_channels, CLASSES, label_set="synthetic")
+    with torch.no_grad():
+        head.seg_head.weight.normal_(0, 1.0)
+    return sm.save_encoder(directory / "encoder.pth", encoder), sm.save_head(directory / "head.pth", head)
+
+
+@pytest.fixture(scope="module")
+def node(model_files):
+    encoder, head = model_files
+    process = NodeProcess(
+        "sonata_ros.perception_node",
+        [
+            "--params-file",
+            "config/perception.yaml",
+            "-p",
+            f"checkpoint:={encoder}",
+            "-p",
+            f"head:={head}",
+            "-p",
+            "device:=cpu",
+            "-p",
+            "input_reliability:=reliable",
+            "-p",
+            "frame_id:=lidar",
+            "-p",
+            "max_points:=150000",
+            "-p",
+            "diagnostics_period_s:=0.2",
+            "-p",
+            "pca_frames:=1",
+            "-r",
+            "~/input/pointcloud:=/test/points",
+        ],
+    )
+    process.wait_for_line("ready:")
+    yield process
+    if process.process.poll() is None:
+        assert process.stop(signal.SIGINT) == 0
+    assert "Traceback" not in process.output
+
+
+@pytest.fixture(scope="module")
+def client():
+    rclpy.init()
+    node = rclpy.create_node("test_client")
+    yield node
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+class Conversation:
+    """Publishes clouds to the node and collects its outputs and diagnostics."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.publisher = client.create_publisher(PointCloud2, "/test/points", RELIABLE)
+        self.segmentation: dict[tuple[int, int], PointCloud2] = {}
+        self.diagnostics: dict[str, str] = {}
+        self.subscriptions = [
+            client.create_subscription(PointCloud2, f"{OUT}/segmentation", self._on_segmentation, RELIABLE),
+            client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10),
+        ]
+        self.stamp = 0
+
+    def _on_segmentation(self, msg: PointCloud2) -> None:
+        self.segmentation[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith("sonata_perception"):
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+                self.diagnostics["level"] = status.level
+
+    def stamped(self, msg: PointCloud2, frame_id: str = "lidar") -> PointCloud2:
+        self.stamp += 1
+        now = self.client.get_clock().now().to_msg()
+        msg.header = Header(stamp=now, frame_id=frame_id)
+        return msg
+
+    def ask(self, msg: PointCloud2, timeout: float = 30.0) -> PointCloud2:
+        """Publish until the node answers this very message (the first may precede discovery)."""
+        msg = self.stamped(msg)
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        deadline = time.monotonic() + timeout
+        while key not in self.segmentation:
+            assert time.monotonic() < deadline, "no segmentation answer"
+            self.publisher.publish(msg)
+            end = time.monotonic() + 2.0
+            while key not in self.segmentation and time.monotonic() < end:
+                rclpy.spin_once(self.client, timeout_sec=0.05)
+        return self.segmentation.pop(key)
+
+    def counter(self, key: str) -> int:
+        return int(self.diagnostics.get(key, 0))
+
+
+@pytest.fixture(scope="module")
+def talk(client, node):
+    conversation = Conversation(client)
+    spin_until(client, lambda: conversation.publisher.get_subscription_count() > 0, 30, "the node's subscription")
+    return conversation
+
+
+@pytest.fixture(scope="module")
+def frame() -> Frame:
+    return next(iter(generate_drive("vlp16", frames=1, seed=2)))
+
+
+def cloud(frame: Frame, layout: str) -> PointCloud2:
+    arrays, height = frame_arrays(frame, layout)
+    return to_message(
+        encode(LAYOUTS[layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[layout]),
+        PointCloud2,
+        PointField,
+        Header(),
+    )
+
+
+def expected_labels(model_files, msg: PointCloud2) -> tuple[np.ndarray, np.ndarray]:
+    encoder, head = model_files
+    segmenter = sm.Segmenter(sm.load(encoder), sm.load_head(head), device="cpu")
+    decoded = decode(msg)
+    return segmenter(decoded.coord, strength=decoded.strength).labels, decoded.valid
+
+
+@pytest.mark.parametrize("layout", ["velodyne", "ouster", "autoware_xyzirc"])
+def test_every_input_point_gets_a_label_in_the_specified_layout(talk, model_files, layout):
+    source = next(iter(generate_drive("os128" if layout == "ouster" else "vlp16", frames=1, seed=4)))
+    msg = cloud(source, layout)
+    answer = talk.ask(msg)
+    assert answer.header.frame_id == "lidar" and (answer.height, answer.width) == (msg.height, msg.width)
+    assert [(f.name, f.datatype, f.count) for f in answer.fields] == [
+        ("x", 7, 1),
+        ("y", 7, 1),
+        ("z", 7, 1),
+        ("class_id", 2, 1),
+        ("probability", 7, 1),
+        ("rgb", 7, 1),
+    ]
+    view = structured_view(answer).reshape(-1)
+    labels, valid = expected_labels(model_files, msg)
+    assert (view["class_id"][~valid] == 255).all() and (view["probability"][~valid] == 0).all()
+    assert np.mean(view["class_id"][valid] == labels) > 0.999
+    assert ((view["probability"][valid] > 1 / CLASSES) & (view["probability"][valid] <= 1)).all()
+    np.testing.assert_array_equal(view["x"][valid], structured_view(msg).reshape(-1)["x"][valid])
+    if layout == "ouster":
+        assert (~valid).sum() > 1000  # zero returns were kept as points, labelled unknown
+
+
+def test_embeddings_are_published_only_to_subscribers(talk, client, node, frame):
+    assert "PCA basis fitted" not in node.output  # nobody asked for embedding colours yet
+    received = {}
+    subscriptions = [
+        client.create_subscription(
+            PointCloud2, f"{OUT}/{name}", lambda m, name=name: received.setdefault(name, m), RELIABLE
+        )
+        for name in ("embeddings", "embedding_rgb")
+    ]
+    spin_until(client, lambda: all(s.get_publisher_count() for s in subscriptions), 20, "embedding publishers")
+    deadline = time.monotonic() + 30
+    while len(received) < 2 and time.monotonic() < deadline:
+        talk.ask(cloud(frame, "velodyne"))
+    embeddings, rgb = received["embeddings"], received["embedding_rgb"]
+    field = next(f for f in embeddings.fields if f.name == "embedding")
+    assert field.count == sm.get_config("tiny").head_channels
+    assert embeddings.width < frame.num_points  # one row per voxel
+    assert rgb.width == frame.num_points and [f.name for f in rgb.fields] == ["x", "y", "z", "rgb"]
+    node.wait_for_line("PCA basis fitted", timeout=5)
+    for subscription in subscriptions:
+        client.destroy_subscription(subscription)
+
+
+def wait_counter(talk, key: str, at_least: int, timeout: float = 20.0) -> None:
+    spin_until(talk.client, lambda: talk.counter(key) >= at_least, timeout, f"diagnostics {key} >= {at_least}")
+
+
+def test_bad_input_is_counted_and_good_frames_still_answered(talk, frame):
+    good = cloud(frame, "velodyne")
+    short = cloud(frame, "velodyne")
+    short.data = short.data[:100]
+    no_x = cloud(frame, "velodyne")
+    no_x.fields = [f for f in no_x.fields if f.name != "x"]
+    nan = Frame(coord=np.full((500, 3), np.nan, np.float32), strength=np.zeros(500, np.float32))
+    empty = Frame(coord=np.zeros((0, 3), np.float32), strength=np.zeros(0, np.float32))
+    no_intensity = to_message(
+        encode(None, {"x": frame.coord[:, 0], "y": frame.coord[:, 1], "z": frame.coord[:, 2]}),
+        PointCloud2,
+        PointField,
+        Header(),
+    )
+    cases = [
+        (short, "rejected_malformed"),
+        (no_x, "rejected_malformed"),
+        (cloud(nan, "velodyne"), "rejected_no_valid_points"),
+        (cloud(empty, "velodyne"), "rejected_empty"),
+        (no_intensity, "rejected_missing_field"),
+    ]
+    for bad, counter in cases:
+        before = talk.counter(counter)
+        talk.publisher.publish(talk.stamped(bad))
+        wait_counter(talk, counter, before + 1)
+        assert talk.ask(good).width == frame.num_points  # and the node still answers
+    before = talk.counter("rejected_wrong_frame")
+    talk.publisher.publish(talk.stamped(cloud(frame, "velodyne"), frame_id="camera"))
+    wait_counter(talk, "rejected_wrong_frame", before + 1)
+    assert "missing_field" in talk.diagnostics["last_error"] or talk.diagnostics["last_error"].startswith("wrong_frame")
+
+
+def test_clouds_over_max_points_are_subsampled_not_dropped(talk, node):
+    frames = list(generate_drive("hdl64", frames=2, seed=3))
+    big = Frame(coord=np.concatenate([f.coord for f in frames]), strength=np.concatenate([f.strength for f in frames]))
+    assert big.num_points > 150000
+    answer = structured_view(talk.ask(cloud(big, "velodyne"))).reshape(-1)
+    labelled = (answer["class_id"] != 255).sum()
+    assert labelled == 150000 and len(answer) == big.num_points
+    node.wait_for_line("over max_points", timeout=5)
+
+
+def test_back_pressure_drops_frames_and_bounds_latency(talk, frame):
+    msg = cloud(frame, "velodyne")
+    dropped_before, processed_before = talk.counter("frames_dropped"), talk.counter("frames_processed")
+    sent = []
+    for _ in range(40):  # far faster than the node can segment
+        sent.append(talk.stamped(msg))
+        talk.publisher.publish(msg)
+        rclpy.spin_once(talk.client, timeout_sec=0.005)
+    last = (sent[-1].header.stamp.sec, sent[-1].header.stamp.nanosec)
+    spin_until(talk.client, lambda: last in talk.segmentation, 30, "the newest frame's answer")
+    wait_counter(talk, "frames_processed", processed_before + 1)
+    time.sleep(0.3)  # allow one more diagnostics period to report the final counts
+    spin_until(talk.client, lambda: talk.counter("frames_dropped") > dropped_before, 10, "dropped frames counted")
+    processed = talk.counter("frames_processed") - processed_before
+    assert processed < 40
+    assert float(talk.diagnostics["latency_ms_max"]) < 10_000
+
+
+def test_resident_memory_does_not_grow_over_hundreds_of_frames(talk, node):
+    small = next(iter(generate_drive("vlp16", frames=1, seed=5)))
+    small = Frame(coord=small.coord[:3000], strength=small.strength[:3000])
+    msg = cloud(small, "velodyne")
+    process = psutil.Process(node.process.pid)
+    for _ in range(40):
+        talk.ask(msg)
+    baseline = process.memory_info().rss
+    for _ in range(300):
+        talk.ask(msg)
+    growth_mib = (process.memory_info().rss - baseline) / 2**20
+    assert growth_mib < 25, f"resident memory grew by {growth_mib:.1f} MiB over 300 frames"
+
+
+def test_no_inference_without_subscribers(client, model_files):
+    encoder, head = model_files
+    idle = NodeProcess(
+        "sonata_ros.perception_node",
+        [
+            "-p",
+            f"checkpoint:={encoder}",
+            "-p",
+            f"head:={head}",
+            "-p",
+            "device:=cpu",
+            "-p",
+            "input_reliability:=reliable",
+            "-p",
+            "diagnostics_period_s:=0.2",
+            "-r",
+            "__node:=idle_perception",
+            "-r",
+            "~/input/pointcloud:=/test/idle",
+        ],
+    )
+    idle.wait_for_line("ready:")
+    publisher = client.create_publisher(PointCloud2, "/test/idle", RELIABLE)
+    seen: dict[str, str] = {}
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith("idle_perception"):
+                seen.update({kv.key: kv.value for kv in status.values})
+
+    subscription = client.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    spin_until(client, lambda: publisher.get_subscription_count() > 0, 20, "idle node subscription")
+    msg = cloud(next(iter(generate_drive("vlp16", frames=1, seed=1))), "velodyne")
+
+    def published_and_counted() -> bool:
+        msg.header = Header(stamp=client.get_clock().now().to_msg(), frame_id="lidar")
+        publisher.publish(msg)
+        return int(seen.get("frames_idle", 0)) >= 3
+
+    spin_until(client, published_and_counted, 30, "idle frames counted")
+    assert seen["frames_processed"] == "0"
+    assert idle.stop(signal.SIGTERM) == 0  # clean shutdown on SIGTERM too
+    assert "Traceback" not in idle.output
+    client.destroy_subscription(subscription)
+    client.destroy_publisher(publisher)
+
+
+def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
+    missing = tmp_path / "absent.pth"
+    process = NodeProcess("sonata_ros.perception_node", ["-p", f"checkpoint:={missing}", "-r", "__node:=doomed"])
+    assert process.process.wait(timeout=60) == 1
+    assert f"checkpoint not found: {missing}" in process.output and "Traceback" not in process.output
