@@ -1,93 +1,208 @@
-"""Dataset readers and writers: values read back equal, specs parse, bad files fail with their name."""
+"""Dataset readers and writers: values read back equal, specs parse, bad files fail naming the file."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from sonata_model.io.datasets import DatasetError, FrameFolder, FrameFolderWriter, write_kitti
+from sonata_model.io.frame import Frame
+from sonata_model.io.labels import load_label_set
 from sonata_model.io.sources import SkippingSource, SourceSpecError, open_source, parse_spec
 from sonata_model.synth.drive import generate_drive
 
 
 @pytest.fixture(scope="module")
 def drive():
-    return list(generate_drive("vlp16", frames=2, seed=3))
+    frames = list(generate_drive("vlp16", frames=2, seed=3))
+    segment = frames[1].segment.copy()
+    segment[::7] = -1  # some unlabelled points
+    frames[1] = replace(frames[1], segment=segment)
+    return frames
 
 
-def test_semantic_kitti_round_trip_with_learning_map(tmp_path, drive):
-    write_kitti(tmp_path, "04", iter(drive))
-    source = open_source(f"kitti:{tmp_path}:04")
-    assert len(source) == 2 and source.label_set.name == "semantic_kitti"
-    frame = source[1]
-    np.testing.assert_array_equal(frame.coord, drive[1].coord)
-    np.testing.assert_allclose(frame.strength, drive[1].strength)
-    np.testing.assert_allclose(frame.pose, drive[1].pose, atol=1e-6)
-    # synthetic ids written as raw ids, then mapped through SemanticKITTI's map: raw 0 (road) -> ignore
-    assert (frame.segment[drive[1].segment == 0] == -1).all()
-    np.testing.assert_array_equal(frame.instance, drive[1].instance)
+def test_semantic_kitti_round_trip_of_the_synthetic_world(tmp_path, drive):
+    assert write_kitti(tmp_path, "04", iter(drive)) == 2
+    source = open_source(f"kitti:{tmp_path}:seq04")
+    assert len(source) == 2 and source.label_set.name == "synthetic"
+    for back, original in zip((source[0], source[1]), drive, strict=True):
+        np.testing.assert_array_equal(back.coord, original.coord)
+        np.testing.assert_array_equal(back.strength, original.strength)
+        np.testing.assert_array_equal(back.segment, original.segment)  # ignore (-1) included
+        np.testing.assert_array_equal(back.instance, original.instance)
+        np.testing.assert_array_equal(back.pose, original.pose)
+    assert source[1].name == "04/000001"
 
 
-def test_kitti_bad_files_name_the_file(tmp_path, drive):
-    write_kitti(tmp_path, "00", iter(drive[:1]))
+def test_semantic_kitti_official_ids_and_camera_frame_poses(tmp_path):
+    labels = load_label_set("semantic_kitti")
+    car, road = labels.names.index("car"), labels.names.index("road")
+    frame = Frame(
+        coord=np.arange(12, dtype=np.float32).reshape(4, 3),
+        strength=np.array([0.0, 0.25, 0.5, 1.0], np.float32),
+        segment=np.array([road, car, -1, car], np.int32),
+        instance=np.array([0, 7, 0, 9], np.int32),
+    )
+    write_kitti(tmp_path, "00", [frame], label_set=labels)
+    raw = np.fromfile(tmp_path / "sequences/00/labels/000000.label", dtype=np.uint32)
+    np.testing.assert_array_equal(raw & 0xFFFF, [40, 10, 0, 10])  # road, car, unlabeled
+    np.testing.assert_array_equal(raw >> 16, [0, 7, 0, 9])
+    # a recorded label file uses other raw ids of the same classes: moving-car, lane-marking, other-structure
+    np.array([252 | 3 << 16, 60, 52, 0], np.uint32).tofile(tmp_path / "sequences/00/labels/000000.label")
+    # poses.txt is in the camera frame; calib.txt's Tr (velodyne -> camera) turns it into velodyne poses
+    velo_pose = np.array([[0, -1, 0, 5.0], [1, 0, 0, -2.0], [0, 0, 1, 0.5], [0, 0, 0, 1]])
+    tr = np.array([[0, -1, 0, 0.1], [0, 0, -1, -0.2], [1, 0, 0, 0.3], [0, 0, 0, 1]], dtype=np.float64)
+    camera_pose = tr @ velo_pose @ np.linalg.inv(tr)
+    np.savetxt(tmp_path / "sequences/00/poses.txt", camera_pose[:3].reshape(1, 12))
+    (tmp_path / "sequences/00/calib.txt").write_text(
+        "P0: " + " ".join(["0"] * 12) + "\nTr: " + " ".join(map(str, tr[:3].reshape(-1))) + "\n"
+    )
+    back = open_source(f"kitti:{tmp_path}", label_set="semantic_kitti")[0]
+    np.testing.assert_array_equal(back.segment, [car, road, -1, -1])
+    np.testing.assert_array_equal(back.instance, [3, 0, 0, 0])
+    np.testing.assert_allclose(back.pose, velo_pose, atol=1e-12)
+
+
+def test_kitti_bad_files_name_the_file_and_problem(tmp_path, drive):
+    write_kitti(tmp_path, "00", drive)
     scan = tmp_path / "sequences/00/velodyne/000000.bin"
     scan.write_bytes(scan.read_bytes()[:-4])
-    with pytest.raises(DatasetError, match=r"000000\.bin"):
-        open_source(f"kitti:{tmp_path}")[0]
-    with pytest.raises(DatasetError, match=r"sequences \['07'\] not found"):
+    source = open_source(f"kitti:{tmp_path}")
+    with pytest.raises(DatasetError, match=r"000000\.bin: \d+ bytes is not a whole number of \(x, y, z"):
+        source[0]
+    poses = tmp_path / "sequences/00/poses.txt"
+    poses.write_text(poses.read_text().splitlines()[0] + "\n")
+    source = open_source(f"kitti:{tmp_path}")  # poses are read on opening
+    with pytest.raises(DatasetError, match=r"poses\.txt: 1 poses, no pose for 000001\.bin"):
+        source[1]
+    labels = tmp_path / "sequences/00/labels/000001.label"
+    labels.write_bytes(labels.read_bytes()[:-8])
+    with pytest.raises(DatasetError, match=rf"000001\.label: {drive[1].num_points - 2} labels for"):
+        source[1]
+    with pytest.raises(DatasetError, match=r"sequences \['07'\] not found \(available: \['00'\]\)"):
         open_source(f"kitti:{tmp_path}:07")
+    with pytest.raises(DatasetError, match=r"nowhere/sequences: missing"):
+        open_source(f"kitti:{tmp_path}/nowhere")
+
+
+def write_nuscenes(root, points, labels):
+    """A format-true nuScenes tree: scan, lidarseg label file and the two devkit tables that pair them."""
+    (root / "samples/LIDAR_TOP").mkdir(parents=True)
+    (root / "lidarseg/v1.0-mini").mkdir(parents=True)
+    (root / "v1.0-mini").mkdir()
+    points.tofile(root / "samples/LIDAR_TOP/scan0.pcd.bin")
+    labels.tofile(root / "lidarseg/v1.0-mini/tok0_lidarseg.bin")
+    sample_data = [
+        {"token": "tok0", "filename": "samples/LIDAR_TOP/scan0.pcd.bin", "timestamp": 1533151603547590},
+        {"token": "cam0", "filename": "samples/CAM_FRONT/img0.jpg", "timestamp": 1533151603512404},
+    ]
+    (root / "v1.0-mini/sample_data.json").write_text(json.dumps(sample_data))
+    lidarseg = [{"token": "ls0", "sample_data_token": "tok0", "filename": "lidarseg/v1.0-mini/tok0_lidarseg.bin"}]
+    (root / "v1.0-mini/lidarseg.json").write_text(json.dumps(lidarseg))
 
 
 def test_nuscenes_lidarseg_tables_pair_scans_and_labels(tmp_path):
     rng = np.random.default_rng(0)
-    (tmp_path / "samples/LIDAR_TOP").mkdir(parents=True)
-    (tmp_path / "lidarseg/v1.0-mini").mkdir(parents=True)
-    (tmp_path / "v1.0-mini").mkdir()
     points = np.c_[rng.normal(size=(50, 3)), rng.uniform(0, 255, 50), rng.integers(0, 32, 50)].astype(np.float32)
-    points.tofile(tmp_path / "samples/LIDAR_TOP/scan0.pcd.bin")
-    labels = rng.integers(0, 32, 50).astype(np.uint8)
-    labels.tofile(tmp_path / "lidarseg/v1.0-mini/tok0_lidarseg.bin")
-    (tmp_path / "v1.0-mini/sample_data.json").write_text(
-        json.dumps([{"token": "tok0", "filename": "samples/LIDAR_TOP/scan0.pcd.bin"}])
-    )
-    (tmp_path / "v1.0-mini/lidarseg.json").write_text(
-        json.dumps([{"sample_data_token": "tok0", "filename": "lidarseg/v1.0-mini/tok0_lidarseg.bin"}])
-    )
+    labels = np.r_[2, 17, 24, 0, rng.integers(0, 32, 46)].astype(np.uint8)
+    write_nuscenes(tmp_path, points, labels)
     source = open_source(f"nuscenes:{tmp_path}:v1.0-mini")
+    assert len(source) == 1 and source.label_set.name == "nuscenes"
     frame = source[0]
     np.testing.assert_array_equal(frame.coord, points[:, :3])
     np.testing.assert_allclose(frame.strength, points[:, 3] / 255, rtol=1e-6)
-    np.testing.assert_array_equal(frame.segment, source.label_set.map_raw(labels))
+    np.testing.assert_array_equal(frame.extra["ring"], points[:, 4])
+    names = source.label_set.names
+    assert [names[t] for t in frame.segment[:3]] == ["pedestrian", "car", "driveable_surface"]
+    assert frame.segment[3] == -1  # noise
+    assert frame.stamp_ns == 1533151603547590000 and frame.name == "scan0.pcd.bin"
+    (tmp_path / "lidarseg/v1.0-mini/tok0_lidarseg.bin").write_bytes(labels[:-1].tobytes())
+    with pytest.raises(DatasetError, match=r"tok0_lidarseg\.bin: 49 labels for 50 points"):
+        source[0]
+    (tmp_path / "v1.0-mini/sample_data.json").write_text("[]")
+    with pytest.raises(DatasetError, match=r"lidarseg\.json: token tok0 not in sample_data"):
+        open_source(f"nuscenes:{tmp_path}:v1.0-mini")
+    with pytest.raises(DatasetError, match=r"v1.0-trainval/lidarseg\.json: cannot read"):
+        open_source(f"nuscenes:{tmp_path}")
 
 
-def test_frame_folders_are_atomic_resumable_and_checked(tmp_path, drive):
+def test_frame_folders_read_back_equal_and_resume(tmp_path, drive):
     writer = FrameFolderWriter(tmp_path, label_set="synthetic")
     assert writer.write(drive[0]) is True
     assert writer.write(drive[0]) is False  # already there: resume skips it
-    writer.write(drive[1])
-    (tmp_path / ".000009.abandoned").mkdir()  # what an interrupted write leaves: ignored
+    writer.write(replace(drive[1], name="seq/000001"))  # names may hold sub-folders
     writer.finish()
     source = open_source(f"frames:{tmp_path}")
     assert len(source) == 2 and source.label_set.name == "synthetic"
-    for original, back in zip(drive, (source[0], source[1]), strict=True):
-        np.testing.assert_array_equal(back.coord, original.coord)
-        np.testing.assert_array_equal(back.segment, original.segment)
-        np.testing.assert_array_equal(back.pose, original.pose)
-    np.save(tmp_path / drive[1].name / "segment.npy", np.zeros(3, np.int32))
-    with pytest.raises(DatasetError, match=r"segment.npy: shape \(3,\)"):
-        FrameFolder(tmp_path)[1]
+    assert json.loads((tmp_path / "index.json").read_text())["frames"] == ["000000", "seq/000001"]
+    for back, original in zip((source[0], source[1]), drive, strict=True):
+        for key in ("coord", "strength", "segment", "instance", "pose"):
+            np.testing.assert_array_equal(getattr(back, key), getattr(original, key))
+        assert (back.stamp_ns, back.frame_id) == (original.stamp_ns, original.frame_id)
+    assert isinstance(source[0].coord, np.memmap)
+    assert open_source(f"frames:{tmp_path}", label_set="semantic_kitti").label_set.name == "semantic_kitti"
+    with pytest.raises(DatasetError, match="cannot be a relative folder path"):
+        writer.write(replace(drive[0], name="../escape"))
+
+
+def test_an_interrupted_frame_write_leaves_no_frame(tmp_path, drive, monkeypatch):
+    saved, real_save = [], np.save
+
+    def save_then_interrupt(path, array):
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # the user stops an extraction mid-frame
+        saved.append(path)
+        real_save(path, array)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(np, "save", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            FrameFolderWriter(tmp_path).write(drive[0])
+    assert not (tmp_path / drive[0].name).exists() and list(tmp_path.iterdir()) == []
+    writer = FrameFolderWriter(tmp_path)
+    assert writer.write(drive[0]) is True
+    writer.finish()
+    np.testing.assert_array_equal(FrameFolder(tmp_path)[0].segment, drive[0].segment)
+
+
+def test_frame_folder_bad_files_name_the_file_and_are_skipped_for_training(tmp_path, drive):
+    writer = FrameFolderWriter(tmp_path)
+    for frame in drive:
+        writer.write(frame)
+    writer.finish()
+    folder = FrameFolder(tmp_path)
+    second = tmp_path / drive[1].name
+    np.save(second / "segment.npy", np.zeros(3, np.int32))
+    with pytest.raises(DatasetError, match=rf"segment\.npy: shape \(3,\), expected \({drive[1].num_points}\)"):
+        folder[1]
+    np.save(second / "segment.npy", np.zeros(drive[1].num_points, np.int64))
+    with pytest.raises(DatasetError, match=r"segment\.npy: dtype int64, expected int32"):
+        folder[1]
+    np.save(second / "coord.npy", np.zeros((5, 2), np.float32))
+    with pytest.raises(DatasetError, match=r"coord\.npy: shape \(5, 2\), expected \(N, 3\)"):
+        folder[1]
+    (tmp_path / drive[0].name / "coord.npy").unlink()
+    with pytest.raises(DatasetError, match=r"000000/coord\.npy: missing"):
+        folder[0]
     skipping = SkippingSource(open_source(f"frames:{tmp_path}"))
-    assert skipping[1] is None and skipping[0] is not None and skipping.skipped == {"DatasetError": 1}
+    assert [skipping[i] for i in range(len(skipping))] == [None, None]
+    assert skipping.skipped == {"DatasetError": 2}
+    (tmp_path / "index.json").write_text('{"frames": 3}')
+    with pytest.raises(DatasetError, match=r"index\.json: malformed"):
+        FrameFolder(tmp_path)
 
 
 def test_spec_parsing():
     assert parse_spec("bag:/data/run1.mcap:/points") == ("bag", "/data/run1.mcap", "/points")
     assert parse_spec("bag:/data/run1.mcap") == ("bag", "/data/run1.mcap", None)
     assert parse_spec("kitti:/d/semkitti:00,01") == ("kitti", "/d/semkitti", "00,01")
+    assert parse_spec("kitti:/d/semkitti:seq00,01") == ("kitti", "/d/semkitti", "seq00,01")
+    assert parse_spec("kitti:/d/semkitti") == ("kitti", "/d/semkitti", None)
     assert parse_spec("nuscenes:/d/nus:v1.0-mini") == ("nuscenes", "/d/nus", "v1.0-mini")
     assert parse_spec("frames:/d/x:y") == ("frames", "/d/x:y", None)
-    for bad in ("bag", "tiff:/x", "frames:"):
+    for bad in ("bag", "tiff:/x", "frames:", "/data/run1.mcap"):
         with pytest.raises(SourceSpecError, match="KIND:PATH"):
             parse_spec(bad)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -29,10 +31,37 @@ def test_nuscenes_and_scannet_maps():
         "driveable_surface",
         "vegetation",
     ]
-    assert nus.map_raw(np.array([0, 31])).tolist() == [-1, -1]
+    assert nus.map_raw(np.array([0, 31, 200])).tolist() == [-1, -1, -1]
     scannet = load_label_set("scannet20")
-    assert scannet.names[0] == "wall" and scannet.names[-1] == "otherfurniture"
-    assert scannet.map_raw(np.array([39, 13])).tolist() == [19, -1]
+    assert scannet.names == (
+        "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+        "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub", "otherfurniture",
+    )  # fmt: skip
+    assert scannet.map_raw(np.array([39, 13, 1, 2])).tolist() == [19, -1, 0, 1]
+
+
+def test_synthetic_set_keeps_raw_ids_as_train_ids():
+    labels = load_label_set("synthetic")
+    assert labels.names == (
+        "road", "sidewalk", "terrain", "building", "fence", "vegetation", "trunk", "pole", "traffic-sign", "car",
+        "truck", "person", "bicyclist",
+    )  # fmt: skip
+    assert labels.learning_map is None
+    assert labels.map_raw(np.array([0, 12, 13, 65535], np.uint32)).tolist() == [0, 12, -1, -1]
+    train = np.array([0, 12, -1, 5], np.int32)
+    np.testing.assert_array_equal(labels.map_raw(labels.raw_ids(train)), train)
+
+
+def test_raw_ids_invert_the_learning_map():
+    labels = load_label_set("semantic_kitti")
+    train = np.arange(-1, labels.num_classes)
+    raw = labels.raw_ids(train)
+    assert raw[:3].tolist() == [0, 10, 11]  # unlabeled, car, bicycle: the smallest raw id of each class
+    np.testing.assert_array_equal(labels.map_raw(raw), train)
+    with pytest.raises(ValueError, match=r"train ids \[19\] are neither 0..18 nor ignore_index -1"):
+        labels.raw_ids(np.array([3, 19]))
+    with pytest.raises(ValueError, match="raw ids must be >= 0"):
+        labels.map_raw(np.array([-3]))
 
 
 def test_palette_gives_grey_for_unknown():
@@ -47,12 +76,32 @@ def test_load_by_path_and_errors(tmp_path):
     good = tmp_path / "mine.yaml"
     good.write_text("name: mine\nclasses: [{name: a, color: [1, 2, 3]}, {name: b, color: [4, 5, 6]}]\n")
     assert load_label_set(good).names == ("a", "b")
-    with pytest.raises(LabelSetError, match="available"):
+    with pytest.raises(LabelSetError, match=r"'no_such_set' not found; available: \['nuscenes', 'scannet20', "):
         load_label_set("no_such_set")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nclasses: [{name: a, color: [1, 2]}]\n")
     with pytest.raises(LabelSetError, match="colour"):
         load_label_set(bad)
     bad.write_text("name: bad\nclasses: [{name: a, color: [1, 2, 3]}]\nlearning_map: {5: 3}\n")
-    with pytest.raises(LabelSetError, match="learning_map"):
+    with pytest.raises(LabelSetError, match=r"learning_map entries \{5: 3\}"):
         load_label_set(bad)
+    bad.write_text("name: bad\nclasses: [{name: a, color: [1, 2, 3]}]\nlearning_map: {-2: 0}\n")
+    with pytest.raises(LabelSetError, match=r"raw ids must be 0..65535"):
+        load_label_set(bad)
+
+
+def test_installed_share_dirs_are_searched_after_the_source_tree(tmp_path, monkeypatch):
+    """An installed package finds its sets under <prefix>/share/sonata_ros and through the ament index."""
+    yaml_text = "name: {}\nclasses: [{{name: thing, color: [1, 2, 3]}}]\n"
+    prefix, ament = tmp_path / "prefix", tmp_path / "ament"
+    for root, name in ((prefix, "from_prefix"), (ament, "from_ament"), (ament, "synthetic")):
+        (root / "share/sonata_ros/config/labels").mkdir(parents=True, exist_ok=True)
+        (root / f"share/sonata_ros/config/labels/{name}.yaml").write_text(yaml_text.format(name))
+    (ament / "share/ament_index/resource_index/packages").mkdir(parents=True)
+    (ament / "share/ament_index/resource_index/packages/sonata_ros").touch()
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(ament))
+    assert load_label_set("from_prefix").names == ("thing",)
+    assert load_label_set("from_ament").names == ("thing",)
+    assert load_label_set("synthetic").num_classes == 13  # the source tree comes first
+    assert {"from_prefix", "from_ament", "synthetic"} <= set(available_label_sets())

@@ -324,7 +324,7 @@ def test_no_inference_without_subscribers(client, model_files):
 
     spin_until(client, published_and_counted, 30, "idle frames counted")
     assert seen["frames_processed"] == "0"
-    assert idle.stop(signal.SIGTERM) == 0  # clean shutdown on SIGTERM too
+    assert idle.stop(signal.SIGTERM) == 0, idle.output  # clean shutdown on SIGTERM too
     assert "Traceback" not in idle.output
     client.destroy_subscription(subscription)
     client.destroy_publisher(publisher)

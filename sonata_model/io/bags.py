@@ -1,48 +1,71 @@
 """PointCloud2 frames from and to bag files, through `rosbags` (no ROS install needed).
 
-Reads rosbag2 (`.mcap` / `.db3`, a bag directory or a bare storage file) and ROS 1 `.bag`. A truncated
-or corrupt bag yields every good frame it holds; what was skipped (undecodable or malformed messages,
-a cut-off file) is counted in a `BagReport` and logged. Writes frames in a real driver's layout
-(`pointcloud2.LAYOUTS`): labels never go into a bag, as no driver publishes them.
+Reads rosbag2 (`.mcap` / `.db3`: a bag folder with metadata.yaml, or a bare `.mcap` file) and ROS 1
+`.bag`. A damaged bag yields every good frame it holds: undecodable or malformed messages are skipped,
+and a file that indexed reading refuses (cut off, no index) is read front to back by `bag_recovery`.
+What was skipped is counted in the iterator's `BagReport` and logged.
+
+Random access (`BagSource`) needs an intact bag; a damaged one is read front to back, or extracted to
+frame folders first. Writes frames in a real driver's layout (`pointcloud2.LAYOUTS`); labels never go
+into a bag, as no driver publishes them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .bag_recovery import Salvage, storage_file
 from .frame import Frame
-from .mcap_scan import ScanResult, scan_messages
-from .pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, UINT8, PointCloudError, decode, encode, to_message
+from .labels import LabelSet
+from .pointcloud2 import (
+    LAYOUT_POINT_STEP,
+    LAYOUTS,
+    UINT8,
+    PointCloudError,
+    decode,
+    encode,
+    pack_rgb,
+    structured_view,
+    to_message,
+)
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 BAG_FORMATS = ("mcap", "db3", "bag1")
+RING_FIELDS = ("ring", "channel")  # Velodyne / Ouster / Hesai, Autoware
 log = logging.getLogger(__name__)
 
 
 class BagError(RuntimeError):
-    """A bag that cannot be opened, or a topic that is not in it."""
+    """A bag that cannot be opened or written, or a topic that is not in it."""
 
 
 @dataclass
 class BagReport:
-    """What reading a bag produced: frames read and skipped messages by reason."""
+    """What reading a bag produced: frames read, skipped messages by reason, and why reading ended early."""
 
     path: str
     frames: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    truncated: str | None = None  # why reading stopped early, if it did
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    first_error: dict[str, str] = field(default_factory=dict)  # reason -> the first error's text
+    truncated: str | None = None
+
+    def skip(self, reason: str, error: object) -> None:
+        self.skipped[reason] += 1
+        self.first_error.setdefault(reason, str(error))
 
     def __str__(self) -> str:
         parts = [f"{self.path}: {self.frames} frames"]
-        if self.skipped:
-            parts.append("skipped " + ", ".join(f"{n} x {reason}" for reason, n in self.skipped.items()))
+        for reason, n in self.skipped.items():
+            first = self.first_error.get(reason)
+            parts.append(f"skipped {n} x {reason}" + (f" (first: {first})" if first else ""))
         if self.truncated:
             parts.append(f"stopped early: {self.truncated}")
         return "; ".join(parts)
@@ -67,156 +90,237 @@ def _open(path: Path):
     return reader
 
 
+def _salvage(path: Path, open_error: BagError) -> Salvage:
+    """Front-to-back reader of a bag that indexed reading refused; re-raises if it is no bag at all."""
+    file = storage_file(path)
+    if file is None:
+        raise open_error
+    try:
+        return Salvage(file)
+    except ValueError:
+        raise open_error from None
+
+
+def _choose_topic(path: Path, topics: Iterable[str], topic: str | None) -> str:
+    """`topic`, checked against the bag's PointCloud2 topics, or the only one when None."""
+    topics = sorted(set(topics))
+    if topic is None:
+        if len(topics) != 1:
+            raise BagError(f"{path}: name a topic; PointCloud2 topics are {topics}")
+        return topics[0]
+    if topic not in topics:
+        raise BagError(f"{path}: no PointCloud2 topic {topic!r}; PointCloud2 topics are {topics}")
+    return topic
+
+
+def _cloud_connections(reader, path: Path, topic: str | None) -> list:
+    clouds = [c for c in reader.connections if c.msgtype == POINTCLOUD2]
+    topic = _choose_topic(path, (c.topic for c in clouds), topic)
+    return [c for c in clouds if c.topic == topic]
+
+
+def _salvaged_counts(salvage: Salvage) -> Counter:
+    return Counter(m.topic for m in salvage if m.msgtype == POINTCLOUD2)
+
+
 def list_pointcloud_topics(path: str | os.PathLike) -> dict[str, int]:
-    """PointCloud2 topics of a bag and their message counts."""
-    reader = _open(Path(path))
+    """PointCloud2 topics of a bag and their message counts (of a damaged bag: those still readable)."""
+    path = Path(path)
+    try:
+        reader = _open(path)
+    except BagError as exc:
+        return dict(_salvaged_counts(_salvage(path, exc)))
     try:
         counts: Counter = Counter()
         for connection in reader.connections:
-            if connection.msgtype in (POINTCLOUD2, "sensor_msgs/PointCloud2"):
+            if connection.msgtype == POINTCLOUD2:
                 counts[connection.topic] += connection.msgcount
         return dict(counts)
     finally:
         reader.close()
 
 
-def _connections(reader, path: Path, topic: str | None):
-    clouds = [c for c in reader.connections if c.msgtype in (POINTCLOUD2, "sensor_msgs/PointCloud2")]
-    topics = sorted({c.topic for c in clouds})
-    if topic is None:
-        if len(topics) != 1:
-            raise BagError(f"{path}: name a topic; PointCloud2 topics are {topics}")
-        topic = topics[0]
-    chosen = [c for c in clouds if c.topic == topic]
-    if not chosen:
-        raise BagError(f"{path}: no PointCloud2 topic {topic!r}; PointCloud2 topics are {topics}")
-    return chosen
+def cloud_frame(msg, *, name: str, intensity_scale: float | None = None) -> Frame:
+    """A Frame of a deserialized PointCloud2: valid points, strength, colour, normals, ring and time.
+
+    extra["time"] is seconds since the sweep start (Velodyne `time`; Ouster `t` is ns). Raises
+    PointCloudError for a malformed cloud.
+    """
+    cloud = decode(msg, intensity_scale=intensity_scale)
+    view = structured_view(msg).reshape(-1)
+    names = view.dtype.names
+    extra = {}
+    ring = next((f for f in RING_FIELDS if f in names), None)
+    if ring is not None:
+        extra["ring"] = view[ring][cloud.valid].astype(np.uint16)
+    if "time" in names:
+        extra["time"] = view["time"][cloud.valid].astype(np.float32)
+    elif "t" in names:
+        extra["time"] = (view["t"][cloud.valid] * 1e-9).astype(np.float32)
+    stamp = msg.header.stamp
+    return Frame(
+        coord=cloud.coord,
+        strength=cloud.strength,
+        color=cloud.color,
+        normal=cloud.normal,
+        stamp_ns=int(stamp.sec) * 10**9 + int(stamp.nanosec),
+        frame_id=msg.header.frame_id,
+        name=name,
+        extra=extra,
+    )
 
 
 class BagFrames:
-    """Iterable of the PointCloud2 frames of one topic; `.report` says what was read and skipped."""
+    """Iterator over the PointCloud2 frames of one topic; `.report` says what was read and skipped.
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        topic: str | None = None,
-        *,
-        intensity_scale: float | None = None,
-        start_ns: int | None = None,
-        stop_ns: int | None = None,
-    ) -> None:
+    Frame names are f"{bag name}#{k}" with k the message's position in the topic (skipped ones count).
+    """
+
+    def __init__(self, path: str | os.PathLike, topic: str | None = None, *, intensity_scale: float | None = None):
         self.path = Path(path)
         self.topic = topic
         self.intensity_scale = intensity_scale
-        self.start_ns, self.stop_ns = start_ns, stop_ns
         self.report = BagReport(str(self.path))
+        self._frames = self._generate()
 
-    def __iter__(self) -> Iterator[Frame]:
-        self.report = BagReport(str(self.path))
+    def __iter__(self) -> BagFrames:
+        return self
+
+    def __next__(self) -> Frame:
+        return next(self._frames)
+
+    def close(self) -> None:
+        """Stop early and release the bag."""
+        self._frames.close()
+
+    def _generate(self) -> Iterator[Frame]:
         try:
             reader = _open(self.path)
-        except BagError:
-            mcap = _mcap_file(self.path)
-            if mcap is None:
-                raise
-            yield from self._recover(mcap)
+        except BagError as exc:
+            salvage = _salvage(self.path, exc)
+            try:
+                yield from self._salvaged(salvage, exc)
+            finally:
+                self._log()
             return
         try:
-            connections = _connections(reader, self.path, self.topic)
-            index = 0
-            messages = reader.messages(connections=connections, start=self.start_ns, stop=self.stop_ns)
-            while True:
+            messages = reader.messages(connections=_cloud_connections(reader, self.path, self.topic))
+            for index in itertools.count():
                 try:
-                    connection, timestamp, raw = next(messages)
+                    connection, _, raw = next(messages)
                 except StopIteration:
-                    break
-                except Exception as exc:  # a cut-off or corrupt file: keep what was read
-                    self.report.truncated = f"{type(exc).__name__}: {exc}"
-                    log.warning("bag %s: reading stopped after %d messages: %s", self.path, index, exc)
-                    break
-                frame = self._frame(reader.deserialize, raw, connection.msgtype, timestamp, index)
-                index += 1
+                    return
+                except Exception as exc:  # a corrupt chunk or record: keep what was read
+                    self.report.truncated = f"message {index}: {type(exc).__name__}: {exc}"
+                    return
+                frame = self._frame(reader.deserialize, raw, connection.msgtype, index)
                 if frame is not None:
-                    self.report.frames += 1
                     yield frame
         finally:
             reader.close()
-            if self.report.skipped or self.report.truncated:
-                log.warning("%s", self.report)
+            self._log()
 
-    def _recover(self, mcap: Path) -> Iterator[Frame]:
-        """Linear scan of an MCAP file that indexed reading refused (cut off): every complete message."""
-        store = _typestore()
-        scan = ScanResult()
+    def _salvaged(self, salvage: Salvage, open_error: BagError) -> Iterator[Frame]:
+        counts = _salvaged_counts(salvage)
+        if not counts:
+            raise BagError(
+                f"{open_error}; read front to back, no PointCloud2 message is left ({salvage.unattributed} messages "
+                f"lost their connection record; {salvage.stopped or 'reached the end of the file'})"
+            )
+        topic = _choose_topic(self.path, counts, self.topic)
+        stores = {False: _typestore(), True: _typestore(ros1=True)}
         index = 0
-        for topic, schema, timestamp, raw in scan_messages(mcap, scan):
-            if schema not in (POINTCLOUD2,) or (self.topic is not None and topic != self.topic):
+        for message in salvage:
+            if message.topic != topic or message.msgtype != POINTCLOUD2:
                 continue
-            if not (self.start_ns is None or self.start_ns <= timestamp) or not (
-                self.stop_ns is None or timestamp < self.stop_ns
-            ):
-                index += 1
-                continue
-            frame = self._frame(store.deserialize_cdr, raw, schema, timestamp, index)
+            store = stores[message.ros1]
+            deserialize = store.deserialize_ros1 if message.ros1 else store.deserialize_cdr
+            frame = self._frame(deserialize, message.data, message.msgtype, index)
             index += 1
             if frame is not None:
-                self.report.frames += 1
                 yield frame
-        self.report.truncated = f"no index (file cut off?); recovered by a linear scan: {scan.stopped or 'clean end'}"
-        log.warning("%s", self.report)
+        if salvage.unattributed:
+            self.report.skipped["message without a connection record"] += salvage.unattributed
+        self.report.truncated = f"{open_error}; read front to back: {salvage.stopped or 'to the end of the file'}"
 
-    def _frame(self, deserialize, raw: bytes, msgtype: str, timestamp: int, index: int) -> Frame | None:
+    def _frame(self, deserialize: Callable[[bytes, str], object], raw, msgtype: str, index: int) -> Frame | None:
         try:
             msg = deserialize(raw, msgtype)
-        except Exception:
-            self.report.skipped["undecodable message"] += 1
+        except Exception as exc:  # garbage bytes make the deserializer raise anything
+            self.report.skip("undecodable message", f"message {index}: {type(exc).__name__}: {exc}")
             return None
         try:
-            cloud = decode(msg, intensity_scale=self.intensity_scale)
+            frame = cloud_frame(msg, name=f"{self.path.name}#{index}", intensity_scale=self.intensity_scale)
         except PointCloudError as exc:
-            self.report.skipped[f"malformed cloud ({exc})"] += 1
+            self.report.skip("malformed PointCloud2", f"message {index}: {exc}")
             return None
-        stamp = msg.header.stamp
-        return Frame(
-            coord=cloud.coord,
-            strength=cloud.strength,
-            color=cloud.color,
-            normal=cloud.normal,
-            stamp_ns=int(stamp.sec) * 10**9 + int(stamp.nanosec) if stamp is not None else timestamp,
-            frame_id=msg.header.frame_id,
-            name=f"{self.path.name}#{index}",
-        )
+        self.report.frames += 1
+        return frame
 
-
-def _mcap_file(path: Path) -> Path | None:
-    if path.suffix == ".mcap" and path.is_file():
-        return path
-    found = sorted(path.glob("*.mcap")) if path.is_dir() else []
-    return found[0] if len(found) == 1 else None
+    def _log(self) -> None:
+        if self.report.skipped or self.report.truncated:
+            log.warning("%s", self.report)
 
 
 def iter_bag_frames(
     path: str | os.PathLike, topic: str | None = None, *, intensity_scale: float | None = None
 ) -> BagFrames:
-    """The PointCloud2 frames of `topic` (or of the bag's only PointCloud2 topic)."""
+    """The PointCloud2 frames of `topic` (or of the bag's only PointCloud2 topic), in bag order."""
     return BagFrames(path, topic, intensity_scale=intensity_scale)
 
 
-def bag_timestamps(path: str | os.PathLike, topic: str | None = None) -> np.ndarray:
-    """Receive timestamps (ns) of the topic's messages, in order: an index for random access."""
-    reader = _open(Path(path))
-    try:
-        connections = _connections(reader, Path(path), topic)
-        return np.array([t for _, t, _ in reader.messages(connections=connections)], dtype=np.int64)
-    finally:
-        reader.close()
+class BagSource:
+    """Random access to one PointCloud2 topic of an intact bag (a FrameSource).
+
+    Opening reads the bag once to index the receive time of every message; frame i is then read by a
+    time-window query, which seeks to the chunk that holds it. For many epochs of training, extract
+    the bag to frame folders instead. A corrupt message raises its PointCloudError / BagError.
+    """
+
+    def __init__(self, path: str | os.PathLike, topic: str | None = None, *, intensity_scale: float | None = None):
+        self.path, self.intensity_scale = Path(path), intensity_scale
+        self.name = f"bag:{self.path}"
+        self.label_set: LabelSet | None = None
+        try:
+            reader = _open(self.path)
+        except BagError as exc:
+            raise BagError(f"{exc}; a damaged bag can only be read front to back (iter_bag_frames)") from exc
+        try:
+            connections = _cloud_connections(reader, self.path, topic)
+            self.topic = connections[0].topic
+            self.timestamps = np.array([t for _, t, _ in reader.messages(connections=connections)], dtype=np.int64)
+        finally:
+            reader.close()
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def __getitem__(self, i: int) -> Frame:
+        stamp = int(self.timestamps[i])
+        i = range(len(self))[i]  # negative indices count from the end, as the name should
+        nth = int(np.count_nonzero(self.timestamps[:i] == stamp))  # messages sharing the stamp
+        reader = _open(self.path)
+        try:
+            connections = _cloud_connections(reader, self.path, self.topic)
+            window = reader.messages(connections=connections, start=stamp, stop=stamp + 1)
+            for k, (connection, _, raw) in enumerate(window):
+                if k == nth:
+                    try:
+                        msg = reader.deserialize(raw, connection.msgtype)
+                    except Exception as exc:
+                        raise BagError(f"{self.path}: message {i} cannot be deserialized: {exc}") from exc
+                    return cloud_frame(msg, name=f"{self.path.name}#{i}", intensity_scale=self.intensity_scale)
+        finally:
+            reader.close()
+        raise BagError(f"{self.path}: message {i} (t={stamp}) is gone; was the bag changed after opening?")
 
 
 def frame_arrays(frame: Frame, layout: str) -> tuple[dict[str, np.ndarray], int]:
     """Per-field arrays of a frame in a driver layout, and the row count (organized for Ouster).
 
-    Intensity is strength * 255 (u8 for Autoware); ring / time come from `frame.extra` when there.
-    Ouster clouds are organized by ring and azimuth column, with zeros for missing returns.
+    Intensity is strength * 255 (u8 for Autoware); ring / time come from `frame.extra` when there
+    (time in seconds; Ouster's `t` in ns). Ouster clouds are organized by ring and azimuth column
+    (extra["column"]), with zeros for missing returns, as the driver sends them.
     """
     fields = {f.name: f for f in LAYOUTS[layout]}
     n = frame.num_points
@@ -227,21 +331,21 @@ def frame_arrays(frame: Frame, layout: str) -> tuple[dict[str, np.ndarray], int]
         arrays["intensity"] = (
             np.round(scaled).astype(np.uint8) if fields["intensity"].datatype == UINT8 else scaled.astype(np.float32)
         )
-    ring = frame.extra.get("ring")
-    for name in ("ring", "channel"):
+    ring, time = frame.extra.get("ring"), frame.extra.get("time")
+    for name in RING_FIELDS:
         if name in fields and ring is not None:
             arrays[name] = ring.astype(np.uint16)
-    if "time" in fields and "time" in frame.extra:
-        arrays["time"] = frame.extra["time"].astype(np.float32)
+    if "time" in fields and time is not None:
+        arrays["time"] = time.astype(np.float32)
+    if "t" in fields and time is not None:
+        arrays["t"] = np.round(time.astype(np.float64) * 1e9).astype(np.uint32)
     if "rgb" in fields and frame.color is not None:
-        from .pointcloud2 import pack_rgb
-
         arrays["rgb"] = pack_rgb(frame.color)
     if layout != "ouster":
         return arrays, 1
     if ring is None or "column" not in frame.extra:
         raise ValueError(f"frame {frame.name!r}: an organized Ouster cloud needs extra['ring'] and extra['column']")
-    rows, columns = int(ring.max()) + 1, int(frame.extra["column"].max()) + 1
+    rows, columns = int(ring.max(initial=0)) + 1, int(frame.extra["column"].max(initial=0)) + 1
     cell = ring.astype(np.int64) * columns + frame.extra["column"]
     organized = {}
     for name, values in arrays.items():
@@ -253,7 +357,10 @@ def frame_arrays(frame: Frame, layout: str) -> tuple[dict[str, np.ndarray], int]
 
 
 class BagWriter:
-    """Write frames as PointCloud2 messages of one topic: rosbag2 (mcap, db3) or ROS 1 (bag1)."""
+    """Writes frames as PointCloud2 messages of one topic: rosbag2 version 9 (mcap, db3) or ROS 1 (bag1).
+
+    Use as a context manager; the bag is complete (indexed) when the block exits.
+    """
 
     def __init__(
         self, path: str | os.PathLike, format: str = "mcap", topic: str = "/points", layout: str = "velodyne"
@@ -265,7 +372,6 @@ class BagWriter:
         self.path, self.format, self.topic, self.layout = Path(path), format, topic, layout
         self._ros1 = format == "bag1"
         self._store = _typestore(self._ros1)
-        self._msgtype = "sensor_msgs/msg/PointCloud2"
         self._writer = None
         self._connection = None
 
@@ -280,26 +386,26 @@ class BagWriter:
             plugin = StoragePlugin.MCAP if self.format == "mcap" else StoragePlugin.SQLITE3
             self._writer = Writer(self.path, version=9, storage_plugin=plugin)
         self._writer.open()
-        self._connection = self._writer.add_connection(self.topic, self._msgtype, typestore=self._store)
+        self._connection = self._writer.add_connection(self.topic, POINTCLOUD2, typestore=self._store)
         return self
 
     def __exit__(self, *exc) -> None:
         self._writer.close()
+        self._writer = None
 
     def write(self, frame: Frame, stamp_ns: int | None = None) -> None:
+        """Append one frame, stamped (header and receive time) `stamp_ns`, by default frame.stamp_ns."""
+        if self._writer is None:
+            raise BagError(f"{self.path}: write inside `with BagWriter(...) as writer:`")
         stamp_ns = frame.stamp_ns if stamp_ns is None else stamp_ns
         arrays, height = frame_arrays(frame, self.layout)
         encoded = encode(LAYOUTS[self.layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[self.layout])
         types = self._store.types
         time = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+        header_fields = {"stamp": time, "frame_id": frame.frame_id or "lidar"}
         if self._ros1:
-            header = types["std_msgs/msg/Header"](seq=0, stamp=time, frame_id=frame.frame_id or "lidar")
-        else:
-            header = types["std_msgs/msg/Header"](stamp=time, frame_id=frame.frame_id or "lidar")
-        msg = to_message(encoded, types[self._msgtype], types["sensor_msgs/msg/PointField"], header)
-        data = (
-            self._store.serialize_ros1(msg, self._msgtype)
-            if self._ros1
-            else self._store.serialize_cdr(msg, self._msgtype)
-        )
-        self._writer.write(self._connection, stamp_ns, data)
+            header_fields["seq"] = 0
+        header = types["std_msgs/msg/Header"](**header_fields)
+        msg = to_message(encoded, types[POINTCLOUD2], types["sensor_msgs/msg/PointField"], header)
+        serialize = self._store.serialize_ros1 if self._ros1 else self._store.serialize_cdr
+        self._writer.write(self._connection, stamp_ns, serialize(msg, POINTCLOUD2))

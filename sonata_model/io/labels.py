@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +25,40 @@ import yaml
 
 UNKNOWN = 255  # class id of points without a label in published clouds
 UNKNOWN_COLOR = (128, 128, 128)
+MAX_RAW_ID = 1 << 16  # SemanticKITTI keeps the semantic id in 16 bits; no dataset needs more
 
 
 class LabelSetError(ValueError):
     """A label-set file that is missing or malformed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LabelSet:
+    """Class names and colours (train id = position), and the raw-id -> train-id map of a dataset.
+
+    Without a learning map raw ids are train ids: 0..C-1 map to themselves, anything else is ignored.
+    """
+
     name: str
     names: tuple[str, ...]
     colors: np.ndarray  # (C, 3) uint8
     ignore_index: int = -1
     learning_map: dict[int, int] | None = None
+    _to_train: np.ndarray = field(init=False, repr=False)  # raw id -> train id lookup table
+    _to_raw: np.ndarray = field(init=False, repr=False)  # train id -> raw id; last entry: ignore's raw id
+
+    def __post_init__(self) -> None:
+        mapping = self.learning_map if self.learning_map is not None else {i: i for i in range(self.num_classes)}
+        # one entry past the largest raw id: the ignore answer for every larger id
+        to_train = np.full(max(mapping, default=-1) + 2, self.ignore_index, dtype=np.int32)
+        to_train[list(mapping)] = list(mapping.values())
+        to_raw = np.full(self.num_classes + 1, -1, dtype=np.int64)
+        to_raw[-1] = np.flatnonzero(to_train == self.ignore_index)[0]  # the smallest raw id read as ignored
+        for train in range(self.num_classes):  # loop over classes
+            raws = np.flatnonzero(to_train == train)
+            to_raw[train] = raws[0] if len(raws) else -1
+        object.__setattr__(self, "_to_train", to_train)
+        object.__setattr__(self, "_to_raw", to_raw)
 
     @property
     def num_classes(self) -> int:
@@ -51,13 +72,28 @@ class LabelSet:
 
     def map_raw(self, raw: np.ndarray) -> np.ndarray:
         """Raw dataset ids -> train ids (int32; unmapped ids -> ignore_index), via a lookup table."""
-        if self.learning_map is None:
-            return np.asarray(raw, dtype=np.int32)
-        raw = np.asarray(raw, dtype=np.int64)
-        size = max(max(self.learning_map) + 1, int(raw.max(initial=0)) + 1)
-        table = np.full(size, self.ignore_index, dtype=np.int32)
-        table[list(self.learning_map)] = list(self.learning_map.values())
-        return table[raw]
+        raw = np.asarray(raw)
+        if raw.size and raw.min() < 0:
+            raise ValueError(f"label set {self.name!r}: raw ids must be >= 0, got {raw.min()}")
+        return self._to_train[np.minimum(raw, len(self._to_train) - 1)]
+
+    def raw_ids(self, train: np.ndarray) -> np.ndarray:
+        """Train ids (ignore_index allowed) -> raw ids that `map_raw` maps back to them (uint32).
+
+        Each class gets its smallest raw id; ignored points get the smallest raw id the map ignores.
+        """
+        train = np.asarray(train)
+        bad = (train != self.ignore_index) & ((train < 0) | (train >= self.num_classes))
+        if bad.any():
+            raise ValueError(
+                f"label set {self.name!r}: train ids {np.unique(train[bad])[:5].tolist()} are neither "
+                f"0..{self.num_classes - 1} nor ignore_index {self.ignore_index}"
+            )
+        table = self._to_raw
+        missing = [self.names[t] for t in np.unique(train[train >= 0]) if table[t] < 0]
+        if missing:
+            raise ValueError(f"label set {self.name!r}: no raw id maps to {missing}")
+        return table[np.where(train == self.ignore_index, -1, train)].astype(np.uint32)
 
 
 def _search_dirs() -> list[Path]:
@@ -101,9 +137,12 @@ def load_label_set(name_or_path: str | os.PathLike) -> LabelSet:
     learning_map = data.get("learning_map")
     if learning_map is not None:
         learning_map = {int(k): int(v) for k, v in learning_map.items()}
-        bad = {k: v for k, v in learning_map.items() if not -1 <= v < len(names)}
+        bad = {k: v for k, v in learning_map.items() if not (0 <= k < MAX_RAW_ID and -1 <= v < len(names))}
         if bad:
-            raise LabelSetError(f"{path}: learning_map targets outside 0..{len(names) - 1}: {bad}")
+            raise LabelSetError(
+                f"{path}: learning_map entries {bad}: raw ids must be 0..{MAX_RAW_ID - 1}, "
+                f"train ids -1..{len(names) - 1}"
+            )
     return LabelSet(
         name=str(data.get("name", path.stem)),
         names=names,

@@ -1,29 +1,30 @@
-"""One random-access interface over every frame source, and the spec strings the CLIs take.
+"""One random-access interface over every frame source, and the spec strings the command lines take.
 
-    bag:/data/run1.mcap[:/points]          rosbag2 (.mcap / .db3 / bag dir) or ROS 1 .bag, one topic
-    kitti:/data/semantickitti[:00,01]      SemanticKITTI sequences (all by default)
+    bag:/data/run1.mcap[:/points]          rosbag2 (.mcap / .db3 / bag folder) or ROS 1 .bag, one topic
+    kitti:/data/semantickitti[:00,01]      SemanticKITTI sequences (all by default; "seq00" also works)
     nuscenes:/data/nuscenes[:v1.0-mini]    nuScenes lidarseg (v1.0-trainval by default)
-    frames:/data/extracted                 per-frame folders (sonata-extract's output)
+    frames:/data/extracted                 per-frame folders
 
-Bags are indexed by message timestamp on open and read one message at a time (mcap and db3 seek by
-time); for many epochs of training, extract them to frame folders first (`sonata-extract`).
+Bags are indexed by message time on open and read one message at a time (see `bags.BagSource`); a
+damaged bag must be read front to back with `bags.iter_bag_frames` (or extracted) instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .bags import BagError, BagFrames, bag_timestamps
+from .bags import BagError, BagSource
 from .datasets import DatasetError, FrameFolder, NuScenesLidarSeg, SemanticKitti
 from .frame import Frame
 from .labels import LabelSet, load_label_set
 from .pointcloud2 import PointCloudError
 
 SOURCE_KINDS = ("bag", "kitti", "nuscenes", "frames")
+_KITTI_SEQUENCES = re.compile(r"(seq)?\d+(,(seq)?\d+)*")
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +34,8 @@ class SourceSpecError(ValueError):
 
 @runtime_checkable
 class FrameSource(Protocol):
+    """Random access to the frames of a dataset or bag; `label_set` is None for unlabelled sources."""
+
     name: str
     label_set: LabelSet | None
 
@@ -41,35 +44,10 @@ class FrameSource(Protocol):
     def __getitem__(self, i: int) -> Frame: ...
 
 
-class BagSource:
-    """Random access into one PointCloud2 topic of a bag, by the message timestamps."""
+class DatasetSource:
+    """A dataset reader with the `name` and `label_set` of a FrameSource."""
 
-    def __init__(self, path: str | os.PathLike, topic: str | None = None, intensity_scale: float | None = None):
-        self.path, self.topic, self.intensity_scale = Path(path), topic, intensity_scale
-        self.timestamps = bag_timestamps(self.path, topic)
-        self.name = f"bag:{self.path}"
-        self.label_set = None
-
-    def __len__(self) -> int:
-        return len(self.timestamps)
-
-    def __getitem__(self, i: int) -> Frame:
-        stamp = int(self.timestamps[i])
-        same_stamp_before = int((self.timestamps[:i] == stamp).sum())
-        frames = BagFrames(
-            self.path, self.topic, intensity_scale=self.intensity_scale, start_ns=stamp, stop_ns=stamp + 1
-        )
-        for k, frame in enumerate(frames):
-            if k == same_stamp_before:
-                frame.name = f"{self.path.name}#{i}"
-                return frame
-        raise DatasetError(f"{self.path}: message {i} could not be read ({frames.report})")
-
-
-class _Named:
-    """Adds `name` and `label_set` to a dataset reader."""
-
-    def __init__(self, reader, name: str, label_set: LabelSet | None) -> None:
+    def __init__(self, reader: SemanticKitti | NuScenesLidarSeg | FrameFolder, name: str, label_set: LabelSet | None):
         self.reader, self.name, self.label_set = reader, name, label_set
 
     def __len__(self) -> int:
@@ -80,45 +58,56 @@ class _Named:
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
-    """'kind:path[:option]' -> (kind, path, option)."""
+    """'KIND:PATH[:OPTION]' -> (kind, path, option); a path may itself contain ':'."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in SOURCE_KINDS or not rest:
         raise SourceSpecError(f"source {spec!r}: expected KIND:PATH[:OPTION] with KIND one of {SOURCE_KINDS}")
-    path, option = rest, None
     head, sep, tail = rest.rpartition(":")
-    looks_like_option = {
-        "bag": tail.startswith("/"),
-        "kitti": tail.replace(",", "").isdigit(),
+    is_option = {
+        "bag": tail.startswith("/"),  # a topic
+        "kitti": _KITTI_SEQUENCES.fullmatch(tail) is not None,
         "nuscenes": tail.startswith("v1.0"),
         "frames": False,
     }[kind]
-    if sep and head and looks_like_option:
-        path, option = head, tail
-    return kind, path, option
+    if sep and head and is_option:
+        return kind, head, tail
+    return kind, rest, None
 
 
-def open_source(spec: str, intensity_scale: float | None = None) -> FrameSource:
-    """A FrameSource from a spec string (see the module docstring)."""
+def open_source(
+    spec: str, *, intensity_scale: float | None = None, label_set: str | LabelSet | None = None
+) -> FrameSource:
+    """A FrameSource from a spec string (see the module docstring).
+
+    `label_set` (a name, path or LabelSet) replaces the source's own; `intensity_scale` applies to bags.
+    """
     kind, path, option = parse_spec(spec)
+    labels = load_label_set(label_set) if isinstance(label_set, (str, os.PathLike)) else label_set
     if kind == "bag":
-        return BagSource(path, option, intensity_scale)
+        source = BagSource(path, option, intensity_scale=intensity_scale)
+        source.label_set = labels
+        return source
     if kind == "kitti":
-        sequences = option.split(",") if option else None
-        reader = SemanticKitti(path, sequences)
-        return _Named(reader, spec, reader.label_set)
+        sequences = [s.removeprefix("seq") for s in option.split(",")] if option else None
+        reader = SemanticKitti(path, sequences, labels)
+        return DatasetSource(reader, spec, reader.label_set)
     if kind == "nuscenes":
-        reader = NuScenesLidarSeg(path, option or "v1.0-trainval")
-        return _Named(reader, spec, reader.label_set)
+        reader = NuScenesLidarSeg(path, option or "v1.0-trainval", labels)
+        return DatasetSource(reader, spec, reader.label_set)
     reader = FrameFolder(path)
-    label_set = load_label_set(reader.label_set_name) if reader.label_set_name else None
-    return _Named(reader, spec, label_set)
+    if labels is None and reader.label_set_name:
+        labels = load_label_set(reader.label_set_name)
+    return DatasetSource(reader, spec, labels)
 
 
 SKIPPABLE = (DatasetError, PointCloudError, BagError, OSError, ValueError)
 
 
 class SkippingSource:
-    """Wraps a source so that a corrupt frame becomes None (skipped and counted) instead of an error."""
+    """A source whose corrupt frames read as None (for training), counted in `skipped` by error type.
+
+    Corrupt means the frame's files or message raise one of SKIPPABLE; a batch collate drops the Nones.
+    """
 
     def __init__(self, source: FrameSource) -> None:
         self.source = source
@@ -132,7 +121,6 @@ class SkippingSource:
         try:
             return self.source[i]
         except SKIPPABLE as exc:
-            reason = type(exc).__name__
-            self.skipped[reason] += 1
+            self.skipped[type(exc).__name__] += 1
             log.warning("%s: frame %d skipped: %s", self.name, i, exc)
             return None

@@ -41,15 +41,17 @@ def build_optimizer(
     depths: tuple[int, ...],
     total_steps: int,
     warmup_ratio: float = 0.05,
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW + OneCycle (cosine, warm-up `warmup_ratio`, div 10, final div 1000) as the reference."""
     groups = layer_decay_groups(model, lr, layer_decay, depths)
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if total_steps < 4:  # too short for a schedule (smoke runs): constant rate
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in groups],
         total_steps=total_steps,
-        pct_start=warmup_ratio,
+        pct_start=max(warmup_ratio, 2.0 / total_steps),  # OneCycle needs a warm-up of 2 steps at least
         anneal_strategy="cos",
         div_factor=10.0,
         final_div_factor=1000.0,

@@ -21,7 +21,7 @@ def _all_reduce(tensor: Tensor) -> Tensor:
 @torch.no_grad()
 def sinkhorn_knopp(scores: Tensor, temperature: float, iterations: int = 3) -> Tensor:
     """(n, K) scores -> (n, K) assignments whose rows sum to 1 (prototype mass balanced over the
-    global batch)."""
+    global batch). Scores are cosine similarities (|s| <= 1), so exp(s / temperature) stays finite."""
     q = torch.exp(scores.float() / temperature).t()  # (K, n)
     num_prototypes = q.shape[0]
     num_samples = _all_reduce(torch.tensor(float(q.shape[1]), device=q.device))
