@@ -35,6 +35,11 @@ setup(
             "sonata_sim_lidar = sonata_ros.sim_lidar:main",
             "sonata_demo = sonata_ros.demo:main",
             "sonata-synth = sonata_model.synth.cli:main",
+            "sonata-pretrain = sonata_model.train.pretrain:main",
+            "sonata-extract = sonata_model.train.extract:main",
+            "sonata-probe = sonata_model.train.probe:main",
+            "sonata-eval = sonata_model.train.evaluate:main",
+            "sonata-plot = sonata_model.train.plot:main",
         ]
     },
 )

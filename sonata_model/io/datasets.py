@@ -133,26 +133,7 @@ class FrameFolderWriter:
 
     def write(self, frame: Frame) -> bool:
         """Write one frame; False when it was already there (resume)."""
-        _check_frame_name(frame.name)
-        if self.exists(frame.name):
-            return False
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
-        try:
-            np.save(staging / "coord.npy", np.ascontiguousarray(frame.coord, np.float32))
-            for key, (dtype, _) in _OPTIONAL.items():
-                value = getattr(frame, key)
-                if value is not None:
-                    np.save(staging / f"{key}.npy", np.ascontiguousarray(value, dtype))
-            if frame.pose is not None:
-                np.save(staging / "pose.npy", np.asarray(frame.pose, np.float64))
-            (staging / "meta.json").write_text(json.dumps({"stamp_ns": frame.stamp_ns, "frame_id": frame.frame_id}))
-            target = self.root / frame.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return True
+        return write_frame_folder(self.root, frame)
 
     def finish(self) -> Path:
         """Write index.json listing every complete frame (sorted by name); returns its path."""
@@ -166,6 +147,36 @@ class FrameFolderWriter:
         staging.write_text(json.dumps({"frames": names, "label_set": self.label_set}, indent=1))
         os.replace(staging, index)
         return index
+
+
+def write_frame_folder(root: Path, frame: Frame) -> bool:
+    """Write one frame into `root` atomically (staging folder, then rename); False when already there.
+
+    Safe to call from several processes at once on one root (extraction workers); the staging
+    leftovers of interrupted runs are cleaned by `FrameFolderWriter`, opened once per run.
+    """
+    _check_frame_name(frame.name)
+    if (root / frame.name / "coord.npy").is_file():
+        return False
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+    try:
+        np.save(staging / "coord.npy", np.ascontiguousarray(frame.coord, np.float32))
+        for key, (dtype, _) in _OPTIONAL.items():
+            value = getattr(frame, key)
+            if value is not None:
+                np.save(staging / f"{key}.npy", np.ascontiguousarray(value, dtype))
+        if frame.pose is not None:
+            np.save(staging / "pose.npy", np.asarray(frame.pose, np.float64))
+        (staging / "meta.json").write_text(json.dumps({"stamp_ns": frame.stamp_ns, "frame_id": frame.frame_id}))
+        target = root / frame.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a damaged frame (no coord.npy): replace it whole
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return True
 
 
 # ------------------------------------------------------------------------------------- SemanticKITTI

@@ -1,0 +1,43 @@
+"""sonata-extract turns a bag into frame folders, resumably; sonata-plot draws a run's curves."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sonata_model.io.bags import BagWriter
+from sonata_model.io.sources import open_source
+from sonata_model.synth.drive import generate_drive
+from sonata_model.train.extract import extract
+from sonata_model.train.extract import main as extract_main
+from sonata_model.train.plot import plot_metrics
+
+
+def test_extract_writes_every_frame_and_resumes(tmp_path):
+    frames = list(generate_drive("vlp16", frames=5, seed=2))
+    with BagWriter(tmp_path / "run1", format="mcap", topic="/points") as writer:
+        for frame in frames:
+            writer.write(frame)
+    out = tmp_path / "extracted"
+    first = extract(f"bag:{tmp_path / 'run1'}:/points", out, workers=2, every=2)
+    assert first["written"] == 3  # frames 0, 2, 4
+    source = open_source(f"frames:{out}")
+    assert len(source) == 3
+    np.testing.assert_array_equal(source[1].coord, frames[2].coord)
+    np.testing.assert_allclose(source[1].strength, frames[2].strength, atol=1e-6)
+    (out / "run1_000004" / "coord.npy").unlink()  # a damaged frame is written again
+    assert extract_main(["--data", f"bag:{tmp_path / 'run1'}:/points", "--out", str(out), "--every", "1"]) == 0
+    again = open_source(f"frames:{out}")
+    assert len(again) == 5
+    np.testing.assert_array_equal(again[4].coord, frames[4].coord)
+    resumed = extract(f"bag:{tmp_path / 'run1'}:/points", out, workers=1)
+    assert resumed["already there"] == 5 and resumed["written"] == 0  # nothing left to do
+
+
+def test_plot_draws_the_metrics(tmp_path):
+    rows = [
+        "step,loss,mask_loss,roll_mask_loss,unmask_loss,lr,weight_decay,momentum,teacher_temp,mask_size,"
+        "mask_ratio,matched_fraction,masked_fraction,scenes_per_s,skipped_frames"
+    ]
+    rows += [f"{s},{5 - s / 10},{5},{5},{5},0.001,0.04,0.995,0.05,0.2,0.5,0.9,0.5,2.0,0" for s in range(1, 11)]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    assert plot_metrics(tmp_path / "metrics.csv", tmp_path / "curves.png").stat().st_size > 10_000

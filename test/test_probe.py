@@ -1,0 +1,86 @@
+"""Linear probing and evaluation on a tiny labelled synthetic set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+import sonata_model as sm
+from sonata_model.io.datasets import FrameFolderWriter
+from sonata_model.io.frame import IGNORE_LABEL
+from sonata_model.io.sources import open_source
+from sonata_model.synth.drive import generate_drive
+from sonata_model.train.evaluate import confusion_matrix
+from sonata_model.train.evaluate import main as eval_main
+from sonata_model.train.probe import main as probe_main
+
+
+def labelled_frames(root, frames: int, seed: int) -> str:
+    writer = FrameFolderWriter(root, label_set="synthetic")
+    for frame in generate_drive("vlp16", frames=frames, seed=seed):
+        writer.write(frame)
+    writer.finish()
+    return f"frames:{root}"
+
+
+def test_probe_and_eval_produce_scores_and_a_consistent_confusion_matrix(tmp_path):
+    torch.manual_seed(0)
+    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.15, coord_scale=0.2)
+    encoder_path = sm.save_encoder(tmp_path / "encoder.pth", sm.SonataEncoder(config))
+    train = labelled_frames(tmp_path / "train", 2, seed=1)
+    val = labelled_frames(tmp_path / "val", 1, seed=2)
+    assert (
+        probe_main(
+            [
+                "--encoder",
+                str(encoder_path),
+                "--data",
+                train,
+                "--out",
+                str(tmp_path / "head.pth"),
+                "--steps",
+                "150",
+                "--points",
+                "4000",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    head = sm.load_head(tmp_path / "head.pth")
+    assert head.num_classes == 13 and head.label_set == "synthetic" and head.class_names[0] == "road"
+    assert (
+        eval_main(
+            [
+                "--encoder",
+                str(encoder_path),
+                "--head",
+                str(tmp_path / "head.pth"),
+                "--data",
+                val,
+                "--report",
+                str(tmp_path / "report"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert 0.0 <= report["miou"] <= 1.0 and 0.0 <= report["accuracy"] <= 1.0
+    confusion = np.asarray(report["confusion"])
+    labels = open_source(val)[0].segment
+    counts = np.bincount(labels[labels != IGNORE_LABEL], minlength=13)
+    assert np.array_equal(confusion.sum(axis=1), counts)  # every labelled point scored exactly once
+    assert report["accuracy"] > counts.max() / counts.sum() - 0.05  # at least the majority class's share
+    assert (tmp_path / "report" / "confusion.png").stat().st_size > 10_000
+
+
+def test_confusion_matrix_ignores_unlabelled_points():
+    truth = np.array([0, 1, 1, IGNORE_LABEL, 2])
+    predicted = np.array([0, 1, 2, 1, 2])
+    expected = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 1]])
+    assert np.array_equal(confusion_matrix(truth, predicted, 3), expected)
