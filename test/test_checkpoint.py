@@ -82,7 +82,8 @@ def test_released_checkpoint_loads_strictly_with_exact_parameter_count(released)
     key = "enc.enc3.block1.attn.qkv.weight"
     assert torch.equal(loaded[key], state[key])
     assert encoder.config.grid_size == 0.02 and encoder.config.feature_keys == ("coord", "color", "normal")
-    assert encoder.config.head_channels == sum(SIZES[name]["enc_channels"])
+    assert encoder.config.head_channels == sum(SIZES[name]["enc_channels"])  # 1232 for sonata
+    assert encoder.config.pretrain_channels == sum(SIZES[name]["enc_channels"][2:])  # 1088 for sonata
     assert not encoder.training
 
 

@@ -23,7 +23,7 @@ from sonata_model.io.sources import SkippingSource, open_source
 from sonata_model.synth.drive import generate_drive
 from sonata_model.train.config import load_run_config
 from sonata_model.train.data import PretrainDataset
-from sonata_model.train.pretrain import Trainer, view_config
+from sonata_model.train.pretrain import Trainer, TrainingDiverged, view_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -152,3 +152,21 @@ def test_corrupt_frames_are_skipped_and_counted(tmp_path):
     items = [dataset[(0, i)] for i in range(12)]
     assert sum(item["skipped"] for item in items) == sum(source.skipped.values()) > 0
     assert all(len(item["global"]) == 2 for item in items)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(bag, tmp_path):
+    Trainer(run_config(bag, tmp_path, steps=2, checkpoint_every=2)).train()
+    good = tmp_path / "checkpoints" / "step_0000002.pth"
+    before = good.read_bytes()
+    writer = FrameFolderWriter(tmp_path / "nan", label_set=None)
+    for frame in generate_drive("vlp16", frames=2, seed=1):
+        frame.strength = np.full_like(frame.strength, np.nan)  # a broken intensity channel
+        writer.write(frame)
+    writer.finish()
+    run = run_config(f"frames:{tmp_path / 'nan'}", tmp_path, steps=4, checkpoint_every=1)
+    trainer = Trainer(run)
+    trainer.resume(good)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 2"):
+        trainer.train()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000002.pth"]
+    assert good.read_bytes() == before
