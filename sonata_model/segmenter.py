@@ -10,7 +10,7 @@ the large per-voxel embedding costs nothing unless it is read.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -24,7 +24,7 @@ from .encoder import SonataEncoder
 from .grid import GridSample, grid_sample
 from .normals import NORMAL_MODES, normals_for
 from .point import Point
-from .pooling import upcast
+from .pooling import linear_upcast, upcast
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -48,7 +48,7 @@ class SegmentationResult:
     timings_ms: dict[str, float]
     _labels: Tensor | None = field(repr=False)
     _probability: Tensor | None = field(repr=False)
-    _embedding: Tensor = field(repr=False)  # (M, C) on the device
+    _embedding: Callable[[], Tensor] = field(repr=False)  # computes the (M, C) upcast on first use
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -63,12 +63,12 @@ class SegmentationResult:
     @property
     def embedding(self) -> np.ndarray:
         """(M, C) float32 per-voxel features: the head's input (all-level upcast)."""
-        return self._embedding.float().cpu().numpy()
+        return self.embedding_tensor.float().cpu().numpy()
 
     @property
     def embedding_tensor(self) -> Tensor:
-        """The embedding where it was computed (no copy): for further work on the device."""
-        return self._embedding
+        """The embedding on the device where it was computed (built on first access, then kept)."""
+        return self._embedding()
 
 
 class Segmenter:
@@ -122,15 +122,23 @@ class Segmenter:
         timer = StageTimer(self.device)
         point, voxels, counts = self.prepare(clouds, timer)
         with self._autocast():
-            embedding = upcast(self.encoder(point))
+            levels = self.encoder(point)
             timer.mark("encoder")
-            logits = None if self.head is None else self.head(embedding)
+            logits = None
+            if self.head is not None:
+                logits = linear_upcast(levels, self.head.seg_head.weight, self.head.seg_head.bias)
+        embedding = _Lazy(lambda: self._upcast(levels))
         labels = probability = None
         if logits is not None:
             probability, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
             labels, probability = labels[voxels.inverse], probability[voxels.inverse]
         timer.mark("head")
         return self._split(counts, voxels, labels, probability, embedding, timer.finish())
+
+    @torch.inference_mode()
+    def _upcast(self, levels: list[Point]) -> Tensor:
+        with self._autocast():
+            return upcast(levels)
 
     def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> tuple[Point, GridSample, list[int]]:
         """The reference inference transform on the device: the encoder's input `Point` and the voxels."""
@@ -222,10 +230,22 @@ class Segmenter:
                     timings_ms=timings,
                     _labels=None if labels is None else labels[p0:p1],
                     _probability=None if probability is None else probability[p0:p1],
-                    _embedding=embedding[v0:v1],
+                    _embedding=_Lazy(lambda v0=v0, v1=v1: embedding()[v0:v1]),
                 )
             )
         return results
+
+
+class _Lazy:
+    """A value computed on first call and kept (the embedding upcast, only when someone reads it)."""
+
+    def __init__(self, compute: Callable[[], Tensor]) -> None:
+        self._compute, self._value = compute, None
+
+    def __call__(self) -> Tensor:
+        if self._value is None:
+            self._value, self._compute = self._compute(), None
+        return self._value
 
 
 def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.ndarray:

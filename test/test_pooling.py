@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from sonata_model.point import Point
-from sonata_model.pooling import GridPooling, copy_down, upcast
+from sonata_model.pooling import GridPooling, copy_down, linear_upcast, upcast
 
 
 def random_level(counts, channels=5, extent=12, seed=0) -> Point:
@@ -82,3 +82,15 @@ def test_upcast_concatenates_levels_finest_first_through_the_pooling_indices():
     stage1 = upcast(levels, start=1)
     assert stage1.shape == (levels[1].num_points, 10)
     assert torch.equal(copy_down(stage1, levels, 1), feat[:, 3:])
+
+
+def test_linear_upcast_equals_a_linear_map_of_the_upcast():
+    torch.manual_seed(1)
+    levels = [random_level([300, 120], channels=6)]
+    for channels in (8, 5):
+        pooled = GridPooling(levels[-1].feat.shape[1], channels)(levels[-1])
+        pooled.feat = pooled.feat.detach()
+        levels.append(pooled)
+    weight, bias = torch.randn(4, 6 + 8 + 5), torch.randn(4)
+    expected = upcast(levels) @ weight.t() + bias
+    torch.testing.assert_close(linear_upcast(levels, weight, bias), expected, rtol=1e-5, atol=1e-5)

@@ -29,8 +29,11 @@ def raster(coord: np.ndarray, rgb: np.ndarray, extent: float, pixels: int) -> np
     col = np.floor((extent - coord[:, 1]) * scale).astype(np.int64)
     inside = (row >= 0) & (row < pixels) & (col >= 0) & (col < pixels)
     order = np.argsort(coord[inside, 2])  # later (higher) points overwrite lower ones
-    pixel = (row[inside] * pixels + col[inside])[order]
-    image.reshape(-1, 3)[pixel] = rgb[inside][order]
+    rows, cols, colours = row[inside][order], col[inside][order], rgb[inside][order]
+    flat = image.reshape(-1, 3)
+    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 2x2 splats: sparse scans stay readable
+        r, c = np.minimum(rows + dr, pixels - 1), np.minimum(cols + dc, pixels - 1)
+        flat[r * pixels + c] = colours
     return image
 
 
