@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_FRAMES ?= 50
 export DEMO_FRAMES
 
-.PHONY: demo test lint venv
+.PHONY: demo test lint venv demo-model
 
 venv: $(STAMP)
 
@@ -29,3 +29,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# Rebuilds sonata_ros/models/demo_*.pth from seeds (about 40 min on a 2-core CPU); see README.
+demo-model: $(STAMP)
+	BIN=$(VENV)/bin scripts/build_demo_model.sh

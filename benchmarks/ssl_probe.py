@@ -1,6 +1,6 @@
 """Does self-distillation pretraining help? Linear-probe mIoU: pretrained vs random encoder vs raw input.
 
-    python benchmarks/ssl_probe.py --steps 1500 --record
+    python benchmarks/ssl_probe.py --record        # config/pretrain/demo.yaml: the shipped demo model's recipe
 
 1. generates an unlabelled synthetic drive for pretraining (labels stripped), and separate labelled
    drives (other seeds, so other streets) for probing and for validation;
@@ -73,16 +73,17 @@ def input_only_scores(config: sm.EncoderConfig, probe: list, val: list, settings
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/ssl_probe")
-    parser.add_argument("--encoder", default="demo")
+    parser.add_argument("--config", default="config/pretrain/demo.yaml", help="pretraining run config")
+    parser.add_argument("--encoder", help="encoder config name (default: the run config's)")
     parser.add_argument("--sensor", default="vlp16")
     parser.add_argument("--pretrain-drives", type=int, default=4, help="drives (seeds) of unlabelled data")
     parser.add_argument("--pretrain-frames", type=int, default=40, help="frames per pretraining drive")
     parser.add_argument("--probe-frames", type=int, default=4, help="labelled frames for the linear probe")
     parser.add_argument("--probe-points", type=int, default=2000, help="labelled points per probe frame")
     parser.add_argument("--val-frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--steps", type=int, help="pretraining steps (default: the run config's)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--workers", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="extra run config overrides (key=value)")
     parser.add_argument("--record", action="store_true")
@@ -99,16 +100,9 @@ def main() -> None:
     val = write_drive(data / "val", args.sensor, args.val_frames, 300, labelled=True)
     generated = time.perf_counter()
 
-    overrides = [
-        "view={preset: lidar, max_size: 20000}",
-        "distill={head_hidden_channels: 1024, head_embed_channels: 128, head_num_prototypes: 1024}",
-        "checkpoint_every=250",
-        "log_every=10",
-        *args.set,
-    ]
     run = load_run_config(
-        None,
-        overrides,
+        args.config,
+        args.set,
         data=pretrain,
         encoder=args.encoder,
         steps=args.steps,

@@ -132,9 +132,21 @@ def _describe(name: str, keys: list[str]) -> str:
     return f"{len(keys)} {name} key(s): {shown}{more}"
 
 
-def save_encoder(path: str | os.PathLike, encoder: SonataEncoder, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write the encoder in the released layout plus its input transform and `meta` (atomic)."""
-    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+def save_encoder(
+    path: str | os.PathLike,
+    encoder: SonataEncoder,
+    meta: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write the encoder in the released layout plus its input transform and `meta` (atomic).
+
+    `dtype` (e.g. float16) stores the floating-point tensors smaller; `load` casts them back into the
+    fp32 module, so a shipped model can be half the size at no cost to the code that reads it.
+    """
+    state = {
+        k: (v.detach().cpu().to(dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
+        for k, v in encoder.state_dict().items()
+    }
     payload = {
         "format": PROJECT_FORMAT,
         "config": encoder.config.to_dict(),

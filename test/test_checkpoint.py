@@ -140,6 +140,19 @@ def test_own_checkpoint_round_trip_keeps_transform_and_meta(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
 
 
+def test_half_precision_export_is_half_the_size_and_loads_as_fp32(tmp_path):
+    encoder = sm.SonataEncoder(sm.get_config("tiny"))
+    full = sm.save_encoder(tmp_path / "fp32.pth", encoder)
+    half = sm.save_encoder(tmp_path / "fp16.pth", encoder, dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = sm.load(half)
+    for key, value in encoder.state_dict().items():
+        restored = loaded.state_dict()[key]
+        assert restored.dtype == value.dtype
+        expected = value.half().to(value.dtype) if value.is_floating_point() else value
+        assert torch.equal(restored, expected), key
+
+
 def test_head_round_trip_in_released_format(tmp_path):
     head = sm.LinearHead(1232, 20, class_names=[f"c{i}" for i in range(20)], label_set="scannet20")
     path = sm.save_head(tmp_path / "head.pth", head)

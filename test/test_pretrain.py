@@ -21,7 +21,7 @@ from sonata_model.io.bags import BagWriter
 from sonata_model.io.datasets import FrameFolderWriter
 from sonata_model.io.sources import SkippingSource, open_source
 from sonata_model.synth.drive import generate_drive
-from sonata_model.train.config import load_run_config
+from sonata_model.train.config import RunConfigError, load_run_config
 from sonata_model.train.data import PretrainDataset
 from sonata_model.train.pretrain import Trainer, TrainingDiverged, view_config
 
@@ -170,3 +170,35 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(bag, tmp_pa
         trainer.train()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000002.pth"]
     assert good.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "features"),
+    [("demo", ("coord", "strength")), ("lidar", ("coord", "strength")), ("indoor", ("coord", "color", "normal"))],
+)
+def test_shipped_run_configs_load_with_their_input_features(name, features):
+    run = load_run_config(ROOT / "config" / "pretrain" / f"{name}.yaml", data=["frames:/data"])
+    assert run.encoder_config().feature_keys == features
+    view_config(run)  # the view preset and overrides are valid too
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["colour=1"], "unknown run config keys"),
+        (["steps=0"], "steps must be at least 1"),
+        (["export_dtype=int8"], "export_dtype must be one of"),
+        (["amp=fp8"], "amp must be"),
+        (["steps"], "expected key=value"),
+    ],
+)
+def test_bad_run_config_values_fail_fast_naming_the_key(overrides, message):
+    with pytest.raises(RunConfigError, match=message):
+        load_run_config(None, overrides, data=["frames:/data"])
+
+
+def test_unreadable_run_config_file_names_the_file(tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(RunConfigError, match=str(bad)):
+        load_run_config(bad, data=["frames:/data"])

@@ -22,6 +22,8 @@ import yaml
 
 from ..configs import EncoderConfig, get_config
 
+EXPORT_DTYPES = {"float32", "float16", "bfloat16"}
+
 
 class RunConfigError(ValueError):
     """A run configuration that is malformed; the message says which key and why."""
@@ -52,6 +54,7 @@ class RunConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10
+    export_dtype: str = "float32"  # float16 halves the exported encoder's size (sm.load returns fp32 either way)
 
     def encoder_config(self) -> EncoderConfig:
         return get_config(self.encoder, **self.encoder_overrides)
@@ -69,6 +72,8 @@ class RunConfig:
                 raise RunConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.amp not in ("auto", "bf16", "off"):
             raise RunConfigError(f"amp must be auto, bf16 or off, got {self.amp!r}")
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise RunConfigError(f"export_dtype must be one of {sorted(EXPORT_DTYPES)}, got {self.export_dtype!r}")
         self.encoder_config()  # raises ConfigError for a bad name or override
         return self
 

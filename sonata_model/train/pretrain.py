@@ -337,6 +337,7 @@ class Trainer:
                     "data": list(self.run.data),
                     "seed": self.run.seed,
                 },
+                dtype=getattr(torch, self.run.export_dtype),
             )
         return path
 
