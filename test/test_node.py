@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -39,6 +40,19 @@ def model_files(tmp_path_factory):
     return sm.save_encoder(directory / "encoder.pth", encoder), sm.save_head(directory / "head.pth", head)
 
 
+def node_parameters(encoder: Path, head: Path, **extra) -> list[str]:
+    """`-p name:=value` arguments: the test model on CPU, reliable input, fast diagnostics, plus `extra`."""
+    values = {
+        "checkpoint": encoder,
+        "head": head,
+        "device": "cpu",
+        "input_reliability": "reliable",
+        "diagnostics_period_s": 0.2,
+        **extra,
+    }
+    return [arg for name, value in values.items() for arg in ("-p", f"{name}:={value}")]
+
+
 @pytest.fixture(scope="module")
 def node(model_files):
     encoder, head = model_files
@@ -47,22 +61,7 @@ def node(model_files):
         [
             "--params-file",
             "config/perception.yaml",
-            "-p",
-            f"checkpoint:={encoder}",
-            "-p",
-            f"head:={head}",
-            "-p",
-            "device:=cpu",
-            "-p",
-            "input_reliability:=reliable",
-            "-p",
-            "frame_id:=lidar",
-            "-p",
-            "max_points:=150000",
-            "-p",
-            "diagnostics_period_s:=0.2",
-            "-p",
-            "pca_frames:=1",
+            *node_parameters(encoder, head, frame_id="lidar", max_points=150000, pca_frames=1),
             "-r",
             "~/input/pointcloud:=/test/points",
         ],
@@ -288,16 +287,7 @@ def test_no_inference_without_subscribers(client, model_files):
     idle = NodeProcess(
         "sonata_ros.perception_node",
         [
-            "-p",
-            f"checkpoint:={encoder}",
-            "-p",
-            f"head:={head}",
-            "-p",
-            "device:=cpu",
-            "-p",
-            "input_reliability:=reliable",
-            "-p",
-            "diagnostics_period_s:=0.2",
+            *node_parameters(encoder, head),
             "-r",
             "__node:=idle_perception",
             "-r",
