@@ -33,6 +33,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says what and where."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temp file in the same directory, fsync, then rename: never a half-written file."""
     path = Path(path)
@@ -43,6 +49,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

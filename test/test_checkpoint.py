@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,15 @@ def test_head_round_trip_in_released_format(tmp_path):
     torch.save({"config": {"num_classes": 20}, "state_dict": {}}, tmp_path / "bad_head.pth")
     with pytest.raises(sm.CheckpointError, match="backbone_out_channels"):
         sm.load_head(tmp_path / "bad_head.pth")
+
+
+def test_atomic_save_gives_ordinary_file_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = atomic_save({"a": 1}, tmp_path / "ckpt.pth")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_atomic_save_never_leaves_a_partial_file(tmp_path):
