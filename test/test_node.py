@@ -325,3 +325,70 @@ def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
     process = NodeProcess("sonata_ros.perception_node", ["-p", f"checkpoint:={missing}", "-r", "__node:=doomed"])
     assert process.process.wait(timeout=60) == 1
     assert f"checkpoint not found: {missing}" in process.output and "Traceback" not in process.output
+
+
+class OutOfMemoryOnce:
+    """SIMULATED CUDA out-of-memory (no GPU here): the first call raises what torch raises on a full GPU,
+    later calls run the real Segmenter."""
+
+    def __init__(self, segmenter) -> None:
+        self._segmenter, self.raised = segmenter, False
+
+    def __getattr__(self, name):
+        return getattr(self._segmenter, name)
+
+    def __call__(self, *args, **kwargs):
+        if not self.raised:
+            self.raised = True
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self._segmenter(*args, **kwargs)
+
+
+def test_out_of_memory_on_one_frame_is_counted_and_the_node_keeps_serving(client, model_files, frame):
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from sonata_ros.perception_node import PerceptionNode
+
+    encoder, head = model_files
+    node = PerceptionNode(
+        namespace="oom",
+        parameter_overrides=[
+            Parameter("checkpoint", value=str(encoder)),
+            Parameter("head", value=str(head)),
+            Parameter("device", value="cpu"),
+        ],
+    )
+    node.segmenter = OutOfMemoryOnce(node.segmenter)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    answers: list[PointCloud2] = []
+    subscription = client.create_subscription(
+        PointCloud2, "/oom/sonata_perception/output/segmentation", answers.append, RELIABLE
+    )
+    publisher = client.create_publisher(PointCloud2, "/oom/sonata_perception/input/pointcloud", RELIABLE)
+    msg = cloud(frame, "velodyne")
+
+    def spin_both_until(condition, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            executor.spin_once(timeout_sec=0.02)
+            rclpy.spin_once(client, timeout_sec=0.02)
+
+    try:
+        spin_both_until(lambda: node.out_segmentation.get_subscription_count() > 0, "output subscription")
+        spin_both_until(lambda: publisher.get_subscription_count() > 0, "input subscription")
+        publisher.publish(msg)
+        spin_both_until(lambda: node.health.snapshot().get("rejected_out_of_memory") == 1, "the OOM to be counted")
+        assert "out of memory" in node.health.snapshot()["last_error"]
+        publisher.publish(msg)
+        spin_both_until(lambda: answers, "an answer after the OOM")
+        assert len(decode(answers[0]).coord) == len(decode(msg).coord)
+        assert node.health.snapshot()["frames_processed"] == 1
+    finally:
+        client.destroy_subscription(subscription)
+        client.destroy_publisher(publisher)
+        node.stop()
+        executor.remove_node(node)
+        node.destroy_node()
