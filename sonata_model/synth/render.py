@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..figures import pyplot, save_figure
+
 
 @dataclass
 class Panel:
@@ -46,11 +48,9 @@ def render_bev(
     legend: Sequence[tuple[str, Sequence[int]]] = (),
 ) -> Path:
     """Write the panels side by side to `path` (PNG), with an optional legend of (name, rgb) entries."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6 if legend else 4.2), squeeze=False)
     for axis, panel in zip(axes[0], panels, strict=True):
@@ -62,11 +62,7 @@ def render_bev(
         handles = [Patch(color=np.asarray(color) / 255, label=name) for name, color in legend]
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.08 if legend else 0, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def pca_colors(feat: np.ndarray, brightness: float = 1.2) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..checkpoint import LinearHead, load, load_head
 from ..encoder import SonataEncoder
+from ..figures import pyplot, save_figure
 from ..io.frame import IGNORE_LABEL
 from ..io.sources import FrameSource, open_source
 from ..segmenter import Segmenter
@@ -82,10 +83,7 @@ def evaluate(
 
 
 def plot_confusion(scores: Scores, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = scores.confusion.sum(1, keepdims=True)
     normalised = scores.confusion / np.maximum(rows, 1)
@@ -99,11 +97,7 @@ def plot_confusion(scores: Scores, path: str | Path) -> Path:
     axis.set_ylabel("ground truth")
     axis.set_title(f"mIoU {scores.miou:.3f}, accuracy {scores.accuracy:.3f} (rows normalised)")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

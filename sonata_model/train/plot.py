@@ -10,6 +10,8 @@ import csv
 import sys
 from pathlib import Path
 
+from ..figures import pyplot, save_figure
+
 PANELS = (
     ("losses", ("loss", "mask_loss", "roll_mask_loss", "unmask_loss")),
     ("schedules", ("lr", "momentum", "teacher_temp", "mask_ratio")),
@@ -19,10 +21,7 @@ PANELS = (
 
 
 def plot_metrics(metrics: str | Path, out: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with Path(metrics).open() as handle:
         rows = list(csv.DictReader(handle))
@@ -37,11 +36,7 @@ def plot_metrics(metrics: str | Path, out: str | Path) -> Path:
         axis.set_xlabel("step")
         axis.legend(fontsize=7)
     figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out)
 
 
 def main(argv: list[str] | None = None) -> int:
