@@ -14,7 +14,8 @@ from ..figures import pyplot, save_figure
 
 PANELS = (
     ("losses", ("loss", "mask_loss", "roll_mask_loss", "unmask_loss")),
-    ("schedules", ("lr", "momentum", "teacher_temp", "mask_ratio")),
+    ("learning rate", ("lr",)),  # its own panel: ~1e-3, invisible on the [0, 1] scale of the others
+    ("schedules", ("momentum", "teacher_temp", "mask_ratio")),
     ("matching", ("matched_fraction", "masked_fraction")),
     ("throughput (scenes/s)", ("scenes_per_s",)),
 )
