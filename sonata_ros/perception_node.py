@@ -21,7 +21,7 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
@@ -36,7 +36,7 @@ from .mailbox import Mailbox
 from .messages import embedding_cloud, packed_palette, rgb_cloud, segmentation_cloud
 from .model_loading import load_model
 from .params import PARAMETERS
-from .shutdown import stop_on_sigterm
+from .shutdown import init_ros, spin_until_stopped
 
 NODE_NAME = "sonata_perception"
 WARN_EVERY_S = 5.0
@@ -298,8 +298,7 @@ def _transform(translation, quaternion) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    stop_on_sigterm()
+    stop = init_ros(args)
     try:
         node = PerceptionNode()
     except (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError) as exc:
@@ -309,9 +308,7 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_stopped(executor, stop)
     finally:
         node.stop()
         node.destroy_node()

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2, PointField
@@ -36,7 +36,7 @@ from sonata_model.io.pointcloud2 import (
 from sonata_model.synth.drive import generate_drive
 from sonata_model.synth.sensors import get_sensor
 
-from .shutdown import stop_on_sigterm
+from .shutdown import init_ros, spin_until_stopped
 
 GROUND_TRUTH_FIELDS = [
     FieldSpec("x", 0, FLOAT32),
@@ -154,18 +154,17 @@ def _organized_truth(frame, truth: dict, height: int) -> dict:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    stop_on_sigterm()
+    stop = init_ros(args)
     try:
         node = SimLidar()
     except (ValueError, OSError) as exc:
         rclpy.logging.get_logger("sim_lidar").fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_stopped(executor, stop)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

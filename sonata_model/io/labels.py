@@ -101,13 +101,11 @@ def _search_dirs() -> list[Path]:
         Path(__file__).resolve().parents[2] / "config" / "labels",
         Path(sys.prefix) / "share" / "sonata_ros" / "config" / "labels",
     ]
-    try:
+    with contextlib.suppress(ImportError):  # no ROS install: the two places above are enough
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
         with contextlib.suppress(PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH
             dirs.append(Path(get_package_share_directory("sonata_ros")) / "config" / "labels")
-    except ImportError:
-        pass
     return dirs
 
 
