@@ -16,6 +16,7 @@ from torch.nn.init import trunc_normal_
 
 from .attention import SerializedAttention
 from .configs import EncoderConfig
+from .onednn import without_onednn
 from .point import Point
 from .pooling import GridPooling
 from .sparse_conv import SubMConv3d
@@ -163,6 +164,10 @@ class SonataEncoder(nn.Module):
                 module.kernel = kernel
 
     def forward(self, point: Point) -> list[Point]:
+        with without_onednn(point.feat.device):
+            return self._forward(point)
+
+    def _forward(self, point: Point) -> list[Point]:
         level = Point(
             coord=point.coord,
             grid_coord=point.grid_coord,
