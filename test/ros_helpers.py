@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+import sonata_model as sm
+
 ROOT = Path(__file__).resolve().parents[1]
 ROS_ENV = {
     "ROS_DOMAIN_ID": str(random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)),
@@ -77,3 +81,30 @@ def spin_until(node, condition: Callable[[], bool], timeout: float, what: str) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         rclpy.spin_once(node, timeout_sec=0.05)
+
+
+TEST_CLASSES = 13
+
+
+def write_test_model(directory: Path) -> tuple[Path, Path]:
+    """A tiny LiDAR encoder (coord + strength) and a 13-class head with random, seeded weights."""
+    torch.manual_seed(0)
+    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.15, coord_scale=0.2)
+    encoder = sm.SonataEncoder(config)
+    head = sm.LinearHead(config.head_channels, TEST_CLASSES, label_set="synthetic")
+    with torch.no_grad():
+        head.seg_head.weight.normal_(0, 1.0)
+    return sm.save_encoder(directory / "encoder.pth", encoder), sm.save_head(directory / "head.pth", head)
+
+
+def node_parameters(encoder: Path, head: Path, **extra) -> list[str]:
+    """`-p name:=value` arguments: the test model on CPU, reliable input, fast diagnostics, plus `extra`."""
+    values = {
+        "checkpoint": encoder,
+        "head": head,
+        "device": "cpu",
+        "input_reliability": "reliable",
+        "diagnostics_period_s": 0.2,
+        **extra,
+    }
+    return [arg for name, value in values.items() for arg in ("-p", f"{name}:={value}")]

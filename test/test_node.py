@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -13,7 +12,8 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import NodeProcess, spin_until
+from ros_helpers import TEST_CLASSES as CLASSES
+from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -25,32 +25,11 @@ from sonata_model.synth.drive import generate_drive
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 OUT = "/sonata_perception/output"
-CLASSES = 13
 
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.15, coord_scale=0.2)
-    encoder = sm.SonataEncoder(config)
-    head = sm.LinearHead(config.head_channels, CLASSES, label_set="synthetic")
-    with torch.no_grad():
-        head.seg_head.weight.normal_(0, 1.0)
-    return sm.save_encoder(directory / "encoder.pth", encoder), sm.save_head(directory / "head.pth", head)
-
-
-def node_parameters(encoder: Path, head: Path, **extra) -> list[str]:
-    """`-p name:=value` arguments: the test model on CPU, reliable input, fast diagnostics, plus `extra`."""
-    values = {
-        "checkpoint": encoder,
-        "head": head,
-        "device": "cpu",
-        "input_reliability": "reliable",
-        "diagnostics_period_s": 0.2,
-        **extra,
-    }
-    return [arg for name, value in values.items() for arg in ("-p", f"{name}:={value}")]
+    return write_test_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

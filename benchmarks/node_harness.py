@@ -1,0 +1,154 @@
+"""The perception node in its own process and a client that asks it one frame at a time (real DDS).
+
+Shared by the node benchmarks (latency, soak): a model (random weights of a named config, or a given
+checkpoint), synthetic driver-layout messages, and `ask(msg)`, which stamps, publishes (resending
+until discovery completes) and returns the latency of the node's answer.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+import sonata_model as sm
+from sonata_model.io.bags import frame_arrays
+from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, encode, to_message
+from sonata_model.synth.drive import generate_drive
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def model_files(config_name: str, checkpoint: str | None, workdir: Path, **overrides) -> tuple[str, str]:
+    """(encoder, head) paths: `checkpoint` without a head, or random weights of `config_name`
+    (fields replaced by `overrides`) + a head."""
+    if checkpoint:
+        return checkpoint, "none"
+    config = sm.get_config(config_name, **overrides)
+    torch.manual_seed(0)
+    encoder = sm.save_encoder(workdir / "encoder.pth", sm.SonataEncoder(config))
+    head = sm.save_head(workdir / "head.pth", sm.LinearHead(config.head_channels, 13, label_set="synthetic"))
+    return str(encoder), str(head)
+
+
+def drive_messages(sensor: str, frames: int, with_color: bool, seed: int = 0) -> list:
+    """PointCloud2 messages (Velodyne layout) of a synthetic drive."""
+    from sensor_msgs.msg import PointCloud2, PointField
+    from std_msgs.msg import Header
+
+    messages = []
+    for frame in generate_drive(sensor, frames=frames, seed=seed):
+        if with_color:
+            frame.color = np.zeros((frame.num_points, 3), np.uint8)
+        arrays, height = frame_arrays(frame, "velodyne")
+        encoded = encode(LAYOUTS["velodyne"], arrays, height=height, point_step=LAYOUT_POINT_STEP["velodyne"])
+        messages.append(to_message(encoded, PointCloud2, PointField, Header()))
+    return messages
+
+
+class NodeClient:
+    """Publishes to the node under test and records when each stamped answer arrives."""
+
+    def __init__(self, node_process: subprocess.Popen, log: Path) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import PointCloud2
+
+        self.rclpy, self.node_process, self.log = rclpy, node_process, log
+        self.process = psutil.Process(node_process.pid)
+        rclpy.init()
+        self.client = rclpy.create_node("benchmark_client")
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.answers: dict[tuple[int, int], int] = {}
+        self.diagnostics: dict[str, str] = {}
+        self.client.create_subscription(PointCloud2, "/sonata_perception/output/segmentation", self._on_answer, qos)
+        self.client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.publisher = self.client.create_publisher(PointCloud2, "/bench/points", qos)
+
+    def _on_answer(self, msg) -> None:
+        self.answers[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.time_ns()
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith("sonata_perception"):
+                self.diagnostics.update({kv.key: kv.value for kv in status.values})
+
+    def ask(self, msg, timeout_s: float = 300.0) -> float:
+        """Publish `msg` freshly stamped until the node answers it; the latency in ms."""
+        from std_msgs.msg import Header
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stamp_ns = time.time_ns()
+            msg.header = Header(frame_id="lidar")
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            self.publisher.publish(msg)
+            resend = time.monotonic() + 5
+            while key not in self.answers and time.monotonic() < resend:
+                self.rclpy.spin_once(self.client, timeout_sec=0.01)
+            if key in self.answers:
+                return (self.answers.pop(key) - stamp_ns) / 1e6
+            if time.monotonic() > deadline or self.node_process.poll() is not None:
+                raise SystemExit(f"the node does not answer; see {self.log}")
+
+    def rss_mb(self) -> float:
+        return self.process.memory_info().rss / 2**20
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.rclpy.spin_once(self.client, timeout_sec=0.05)
+
+    def stage_means_ms(self) -> dict[str, float]:
+        """The node's own mean time per stage, from its last /diagnostics."""
+        return {
+            key.removesuffix("_ms"): float(value)
+            for key, value in self.diagnostics.items()
+            if key.endswith("_ms") and not key.startswith(("latency", "processing"))
+        }
+
+
+@contextmanager
+def running_node(workdir: Path, parameters: dict[str, object]) -> Iterator[NodeClient]:
+    """Start the perception node (params file + `parameters`, input on /bench/points) and a client."""
+    os.environ.update(ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    args = [arg for name, value in parameters.items() for arg in ("-p", f"{name}:={value}")]
+    log = workdir / "node.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sonata_ros.perception_node",
+            "--ros-args",
+            "--params-file",
+            str(ROOT / "config" / "perception.yaml"),
+            *args,
+            "-r",
+            "~/input/pointcloud:=/bench/points",
+        ],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    client = None
+    try:
+        client = NodeClient(process, log)
+        yield client
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        if client is not None:
+            client.client.destroy_node()
+            client.rclpy.try_shutdown()
