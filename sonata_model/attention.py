@@ -153,12 +153,44 @@ class PatchLayout:
         )
 
 
+class RotaryEmbedding3D(nn.Module):
+    """Utonia's 3D rotary position embedding of queries and keys (parameter-free).
+
+    Each head's D channels are three chunks of D / 3 (x, y, z). Within the chunk of axis a, channel j
+    and channel j + D / 6 form a pair rotated by the angle coord_a * inv_freq[j], with
+    inv_freq[j] = base^(-2j / (D / 3)) ("rotate half" within the chunk); every head alike. q . k then
+    depends on coordinate differences only. `inv_freq` is a persistent buffer, as in the released
+    state dicts (`attn.rope.inv_freq`).
+    """
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        if head_dim % 6:
+            raise ValueError(f"RotaryEmbedding3D: head dim {head_dim} must be a multiple of 6 (3 axes x pairs)")
+        chunk = head_dim // 3
+        self.head_dim = head_dim
+        self.register_buffer("inv_freq", base ** (-torch.arange(0, chunk, 2, dtype=torch.float32) / chunk))
+
+    def forward(self, qk: Tensor, coord: Tensor) -> Tensor:
+        """(T, 2, H, D) queries and keys at points `coord` (T, 3) -> rotated, same shape and dtype."""
+        rows, pair, heads, _ = qk.shape
+        half = self.inv_freq.shape[0]
+        work = torch.promote_types(qk.dtype, torch.float32)  # rotate in fp32 under half precision
+        angle = coord.to(work)[:, None, None, :, None] * self.inv_freq.to(work)  # (T, 1, 1, 3, D/6)
+        cos, sin = angle.cos(), angle.sin()
+        a, b = qk.to(work).view(rows, pair, heads, 3, 2, half).unbind(dim=4)
+        rotated = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=4)
+        return rotated.view(rows, pair, heads, self.head_dim).to(qk.dtype)
+
+
 class SerializedAttention(nn.Module):
     """Multi-head self-attention within the patches of a `PatchLayout` (no RPE, no layer scale).
 
     Parameters `qkv` (Linear(C, 3C), output read as (3, H, C/H)) and `proj` (Linear(C, C)) carry the
-    released checkpoints' names and shapes. `kernel` picks torch's scaled_dot_product_attention
-    ("sdpa") or flash_attn's varlen kernel ("flash": CUDA, fp16/bf16, flash_attn installed).
+    released checkpoints' names and shapes. With `rope_base` (Utonia), q and k are rotated by the
+    points' coordinates (`RotaryEmbedding3D`, module `rope`) before attention. `kernel` picks torch's
+    scaled_dot_product_attention ("sdpa") or flash_attn's varlen kernel ("flash": CUDA, fp16/bf16,
+    flash_attn installed).
     """
 
     def __init__(
@@ -170,6 +202,7 @@ class SerializedAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         kernel: str = "sdpa",
+        rope_base: float | None = None,
     ) -> None:
         super().__init__()
         if num_heads < 1 or channels % num_heads:
@@ -181,6 +214,7 @@ class SerializedAttention(nn.Module):
         self.qkv = nn.Linear(channels, channels * 3, bias=qkv_bias)
         self.proj = nn.Linear(channels, channels)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.rope = None if rope_base is None else RotaryEmbedding3D(channels // num_heads, rope_base)
         self.kernel = kernel
 
     @property
@@ -197,8 +231,11 @@ class SerializedAttention(nn.Module):
             )
         self._kernel = kernel
 
-    def forward(self, feat: Tensor, layout: PatchLayout) -> Tensor:
-        """(N, C) features in point order -> (N, C) attended features in point order."""
+    def forward(self, feat: Tensor, layout: PatchLayout, coord: Tensor | None = None) -> Tensor:
+        """(N, C) features in point order -> (N, C) attended features in point order.
+
+        `coord` (N, 3): the points' model coordinates, which RoPE (when configured) rotates by.
+        """
         if feat.dim() != 2 or feat.shape[1] != self.channels:
             raise ValueError(f"SerializedAttention: feat must be (N, {self.channels}), got {tuple(feat.shape)}")
         if feat.shape[0] != layout.num_points:
@@ -207,8 +244,17 @@ class SerializedAttention(nn.Module):
                 f"was built for {layout.num_points} points"
             )
         qkv = self.qkv(feat[layout.index])  # (T, 3C), gathering C channels rather than 3C
+        if self.rope is not None:
+            if coord is None:
+                raise ValueError("SerializedAttention: RoPE attention needs the points' coordinates")
+            qkv = self._rotate(qkv, coord[layout.index])
         attend = self._flash if self.kernel == "flash" else self._sdpa
         return self.proj_drop(self.proj(attend(qkv, layout)[layout.inverse]))
+
+    def _rotate(self, qkv: Tensor, coord: Tensor) -> Tensor:
+        """RoPE on the q and k of every slot; v unchanged."""
+        slots = qkv.view(qkv.shape[0], 3, self.num_heads, -1)
+        return torch.cat((self.rope(slots[:, :2], coord), slots[:, 2:]), dim=1).view_as(qkv)
 
     def _split_heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(P, L, 3C) -> q, k, v of shape (P, H, L, C/H), views of qkv."""

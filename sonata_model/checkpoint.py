@@ -1,7 +1,10 @@
 """Loading and saving encoder and head checkpoints: the released Sonata files and the project's own.
 
 Accepted encoder files:
-- released (`sonata.pth`, `sonata_small.pth`): `{"config", "state_dict"}`, keys without prefix;
+- released (`sonata.pth`, `sonata_small.pth`, Concerto's `concerto_*.pth`, Utonia's `utonia.pth`):
+  `{"config", "state_dict"}`, keys without prefix. The family is read from the file: a `rope_base`
+  config key or `*.attn.rope.inv_freq` weights mean Utonia (PTv3 m3, RoPE attention); otherwise the
+  Sonata / Concerto architecture;
 - training checkpoints whose keys carry `module.student.backbone.` / `module.backbone.` (other
   entries such as the teacher or the projection heads are ignored);
 - the project's own (`save_encoder`): the released layout plus the input transform in `config` and a
@@ -92,14 +95,16 @@ def load(
     ckpt = read_checkpoint(path)
     state = encoder_state_dict(ckpt, str(path))
     if config is None:
-        config = _config_of(ckpt, path)
-    encoder = SonataEncoder(config)
-    load_strict(encoder, state, str(path))
+        config = _config_of(ckpt, path, state)
+    with torch.device("meta"):  # no time spent initialising weights that the file replaces
+        encoder = SonataEncoder(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 exports
+    load_strict(encoder, state, str(path), assign=True)
     encoder.meta = dict(ckpt.get("meta", {}))
     return encoder.to(device).eval()
 
 
-def _config_of(ckpt: Mapping[str, Any], path: str | os.PathLike) -> EncoderConfig:
+def _config_of(ckpt: Mapping[str, Any], path: str | os.PathLike, state: Mapping[str, Tensor]) -> EncoderConfig:
     config = ckpt.get("config")
     if isinstance(config, Mapping) and isinstance(config.get("encoder"), Mapping):
         config = config["encoder"]  # the project's pretraining checkpoints nest the encoder config
@@ -107,14 +112,26 @@ def _config_of(ckpt: Mapping[str, Any], path: str | os.PathLike) -> EncoderConfi
         raise CheckpointError(
             f"{path}: no encoder config in the file; pass config=sonata_model.get_config(...) explicitly"
         )
+    if config.get("rope_base") is None and (base := _rope_base_of(state)) is not None:
+        config = {**config, "rope_base": base}
     try:
         return EncoderConfig.from_dict(config)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad encoder config: {exc}") from exc
 
 
-def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """load_state_dict(strict=True) with one error listing missing, unexpected and misshaped keys."""
+def _rope_base_of(state: Mapping[str, Tensor]) -> float | None:
+    """RoPE base from a stored `inv_freq` ([1, base^(-2/chunk), ...]; chunk = 2 x its length), if any."""
+    inv_freq = next((v for k, v in state.items() if k.endswith(".attn.rope.inv_freq")), None)
+    if inv_freq is None or inv_freq.numel() < 2:
+        return None
+    return float(f"{float(inv_freq[1].double() ** (-inv_freq.numel())):.6g}")
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str, assign: bool = False) -> None:
+    """load_state_dict(strict=True) with one error listing missing, unexpected and misshaped keys.
+
+    `assign` adopts the given tensors (for a module built on the meta device)."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -130,7 +147,7 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> 
     ]
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def _describe(name: str, keys: list[str]) -> str:

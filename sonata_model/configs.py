@@ -1,8 +1,12 @@
-"""Encoder configurations: the released Sonata ones and the small ones for CPU tests and the demo.
+"""Encoder configurations: the authors' released ones (Sonata, Concerto, Utonia) and small ones for
+CPU tests and the demo.
 
-`EncoderConfig` uses the reference implementation's argument names so that a released checkpoint's
-`config` dict maps onto it one to one; the two extra fields (`grid_size`, `feature_keys`,
-`coord_scale`) describe the input transform, which the released files leave implicit.
+`EncoderConfig` uses the reference implementations' argument names so that a released checkpoint's
+`config` dict maps onto it one to one. `rope_base` (Utonia) selects the PTv3 m3 family: 3D rotary
+position embedding in every attention. The project's own fields describe the input, which the released
+files leave implicit: `feature_keys`, and the checkpoint's `domain` with, optionally, its own voxel
+size (`grid_size`, metres) and coordinate `coord_scale`; unset, they are the family's reference
+transform for the domain (`sonata_model.domains`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .domains import DEFAULT_DOMAIN, DOMAINS, InputTransform, reference_transform
 
 FEATURE_CHANNELS = {"coord": 3, "color": 3, "normal": 3, "strength": 1}
 """Input channels contributed by each feature key, in the order the features are concatenated."""
@@ -26,6 +32,7 @@ _FIXED_REFERENCE_ARGS = {
     "enc_mode": True,
     "attn_drop": 0.0,
     "proj_drop": 0.0,
+    "shift_coords": None,
 }
 # Reference arguments with no effect here (runtime switches, decoder shapes of enc_mode=False models).
 _IGNORED_REFERENCE_ARGS = {
@@ -63,9 +70,13 @@ class EncoderConfig:
     qk_scale: float | None = None
     drop_path: float = 0.3
     mask_token: bool = True
-    grid_size: float = 0.02
+    rope_base: float | None = None  # Utonia: base of the 3D rotary position embedding
+    jitter_coords: float | None = None  # Utonia training: per-axis log-uniform jitter of the RoPE coordinates
+    rescale_coords: float | None = None  # Utonia training: global log-uniform rescale of the RoPE coordinates
     feature_keys: tuple[str, ...] = INDOOR_FEATURES
-    coord_scale: float = 1.0
+    domain: str | None = None  # the checkpoint's domain; None: the family's default
+    grid_size: float | None = None  # voxel edge (m) in the checkpoint's domain; None: the family's
+    coord_scale: float | None = None  # model units per metre in the checkpoint's domain; None: the family's
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,8 +99,39 @@ class EncoderConfig:
                 f"feature keys {self.feature_keys} give {feature_channels(self.feature_keys)} channels, "
                 f"in_channels is {self.in_channels}"
             )
-        if self.grid_size <= 0:
-            raise ConfigError(f"grid_size must be positive, got {self.grid_size}")
+        for name in ("grid_size", "coord_scale", "rope_base"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.domain is not None and self.domain not in DOMAINS:
+            raise ConfigError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.rope_base is not None:
+            for channels, heads in zip(self.enc_channels, self.enc_num_head, strict=True):
+                if (channels // heads) % 6:
+                    raise ConfigError(
+                        f"RoPE splits each head into x, y, z chunks of rotated pairs: head dim {channels // heads} "
+                        f"({channels} channels / {heads} heads) must be a multiple of 6"
+                    )
+
+    @property
+    def family(self) -> str:
+        """ "utonia" (PTv3 m3, RoPE attention) or "sonata" (PTv3 m2: Sonata, Concerto, this project's)."""
+        return "utonia" if self.rope_base is not None else "sonata"
+
+    @property
+    def default_domain(self) -> str:
+        return self.domain or DEFAULT_DOMAIN[self.family]
+
+    def transform(self, domain: str | None = None) -> InputTransform:
+        """The input transform for `domain` (default: the checkpoint's): the family's reference one, with
+        the checkpoint's own voxel size and coordinate scale in the checkpoint's own domain."""
+        domain = domain or self.default_domain
+        transform = reference_transform(self.family, domain)
+        if domain != self.default_domain:
+            return transform
+        scale = self.coord_scale if self.coord_scale is not None else transform.scale
+        grid = self.grid_size * scale if self.grid_size is not None else transform.grid
+        return transform.replace(scale=scale, grid=grid)
 
     @property
     def num_stages(self) -> int:
@@ -165,7 +207,27 @@ SONATA_SMALL = EncoderConfig(
 # LiDAR input (coord + strength). The released weights are indoor-only; outdoor models are pretrained
 # with the offline module. 5 cm voxels and coordinates scaled by 0.2 follow the authors' outdoor recipe
 # (scene x0.2 on a 1 cm grid), expressed in metres.
-SONATA_LIDAR = SONATA.replace(in_channels=4, feature_keys=LIDAR_FEATURES, grid_size=0.05, coord_scale=0.2)
+# Concerto (same architecture as Sonata): concerto_base == sonata, concerto_small == sonata_small;
+# concerto_large is wider (also the shape of concerto_large_outdoor).
+CONCERTO_LARGE = SONATA.replace(enc_channels=(64, 128, 256, 512, 768), enc_num_head=(4, 8, 16, 32, 48))
+# Utonia (PTv3 m3): Sonata's blocks + 3D RoPE, head dim 18; and the authors' distillation sizes.
+UTONIA = SONATA.replace(
+    enc_channels=(54, 108, 216, 432, 576),
+    rope_base=10.0,
+    jitter_coords=1.1,
+    rescale_coords=1.2,
+)
+UTONIA_SMALL = UTONIA.replace(
+    enc_depths=(2, 2, 2, 6, 2), enc_channels=(36, 72, 144, 288, 432), enc_num_head=(2, 4, 8, 16, 24)
+)
+UTONIA_TINY = UTONIA.replace(
+    enc_depths=(2, 2, 2, 6, 2), enc_channels=(18, 36, 72, 144, 216), enc_num_head=(1, 2, 4, 8, 12)
+)
+# LiDAR input (coord + strength) in the sensor frame. The released Sonata weights are indoor-only;
+# outdoor models are pretrained with the offline module, on the authors' outdoor scale (x0.2), 5 cm voxels.
+SONATA_LIDAR = SONATA.replace(
+    in_channels=4, feature_keys=LIDAR_FEATURES, domain="outdoor", grid_size=0.05, coord_scale=0.2
+)
 # Small configs that run on a 2-core CPU: `demo` (the shipped demo model) and `tiny` (unit tests).
 DEMO = EncoderConfig(
     in_channels=4,
@@ -174,8 +236,9 @@ DEMO = EncoderConfig(
     enc_num_head=(2, 3, 6, 8, 12),
     enc_patch_size=(256, 256, 256, 256, 256),
     drop_path=0.1,
-    grid_size=0.1,
     feature_keys=LIDAR_FEATURES,
+    domain="outdoor",
+    grid_size=0.1,
     coord_scale=0.2,
 )
 TINY = EncoderConfig(
@@ -190,6 +253,10 @@ CONFIGS: dict[str, EncoderConfig] = {
     "sonata": SONATA,
     "sonata_small": SONATA_SMALL,
     "sonata_lidar": SONATA_LIDAR,
+    "concerto_large": CONCERTO_LARGE,
+    "utonia": UTONIA,
+    "utonia_small": UTONIA_SMALL,
+    "utonia_tiny": UTONIA_TINY,
     "demo": DEMO,
     "tiny": TINY,
 }

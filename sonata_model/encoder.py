@@ -8,6 +8,7 @@ the level's shared structures (orders, neighbour map, patch layouts) stay on the
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -54,6 +55,7 @@ class Block(nn.Module):
         qkv_bias: bool = True,
         qk_scale: float | None = None,
         drop_path: float = 0.0,
+        rope_base: float | None = None,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -67,7 +69,7 @@ class Block(nn.Module):
             ]
         )
         self.norm1 = nn.Sequential(nn.LayerNorm(channels))
-        self.attn = SerializedAttention(channels, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale)
+        self.attn = SerializedAttention(channels, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, rope_base=rope_base)
         self.norm2 = nn.Sequential(nn.LayerNorm(channels))
         self.mlp = nn.Sequential(MLP(channels, int(channels * mlp_ratio)))
 
@@ -75,7 +77,8 @@ class Block(nn.Module):
         conv, linear, norm = self.cpe
         feat = feat + norm(linear(conv(feat, point.geometry)))
         layout = point.patch_layout(self.order_index, self.patch_size)
-        feat = feat + drop_path(self.attn(self.norm1(feat), layout), self.drop_path, self.training)
+        attended = self.attn(self.norm1(feat), layout, point.rope_coord)
+        feat = feat + drop_path(attended, self.drop_path, self.training)
         return feat + drop_path(self.mlp(self.norm2(feat)), self.drop_path, self.training)
 
 
@@ -115,6 +118,7 @@ class Stage(nn.Module):
                 qkv_bias=config.qkv_bias,
                 qk_scale=config.qk_scale,
                 drop_path=drop_paths[i],
+                rope_base=config.rope_base,
             )
             self.add_module(f"block{i}", block)
 
@@ -147,7 +151,7 @@ class SonataEncoder(nn.Module):
         self.shuffle_orders = True
         self.meta: dict = {}  # provenance stored with the checkpoint (label set, training run)
         self.embedding = Embedding(config.in_channels, config.enc_channels[0], config.mask_token)
-        rates = torch.linspace(0, config.drop_path, sum(config.enc_depths)).tolist()
+        rates = torch.linspace(0, config.drop_path, sum(config.enc_depths), device="cpu").tolist()
         self.enc = nn.Module()
         for s in range(config.num_stages):
             first = sum(config.enc_depths[:s])
@@ -174,6 +178,7 @@ class SonataEncoder(nn.Module):
             feat=self.embedding(point.feat, point.mask),
             offset=point.offset,
             origin_coord=point.origin_coord,
+            rope_scale=self._rope_scale(point.coord),
             sparse_backend=self.sparse_backend,
         )
         levels = []
@@ -181,6 +186,19 @@ class SonataEncoder(nn.Module):
             level = stage(level, self._orders_for(stage))
             levels.append(level)
         return levels
+
+    def _rope_scale(self, coord: Tensor) -> Tensor | None:
+        """Utonia's training augmentation of the RoPE coordinates only: a log-uniform factor per axis
+        within [1/jitter, jitter] times a global one within [1/rescale, rescale]; none at inference."""
+        jitter, rescale = self.config.jitter_coords, self.config.rescale_coords
+        if not self.training or self.config.rope_base is None or not (jitter or rescale):
+            return None
+        log_scale = torch.zeros(3, device=coord.device)
+        if jitter:
+            log_scale += torch.empty(3, device=coord.device).uniform_(-1, 1) * math.log(jitter)
+        if rescale:
+            log_scale += torch.empty(1, device=coord.device).uniform_(-1, 1) * math.log(rescale)
+        return log_scale.exp().to(coord.dtype)
 
     def _orders_for(self, stage: Stage) -> tuple[str, ...]:
         """The curves a stage's blocks use: block i takes order i % K; training shuffles the K orders."""

@@ -34,7 +34,7 @@ def offset_to_batch(offset: Tensor, num_points: int | None = None) -> Tensor:
 def grid_sample(
     coord: Tensor, offset: Tensor, grid_size: float, generator: torch.Generator | None = None
 ) -> GridSample:
-    """Voxelize a batch of clouds (rows offset[b-1]:offset[b]) at `grid_size` metres."""
+    """Voxelize a batch of clouds (rows offset[b-1]:offset[b]) at `grid_size` (in the units of `coord`)."""
     n = coord.shape[0]
     batch = offset_to_batch(offset, n)
     cell = torch.floor(coord / grid_size).long()
@@ -48,7 +48,7 @@ def grid_sample(
         )
         cloud = int(torch.argmax(too_big))
         raise ValueError(
-            f"cloud {cloud} spans {int(too_big[cloud]) + 1} voxels of {grid_size} m along an axis; "
+            f"cloud {cloud} spans {int(too_big[cloud]) + 1} voxels of {grid_size:g} along an axis; "
             f"at most {AXIS_LIMIT} fit: crop it or use a coarser grid"
         )
     key = (batch << 48) | (grid[:, 0] << 32) | (grid[:, 1] << 16) | grid[:, 2]

@@ -33,6 +33,7 @@ class Point:
     origin_coord: Tensor | None = None  # (N, 3) pre-augmentation coordinates (pretraining matching)
     mask: Tensor | None = None  # (N,) bool, points replaced by the mask token (pretraining)
     pooling_inverse: Tensor | None = None  # (N_finer,) int64 on pooled levels
+    rope_scale: Tensor | None = None  # (3,) training-time scaling of the coordinates RoPE sees (Utonia)
     sparse_backend: str | None = None
     _batch: Tensor | None = field(default=None, repr=False)
     _serialization: Serialization | None = field(default=None, repr=False)
@@ -46,6 +47,11 @@ class Point:
     @property
     def batch_size(self) -> int:
         return self.offset.shape[0]
+
+    @property
+    def rope_coord(self) -> Tensor:
+        """The coordinates rotary attention rotates by: `coord`, scaled per axis while training."""
+        return self.coord if self.rope_scale is None else self.coord * self.rope_scale
 
     @property
     def batch(self) -> Tensor:

@@ -74,6 +74,7 @@ class GridPooling(nn.Module):
             offset=offset,
             origin_coord=None if point.origin_coord is None else segment_mean(point.origin_coord, inverse, counts),
             pooling_inverse=inverse,
+            rope_scale=point.rope_scale,
             sparse_backend=point.sparse_backend,
             _batch=batch,
         )

@@ -1,10 +1,12 @@
 """`Segmenter`: numpy cloud in, one label per input point out — the inference path the node runs.
 
-The input transform is the reference's (centre shift: x, y to the bounding-box centre and z to its
-minimum; one point per voxel of the checkpoint's grid; colour / 255; features concatenated in the
-checkpoint's `feature_keys` order), with the representative of each voxel chosen deterministically.
-Everything after the host->device copy stays on the device; results are copied back on demand, so
-the large per-voxel embedding costs nothing unless it is read.
+The input transform is the encoder family's reference transform for the chosen `domain`
+(`sonata_model.domains`: range box, scale, centre rule, grid sampling; colour / 255; zeros for a
+missing modality where the domain allows; features concatenated in the checkpoint's `feature_keys`
+order), with the representative of each voxel chosen deterministically. Points outside the domain's
+range get label -1 (the node publishes 255, unknown). Everything after the host->device copy stays on
+the device; results are copied back on demand, so the large per-voxel embedding costs nothing unless
+it is read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from .checkpoint import LinearHead
 from .configs import FEATURE_CHANNELS
+from .domains import InputTransform
 from .encoder import SonataEncoder
 from .grid import GridSample, grid_sample
 from .normals import NORMAL_MODES, normals_for
@@ -43,7 +46,7 @@ class Cloud:
 class SegmentationResult:
     """Per-point labels and per-voxel embeddings of one cloud. Device tensors are copied on access."""
 
-    voxel_of_point: np.ndarray  # (N,) int64 index into the voxels
+    voxel_of_point: np.ndarray  # (N,) int64 index into the voxels; -1: outside the domain's range
     voxel_index: np.ndarray  # (M,) int64 input point chosen to represent each voxel
     timings_ms: dict[str, float]
     _labels: Tensor | None = field(repr=False)
@@ -52,7 +55,7 @@ class SegmentationResult:
 
     @property
     def labels(self) -> np.ndarray | None:
-        """(N,) int64 class of every input point (None without a head)."""
+        """(N,) int64 class of every input point, -1 outside the domain's range (None without a head)."""
         return None if self._labels is None else self._labels.cpu().numpy()
 
     @property
@@ -74,9 +77,10 @@ class SegmentationResult:
 class Segmenter:
     """Runs encoder (+ optional linear head) on numpy clouds, one label per input point.
 
-    Grid size, feature keys and coordinate scale come from the encoder's checkpoint config.
+    `domain` ("indoor" | "outdoor" | "object"; default: the checkpoint's) selects the encoder family's
+    input transform; `transform` replaces it entirely. Feature keys come from the checkpoint.
     `normals`: what to feed checkpoints that need normals when a cloud has none ("estimate" by PCA,
-    oriented towards the sensor, or "zeros").
+    oriented towards the sensor, or "zeros"; default: "estimate" indoors, "zeros" elsewhere).
     """
 
     def __init__(
@@ -85,14 +89,18 @@ class Segmenter:
         head: LinearHead | None = None,
         device: str | torch.device = "auto",
         precision: str = "fp32",
-        normals: str = "estimate",
+        normals: str | None = None,
+        domain: str | None = None,
+        transform: InputTransform | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        config = encoder.config
+        self.transform = transform or config.transform(domain)
+        normals = normals or self.transform.default_normals
         if normals not in NORMAL_MODES:
             raise ValueError(f"normals must be one of {NORMAL_MODES}, got {normals!r}")
-        config = encoder.config
         if head is not None and head.in_channels != config.head_channels:
             raise ValueError(
                 f"head reads {head.in_channels} channels but the encoder's upcast has {config.head_channels}"
@@ -106,6 +114,10 @@ class Segmenter:
     @property
     def feature_keys(self) -> tuple[str, ...]:
         return self.config.feature_keys
+
+    @property
+    def domain(self) -> str:
+        return self.transform.domain
 
     def __call__(
         self,
@@ -131,7 +143,10 @@ class Segmenter:
         labels = probability = None
         if logits is not None:
             probability, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
-            labels, probability = labels[voxels.inverse], probability[voxels.inverse]
+            inside = voxels.inverse >= 0
+            voxel = voxels.inverse.clamp(min=0)
+            labels = torch.where(inside, labels[voxel], -1)
+            probability = torch.where(inside, probability[voxel], 0.0)
         timer.mark("head")
         return self._split(counts, voxels, labels, probability, embedding, timer.finish())
 
@@ -141,23 +156,50 @@ class Segmenter:
             return upcast(levels)
 
     def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> tuple[Point, GridSample, list[int]]:
-        """The reference inference transform on the device: the encoder's input `Point` and the voxels."""
+        """The domain's input transform on the device: the encoder's input `Point` and the voxels.
+
+        The voxels' `index` and `inverse` refer to the input rows (concatenated clouds); `inverse` is
+        -1 for points outside the domain's range.
+        """
         timer = timer or StageTimer(self.device)
         coord, feat, counts = self._inputs(clouds)
         timer.mark("prepare")
-        offset = torch.as_tensor(np.cumsum(counts), device=self.device)
         coord, feat = self._to_device(coord), self._to_device(feat)
-        shifted = coord - _centre_shift(coord, offset)
-        voxels = grid_sample(shifted, offset, self.config.grid_size)
-        voxel_coord = shifted[voxels.index]
+        rows, offset = self._inside(coord, counts)
+        model_coord = self.transform.to_model(coord[rows], offset)
+        voxels = grid_sample(model_coord, offset, self.transform.grid)
+        voxel_coord = self.transform.after_grid(model_coord[voxels.index], voxels.offset)
         point = Point(
             coord=voxel_coord,
             grid_coord=voxels.grid_coord,
-            feat=self._voxel_features(voxel_coord, feat[voxels.index]),
+            feat=self._voxel_features(voxel_coord, feat[rows[voxels.index]]),
             offset=voxels.offset,
         )
+        inverse = torch.full((coord.shape[0],), -1, dtype=torch.long, device=coord.device)
+        inverse[rows] = voxels.inverse
         timer.mark("voxelize")
-        return point, voxels, counts
+        return point, GridSample(rows[voxels.index], inverse, voxels.grid_coord, voxels.offset), counts
+
+    def _inside(self, coord: Tensor, counts: list[int]) -> tuple[Tensor, Tensor]:
+        """(rows of the points the domain segments, cumulative counts of them per cloud)."""
+        if self.transform.range_box is None:
+            return torch.arange(coord.shape[0], device=coord.device), torch.as_tensor(
+                np.cumsum(counts), device=coord.device
+            )
+        inside = self.transform.inside(coord)
+        cloud = torch.repeat_interleave(
+            torch.arange(len(counts), device=coord.device), torch.as_tensor(counts, device=coord.device)
+        )
+        offset = torch.cumsum(
+            torch.zeros(len(counts), dtype=torch.long, device=coord.device).index_add_(0, cloud, inside.long()), 0
+        )
+        rows = torch.nonzero(inside).squeeze(1)
+        if rows.numel() == 0 or bool((torch.diff(offset, prepend=offset.new_zeros(1)) == 0).any()):
+            raise ValueError(
+                f"a cloud has no point inside the {self.transform.domain} domain's range {self.transform.range_box} "
+                "(metres, sensor frame): is the cloud in the right frame and unit?"
+            )
+        return rows, offset
 
     def _inputs(self, clouds: Sequence[Cloud]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Concatenated coords and per-point features in the checkpoint's feature order."""
@@ -177,11 +219,11 @@ class Segmenter:
         return np.concatenate(coords), np.concatenate(feats), counts
 
     def _voxel_features(self, coord: Tensor, other: Tensor) -> Tensor:
-        """Encoder input in `feature_keys` order: the centre-shifted, scaled coord and the other features."""
+        """Encoder input in `feature_keys` order: the model coordinates and the other features."""
         parts, column = [], 0
         for key in self.feature_keys:
             if key == "coord":
-                parts.append(coord * self.config.coord_scale)
+                parts.append(coord)
             else:
                 width = FEATURE_CHANNELS[key]
                 parts.append(other[:, column : column + width])
@@ -191,8 +233,10 @@ class Segmenter:
     def _feature(self, cloud: Cloud, key: str, coord: np.ndarray, i: int) -> np.ndarray:
         n = len(coord)
         if key == "color":
-            if cloud.color is None:
+            if cloud.color is None and self.transform.needs_colour:
                 raise ValueError(f"cloud {i}: this checkpoint needs colour (0-255) and none was given")
+            if cloud.color is None:
+                return np.zeros((n, 3), np.float32)
             return _column(cloud.color, 3, n, "color", i) / np.float32(255.0)
         if key == "normal":
             normal = normals_for(coord, self.normals) if cloud.normal is None else cloud.normal
@@ -223,9 +267,10 @@ class Segmenter:
         for b in range(len(counts)):
             p0, p1 = point_ends[b] - counts[b], point_ends[b]
             v0, v1 = (voxel_ends[b - 1] if b else 0), voxel_ends[b]
+            cloud_inverse = inverse[p0:p1]
             results.append(
                 SegmentationResult(
-                    voxel_of_point=inverse[p0:p1] - v0,
+                    voxel_of_point=np.where(cloud_inverse >= 0, cloud_inverse - v0, -1),
                     voxel_index=index[v0:v1] - p0,
                     timings_ms=timings,
                     _labels=None if labels is None else labels[p0:p1],
@@ -253,18 +298,6 @@ def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.nda
     if array is None:
         raise ValueError(f"cloud {i}: {name} has {np.size(values)} values, expected {n} x {width}")
     return array
-
-
-def _centre_shift(coord: Tensor, offset: Tensor) -> Tensor:
-    """Per-point shift that puts each cloud's x, y bounding-box centre and its z minimum at 0."""
-    starts = torch.cat((offset.new_zeros(1), offset[:-1]))
-    counts = offset - starts
-    batch = torch.repeat_interleave(torch.arange(len(offset), device=coord.device), counts, output_size=len(coord))
-    index = batch.unsqueeze(1).expand_as(coord)
-    low = coord.new_full((len(offset), 3), torch.inf).scatter_reduce(0, index, coord, "amin")
-    high = coord.new_full((len(offset), 3), -torch.inf).scatter_reduce(0, index, coord, "amax")
-    shift = torch.cat(((low[:, :2] + high[:, :2]) / 2, low[:, 2:]), dim=1)
-    return shift[batch]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -12,10 +13,28 @@ from sonata_model.attention import ATTENTION_KERNELS, PatchLayout, SerializedAtt
 CHANNELS, HEADS, K = 12, 3, 8
 
 
-def naive_attention(feat, order, counts, patch_size, num_heads, w_qkv, b_qkv, w_proj, b_proj, scale=None):
+def rope_matrix(point: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """(D, D) rotation Utonia's RoPE applies to one head of the query / key of a point at `point` (3,):
+    block-diagonal over the x, y, z chunks of D / 3 channels; in the chunk of axis a, channels j and
+    j + D / 6 rotate by point[a] * base ** (-2 j / (D / 3))."""
+    chunk, half = head_dim // 3, head_dim // 6
+    matrix = torch.zeros(head_dim, head_dim, dtype=torch.float64)
+    for axis in range(3):
+        for j in range(half):
+            angle = float(point[axis]) * base ** (-2 * j / chunk)
+            a, b = axis * chunk + j, axis * chunk + j + half
+            c, s = math.cos(angle), math.sin(angle)
+            matrix[a, a], matrix[a, b], matrix[b, a], matrix[b, b] = c, -s, s, c
+    return matrix
+
+
+def naive_attention(
+    feat, order, counts, patch_size, num_heads, w_qkv, b_qkv, w_proj, b_proj, scale=None, coord=None, rope_base=None
+):
     """Per cloud and patch: softmax(q k^T * scale) v per head, then proj; each point keeps the output of
     its first occurrence. A cloud of n > K points has patches of K consecutive curve positions; with
-    r = n % K != 0 the last patch is the last r positions followed by the K - r positions before them."""
+    r = n % K != 0 the last patch is the last r positions followed by the K - r positions before them.
+    With `rope_base`, each point's q and k are first multiplied by its `rope_matrix`."""
     head_dim = feat.shape[1] // num_heads
     scale = scale or head_dim**-0.5
     rows, outputs, start = [], [], 0
@@ -36,6 +55,10 @@ def naive_attention(feat, order, counts, patch_size, num_heads, w_qkv, b_qkv, w_
             heads = []
             for h in range(num_heads):
                 q, k, v = qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h]
+                if rope_base is not None:
+                    rotations = torch.stack([rope_matrix(coord[p], head_dim, rope_base) for p in points.tolist()])
+                    q = torch.einsum("nij,nj->ni", rotations.to(q.dtype), q)
+                    k = torch.einsum("nij,nj->ni", rotations.to(k.dtype), k)
                 heads.append(torch.softmax(q @ k.T * scale, dim=-1) @ v)
             out = torch.cat(heads, dim=1) @ w_proj.T + b_proj
             first = [i for i, p in enumerate(points.tolist()) if p not in emitted]
@@ -269,3 +292,41 @@ def test_bad_module_input_is_rejected():
     with pytest.raises(RuntimeError, match="flash"):
         module.kernel = "flash"
         module(torch.zeros(6, CHANNELS, dtype=torch.float64), layout)
+
+
+@pytest.mark.parametrize("counts", [[37], [20, 5, 9]])
+def test_rope_attention_matches_naive_rotation(counts):
+    """Utonia's attention: q and k rotated by the points' coordinates (head dim 18: chunks of 6)."""
+    torch.manual_seed(3)
+    module = SerializedAttention(36, 2, rope_base=10.0).double().eval()
+    with torch.no_grad():
+        module.qkv.bias.normal_()
+        module.proj.bias.normal_()
+    generator = torch.Generator().manual_seed(4)
+    feat = torch.randn(sum(counts), 36, generator=generator, dtype=torch.float64)
+    coord = torch.randn(sum(counts), 3, generator=generator, dtype=torch.float64) * 5
+    starts = torch.cumsum(torch.tensor([0, *counts[:-1]]), 0).tolist()
+    order = torch.cat([torch.randperm(n, generator=generator) + s for n, s in zip(counts, starts, strict=True)])
+    layout = PatchLayout.build(order, torch.tensor(counts).cumsum(0), K)
+    expected = naive_attention(
+        feat, order, counts, K, 2, module.qkv.weight, module.qkv.bias, module.proj.weight, module.proj.bias,
+        coord=coord, rope_base=10.0,
+    )  # fmt: skip
+    with torch.no_grad():
+        out = module(feat, layout, coord)
+    # (to 1e-6: the stored frequencies are float32, as in the released files)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(out, naive_for(module, feat, order, counts))  # the rotation matters
+    # q . k depends on coordinate differences only: a common shift leaves the output unchanged
+    with torch.no_grad():
+        torch.testing.assert_close(module(feat, layout, coord + torch.tensor([3.0, -7.0, 1.5])), out)
+    assert torch.allclose(module.rope.inv_freq, torch.tensor([1.0, 10 ** (-1 / 3), 10 ** (-2 / 3)], dtype=torch.float64))
+
+
+def test_rope_needs_coordinates_and_a_head_dim_of_six():
+    module = SerializedAttention(36, 2, rope_base=10.0)
+    layout = PatchLayout.build(torch.arange(10), torch.tensor([10]), K)
+    with pytest.raises(ValueError, match="needs the points' coordinates"):
+        module(torch.randn(10, 36), layout)
+    with pytest.raises(ValueError, match="multiple of 6"):
+        SerializedAttention(32, 2, rope_base=10.0)

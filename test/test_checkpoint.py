@@ -12,6 +12,7 @@ import torch
 
 import sonata_model as sm
 from sonata_model.checkpoint import atomic_save
+from sonata_model.domains import OUTDOOR_RANGE, InputTransform
 
 DATA = Path(__file__).parent / "data"
 
@@ -51,26 +52,41 @@ SIZES = {
         enc_patch_size=[1024] * 5,
     ),
 }
-PARAMETERS = {"sonata": 108_461_376, "sonata_small": 38_648_992}
+SIZES["concerto_large"] = dict(SIZES["sonata"], enc_channels=[64, 128, 256, 512, 768], enc_num_head=[4, 8, 16, 32, 48])
+SIZES["utonia"] = dict(SIZES["sonata"], enc_channels=[54, 108, 216, 432, 576])
+# Utonia's released config also carries its RoPE settings (training-time coordinate augmentations).
+EXTRA_CONFIG = {"utonia": {"rope_base": 10, "shift_coords": None, "jitter_coords": 1.1, "rescale_coords": 1.2}}
+PARAMETERS = {"sonata": 108_461_376, "sonata_small": 38_648_992, "concerto_large": 207_667_456, "utonia": 137_253_744}
+TENSORS = {"sonata": 453, "sonata_small": 273, "concerto_large": 453, "utonia": 477}
+INDOOR = InputTransform("indoor", scale=1.0, grid=0.02, centre="xyz")
+UTONIA_OUTDOOR = InputTransform("outdoor", scale=0.2, grid=0.01, centre="none", range_box=OUTDOOR_RANGE)
+RELEASED_TRANSFORM = {"sonata": INDOOR, "sonata_small": INDOOR, "concerto_large": INDOOR, "utonia": UTONIA_OUTDOOR}
 
 
 def released_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """Random tensors with exactly the released file's keys and shapes (from the reference TSV)."""
+    """Random tensors with exactly the released file's keys and shapes (from the reference TSV); RoPE
+    frequencies with their real values (base 10)."""
     rows = (DATA / f"{name}_state_dict_keys.tsv").read_text().splitlines()[1:]
     generator = torch.Generator().manual_seed(0)
     state = {}
     for row in rows:
         key, shape, _ = row.split("\t")
         state[key] = torch.randn(ast.literal_eval(shape), generator=generator) * 0.02
+        if key.endswith("rope.inv_freq"):
+            state[key] = 10.0 ** (-torch.arange(0, 6, 2, dtype=torch.float32) / 6)
     return state
 
 
-@pytest.fixture(scope="module", params=["sonata", "sonata_small"])
+def released_config(name: str) -> dict:
+    return {**RELEASED_CONFIG, **SIZES[name], **EXTRA_CONFIG.get(name, {})}
+
+
+@pytest.fixture(scope="module", params=["sonata", "sonata_small", "concerto_large", "utonia"])
 def released(request, tmp_path_factory):
     name = request.param
     state = released_state_dict(name)
     path = tmp_path_factory.mktemp(name) / f"{name}.pth"
-    torch.save({"config": {**RELEASED_CONFIG, **SIZES[name]}, "state_dict": state}, path)
+    torch.save({"config": released_config(name), "state_dict": state}, path)
     return name, path, state
 
 
@@ -80,10 +96,12 @@ def test_released_checkpoint_loads_strictly_with_exact_parameter_count(released)
     assert sm.count_parameters(encoder) == PARAMETERS[name]
     assert sm.count_parameters(sm.SonataEncoder(sm.get_config(name))) == PARAMETERS[name]
     loaded = encoder.state_dict()
+    assert len(loaded) == TENSORS[name]
     assert list(loaded) == list(state)  # same key names, same order as the released file
     key = "enc.enc3.block1.attn.qkv.weight"
     assert torch.equal(loaded[key], state[key])
-    assert encoder.config.grid_size == 0.02 and encoder.config.feature_keys == ("coord", "color", "normal")
+    assert encoder.config.feature_keys == ("coord", "color", "normal")
+    assert encoder.config.transform() == RELEASED_TRANSFORM[name]
     assert encoder.config.head_channels == sum(SIZES[name]["enc_channels"])  # 1232 for sonata
     assert encoder.config.pretrain_channels == sum(SIZES[name]["enc_channels"][2:])  # 1088 for sonata
     assert not encoder.training
@@ -108,7 +126,7 @@ def test_mismatched_checkpoint_names_missing_unexpected_and_misshaped_keys(relea
     broken["enc.enc9.block0.bogus"] = torch.zeros(1)
     broken["embedding.stem.linear.weight"] = torch.zeros(SIZES[name]["enc_channels"][0], 4)
     path = tmp_path / "broken.pth"
-    torch.save({"config": {**RELEASED_CONFIG, **SIZES[name]}, "state_dict": broken}, path)
+    torch.save({"config": released_config(name), "state_dict": broken}, path)
     with pytest.raises(sm.CheckpointError) as error:
         sm.load(path)
     message = str(error.value)
@@ -189,3 +207,17 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path):
         atomic_save({"bad": Unpicklable()}, target)
     assert torch.load(target, weights_only=True) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_family_is_read_from_the_file(released, tmp_path):
+    """Utonia is recognised by its rope_base, or by its RoPE buffers when a config lacks the key."""
+    name, path, state = released
+    encoder = sm.load(path)
+    assert encoder.config.family == ("utonia" if name == "utonia" else "sonata")
+    assert (encoder.config.rope_base == 10.0) == (name == "utonia")
+    if name == "utonia":
+        bare = {k: v for k, v in released_config(name).items() if k != "rope_base"}
+        torch.save({"config": bare, "state_dict": state}, tmp_path / "bare.pth")
+        assert sm.load(tmp_path / "bare.pth").config.rope_base == 10.0
+        rope = encoder.enc.enc3.block7.attn.rope
+        assert torch.equal(rope.inv_freq, state["enc.enc3.block7.attn.rope.inv_freq"])

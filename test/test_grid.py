@@ -54,5 +54,5 @@ def test_batch_equals_each_cloud_alone():
 
 def test_clouds_too_large_for_the_grid_are_refused():
     coord = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [7000.0, 0.0, 0.0]])
-    with pytest.raises(ValueError, match=r"cloud 1 spans 70001 voxels of 0\.1 m"):
+    with pytest.raises(ValueError, match=r"cloud 1 spans 70001 voxels of 0\.1 along"):
         grid_sample(coord, torch.tensor([2, 4]), 0.1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from sonata_model.configs import get_config
+from sonata_model.domains import OUTDOOR_RANGE, InputTransform
 from sonata_model.io.frame import Frame
 from sonata_model.train import augment
 from sonata_model.train.distill import DistillConfig, SonataDistiller, cube_mask
@@ -112,9 +114,11 @@ def test_cube_mask_masks_the_configured_fraction_of_cubes():
 def test_views_follow_the_recipe():
     rng = np.random.default_rng(0)
     coord = rng.uniform(-20, 20, (30000, 3)).astype(np.float32)
-    coord[:, 2] = rng.uniform(0, 3, 30000)
+    coord[:, 2] = rng.uniform(-2, 1, 30000)  # sensor frame: the road 2 m below the sensor
+    coord[:5, 2] = -30.0  # multipath under the road: outside the outdoor range, never in a view
     frame = Frame(coord=coord, strength=rng.uniform(0, 1, 30000).astype(np.float32))
-    config = ViewConfig.lidar(grid_size=0.2, feature_keys=("coord", "strength"), coord_scale=0.2, max_size=8000)
+    transform = InputTransform("outdoor", scale=0.2, grid=0.04, centre="none", range_box=OUTDOOR_RANGE)
+    config = ViewConfig.lidar(transform=transform, feature_keys=("coord", "strength"), max_size=8000)
     global_views, local_views = make_views(frame, config, np.random.default_rng(1))
     assert len(global_views) == 2 and len(local_views) == 4
     sampled = len(np.unique(np.floor(coord / 0.2).astype(np.int64), axis=0))
@@ -122,8 +126,8 @@ def test_views_follow_the_recipe():
         n = len(view["coord"])
         assert view["feat"].shape == (n, 4)
         assert len(np.unique(view["grid_coord"], axis=0)) == n  # one point per voxel
-        np.testing.assert_allclose(view["feat"][:, :3], view["coord"] * 0.2, rtol=1e-5, atol=1e-6)
-        assert np.isin(view["origin_coord"][:, 0], coord[:, 0]).all()  # original scene coordinates
+        np.testing.assert_array_equal(view["feat"][:, :3], view["coord"])  # model coordinates
+        assert np.isin(view["origin_coord"][:, 0], coord[5:, 0]).all()  # original scene coordinates, in range
     assert max(len(v["coord"]) for v in global_views) <= min(sampled, 8000)
     assert all(len(v["coord"]) <= 0.4 * min(sampled, 8000) + 1 for v in local_views)
     first_global = {tuple(p) for p in global_views[0]["origin_coord"].round(4).tolist()}
@@ -133,6 +137,12 @@ def test_views_follow_the_recipe():
         assert inside > 0.3
     again, _ = make_views(frame, config, np.random.default_rng(1))
     np.testing.assert_array_equal(again[0]["coord"], global_views[0]["coord"])
+    # without augmentation a view is the domain transform of its points: sensor frame kept (no centre
+    # shift, unlike indoor views), coordinates x0.2
+    still = dataclasses.replace(config, rotate_z_p=0, tilt_p=0, flip_p=0, scale=(1, 1), jitter_sigma=0, elastic=())
+    global_still, local_still = make_views(frame, still, np.random.default_rng(2))
+    for view in global_still + local_still:
+        np.testing.assert_allclose(view["coord"], view["origin_coord"] * 0.2, rtol=1e-6, atol=1e-6)
 
 
 def test_augmentations_do_what_they_say():

@@ -13,10 +13,17 @@ from scipy.interpolate import RegularGridInterpolator
 from scipy.ndimage import uniform_filter
 
 
-def centre_shift(coord: np.ndarray) -> np.ndarray:
-    """x, y to the bounding-box centre, z to the minimum (the reference's CenterShift)."""
+def centre_shift(coord: np.ndarray, with_z: bool = True) -> np.ndarray:
+    """x, y to the bounding-box centre, z to the minimum (the reference's CenterShift; z kept without z)."""
     low, high = coord.min(axis=0), coord.max(axis=0)
-    return coord - np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]], dtype=coord.dtype)
+    z = low[2] if with_z else 0.0
+    return coord - np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, z], dtype=coord.dtype)
+
+
+def normalise_to_unit_sphere(coord: np.ndarray) -> np.ndarray:
+    """Centroid to the origin, largest radius to 1 (objects)."""
+    centred = coord - coord.mean(axis=0)
+    return centred / max(float(np.linalg.norm(centred, axis=1).max()), np.finfo(np.float64).tiny)
 
 
 def rotation(axis: int, angle: float) -> np.ndarray:

@@ -102,10 +102,11 @@ class SonataDistiller(nn.Module):
         if views_per_sample != 2:
             raise ValueError(f"the roll-mask loss needs 2 global views per sample, got {views_per_sample}")
         global_point = _point(batch.global_views)
+        transform = self.student["backbone"].config.transform()  # coord is in model units: mask in metres
         with torch.no_grad():
-            mask = cube_mask(global_point.coord, global_point.offset, values.mask_size, values.mask_ratio)
-            grid_size = self.student["backbone"].config.grid_size
-            masked_point = _masked_point(global_point, mask, config.mask_jitter, grid_size)
+            metres = global_point.coord / transform.scale
+            mask = cube_mask(metres, global_point.offset, values.mask_size, values.mask_ratio)
+            masked_point = _masked_point(global_point, mask, config.mask_jitter * transform.scale, transform.grid)
             teacher_levels = self.teacher["backbone"](global_point)
             teacher_feat = upcast(teacher_levels, config.upcast_level)
             teacher_level = teacher_levels[config.upcast_level]
@@ -203,19 +204,19 @@ def cube_mask(coord: Tensor, offset: Tensor, size: float, ratio: float) -> Tenso
 
 
 @torch.no_grad()
-def _masked_point(point: Point, mask: Tensor, jitter: float, grid_size: float) -> Point:
+def _masked_point(point: Point, mask: Tensor, jitter: float, grid: float) -> Point:
     """The global views with the mask and jittered positions for the masked points.
 
     The jitter moves masked points, possibly into neighbouring voxels, as in the reference; a masked
     point whose new voxel is taken by another point of its view keeps its own voxel (no duplicates).
-    Grid coordinates are floor(coord / grid_size) minus a per-view constant, so the voxel a point moves
-    to follows from its position inside its voxel.
+    Grid coordinates are floor(coord / grid) minus a per-view constant (coord and grid in model units),
+    so the voxel a point moves to follows from its position inside its voxel.
     """
     noise = torch.randn_like(point.coord[mask]).mul_(jitter).clamp_(-2 * jitter, 2 * jitter)
     coord = point.coord.clone()
     coord[mask] += noise
-    scaled = point.coord[mask] / grid_size
-    step = torch.floor(scaled - torch.floor(scaled) + noise / grid_size).long()
+    scaled = point.coord[mask] / grid
+    step = torch.floor(scaled - torch.floor(scaled) + noise / grid).long()
     moved = point.grid_coord.clone()
     moved[mask] = (moved[mask] + step).clamp_(min=0)
     grid = _resolve_collisions(moved, point.grid_coord, mask, point.batch)

@@ -87,7 +87,7 @@ def view_config(run: RunConfig) -> ViewConfig:
     encoder = run.encoder_config()
     settings = dict(run.view)
     preset = settings.pop("preset", "lidar")
-    base = dict(grid_size=encoder.grid_size, feature_keys=encoder.feature_keys, coord_scale=encoder.coord_scale)
+    base = dict(transform=encoder.transform(), feature_keys=encoder.feature_keys)
     if preset == "lidar":
         config = ViewConfig.lidar(**base)
     elif preset == "indoor":

@@ -1,11 +1,14 @@
 """Global and local views of a scene for self-distillation, and the batches the distiller consumes.
 
-Per scene (Sonata's MultiViewGenerator): grid-sample (random representative), keep the sampled
-coordinates as `origin_coord`; a first global view of the nearest U(global_scale) * min(N, max_size)
-points around a random point, a second global view around a random point of the first; local views
-(U(local_scale)) around points of the first global view not yet covered by earlier local views.
-Global views share one appearance jitter; local views draw their own. After its augmentation every
-view is grid-sampled again, so no two of its points share a voxel.
+Per scene (Sonata's MultiViewGenerator): drop the points outside the domain's range, grid-sample
+(random representative), keep the sampled coordinates as `origin_coord` (metres); a first global
+view of the nearest U(global_scale) * min(N, max_size) points around a random point, a second global
+view around a random point of the first; local views (U(local_scale)) around points of the first
+global view not yet covered by earlier local views.
+Global views share one appearance jitter; local views draw their own. Every view then goes through
+the encoder's input transform (`InputTransform`: centring per domain, then the augmentation in metres,
+then the coordinate scale and grid sampling in model units), as the Segmenter applies it at inference,
+so no two points of a view share a voxel and training sees what inference will.
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..domains import InputTransform
 from ..io.frame import Frame
 from . import augment
 
 
 @dataclass(frozen=True)
 class ViewConfig:
-    grid_size: float
+    transform: InputTransform
     feature_keys: tuple[str, ...]
-    coord_scale: float = 1.0
     global_views: int = 2
     local_views: int = 4
     global_scale: tuple[float, float] = (0.4, 1.0)
@@ -50,8 +53,8 @@ class ViewConfig:
 
 @dataclass
 class ViewBatch:
-    coord: Tensor  # (N, 3) float32 augmented coordinates
-    origin_coord: Tensor  # (N, 3) float32 pre-augmentation coordinates
+    coord: Tensor  # (N, 3) float32 augmented model coordinates (the encoder's `coord` feature)
+    origin_coord: Tensor  # (N, 3) float32 pre-augmentation coordinates, metres
     grid_coord: Tensor  # (N, 3) int64 per-view voxel coordinates
     feat: Tensor  # (N, C) float32 encoder input
     offset: Tensor  # (V,) int64 cumulative counts per view
@@ -110,6 +113,13 @@ def grid_sample_numpy(coord: np.ndarray, grid_size: float, rng: np.random.Genera
     return index, cell[index]
 
 
+def _inside(coord: np.ndarray, box: tuple[float, ...] | None) -> np.ndarray:
+    """Row indices of the points inside the domain's range box (all without one)."""
+    if box is None:
+        return np.arange(len(coord))
+    return np.flatnonzero(np.all((coord >= box[:3]) & (coord <= box[3:]), axis=1))
+
+
 def _nearest(coord: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
     distance = np.square(coord - centre).sum(axis=1)
     if size >= len(coord):
@@ -123,7 +133,9 @@ def _crop_size(rng: np.random.Generator, scale: tuple[float, float], available: 
 
 def make_views(frame: Frame, config: ViewConfig, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
     """(global views, local views) of one frame, each a dict of numpy arrays ready for `ViewBatch.stack`."""
-    index, _ = grid_sample_numpy(frame.coord, config.grid_size, rng)
+    inside = _inside(frame.coord, config.transform.range_box)
+    index, _ = grid_sample_numpy(frame.coord[inside], config.transform.voxel_size, rng)
+    index = inside[index]
     coord = frame.coord[index].astype(np.float64)
     extras = {
         key: getattr(frame, key)[index] for key in ("color", "normal", "strength") if getattr(frame, key) is not None
@@ -167,18 +179,24 @@ def _view(
     config: ViewConfig,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
+    transform = config.transform
     origin = coord[index]
-    points = augment.centre_shift(origin)
+    points = augment.normalise_to_unit_sphere(origin) if transform.unit_sphere else origin
+    if transform.centre == "xyz":
+        points = augment.centre_shift(points)
     linear = augment.random_rigid(rng, config.rotate_z_p, config.tilt, config.tilt_p, config.flip_p, config.scale)
     points = points @ linear.T
     points = augment.jitter(points, rng, config.jitter_sigma, config.jitter_clip)
     points = augment.elastic(points, rng, config.elastic)
-    keep, grid = grid_sample_numpy(points, config.grid_size, rng)
+    points = points * transform.scale
+    keep, grid = grid_sample_numpy(points, transform.grid, rng)
     points = points[keep]
+    if transform.centre == "xy_after_grid":
+        points = augment.centre_shift(points, with_z=False)
     parts = []
     for key in config.feature_keys:
         if key == "coord":
-            parts.append(points * config.coord_scale)
+            parts.append(points)
         elif key == "color":
             parts.append(appearance["color"][index][keep] / 255.0)
         elif key == "normal":
