@@ -320,7 +320,8 @@ def test_rope_attention_matches_naive_rotation(counts):
     # q . k depends on coordinate differences only: a common shift leaves the output unchanged
     with torch.no_grad():
         torch.testing.assert_close(module(feat, layout, coord + torch.tensor([3.0, -7.0, 1.5])), out)
-    assert torch.allclose(module.rope.inv_freq, torch.tensor([1.0, 10 ** (-1 / 3), 10 ** (-2 / 3)], dtype=torch.float64))
+    expected_freq = torch.tensor([1.0, 10 ** (-1 / 3), 10 ** (-2 / 3)], dtype=torch.float64)
+    assert torch.allclose(module.rope.inv_freq, expected_freq)
 
 
 def test_rope_needs_coordinates_and_a_head_dim_of_six():
