@@ -357,3 +357,11 @@ def as_ros(case: Case, stamp):
     msg.point_step, msg.row_step = case.point_step, case.row_step
     msg.data = array.array("B", case.data)
     return msg
+
+
+def valid_points(case: Case, reach: float) -> np.ndarray:
+    """(width,) bool: the points of a base-layout case the node must label (finite, not all zero, in reach)."""
+    points = np.frombuffer(case.data, _dtype(BASE_FIELDS, BASE_STEP, ">" if case.is_bigendian else "<"))
+    with np.errstate(invalid="ignore"):
+        coord = np.stack([points[a] for a in "xyz"], axis=1).astype(np.float64)
+        return np.isfinite(coord).all(1) & coord.any(1) & (np.abs(coord).max(1) <= reach)
