@@ -198,6 +198,16 @@ def test_every_input_point_gets_a_label_in_the_specified_layout(talk, model_file
         assert (~valid).sum() > 1000  # zero returns were kept as points, labelled unknown
 
 
+def test_saturating_intensity_is_segmented_and_reported(talk, node, frame):
+    """Ouster's xyzi point type carries signal photons (thousands) as float intensity: /255 saturates."""
+    photons = {"x": frame.coord[:, 0], "y": frame.coord[:, 1], "z": frame.coord[:, 2]}
+    photons["intensity"] = (frame.strength * 4000).astype(np.float32)
+    msg = to_message(encode(LAYOUTS["xyzi"], photons, point_step=32), PointCloud2, PointField, Header())
+    assert talk.ask(msg).width == frame.num_points
+    line = node.wait_for_line("values are above the scale and saturate", timeout=10)
+    assert "'intensity'" in line and "set intensity_scale" in line
+
+
 def test_embeddings_are_published_only_to_subscribers(talk, client, node, frame):
     assert "PCA basis fitted" not in node.output  # nobody asked for embedding colours yet
     received = {}
