@@ -287,7 +287,7 @@ def _strength(values: np.ndarray, name: str, dtype: np.dtype, scale: float | Non
         scale = 255.0 if name == "reflectivity" else {UINT8: 255.0, UINT16: 65535.0}.get(_datatype(dtype), 255.0)
     strength = _first_channel(values) / np.float32(scale)
     clipped = int(np.count_nonzero(strength > 1))
-    return np.clip(np.nan_to_num(strength, nan=0.0), 0.0, 1.0), clipped
+    return np.minimum(np.fmax(strength, 0.0), 1.0), clipped  # fmax: NaN becomes 0
 
 
 def pack_rgb(color: np.ndarray) -> np.ndarray:
