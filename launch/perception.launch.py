@@ -4,6 +4,12 @@ Starts the sonata_perception node with config/perception.yaml (or params_file:=.
 head and device arguments override the params file only when given (an empty argument keeps the
 file's value). The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
 `/sonata_perception/output/{segmentation,embeddings,embedding_rgb}`.
+
+The node is respawned when it exits (respawn:=false to stop that): it exits with code 70 after
+`exit_after_internal_errors` consecutive internal errors, such as a sticky CUDA error that only a
+fresh process clears. dds_profile:=<file.xml> gives the node's process a Fast DDS profile, e.g. the
+shipped config/fastdds_large_messages.xml (shared memory for ~3 MB clouds under best-effort QoS; the
+driver that publishes the clouds needs it too, see the file).
 """
 
 import os
@@ -25,14 +31,22 @@ ARGUMENTS = {
     "device": ("", "auto | cpu | cuda; empty keeps the params file's"),
     "use_sim_time": ("false", "Use /clock (bag replay)"),
     "log_level": ("info", "debug | info | warn | error"),
+    "respawn": ("true", "Restart the node when it exits (it exits on repeated internal errors)"),
+    "respawn_delay": ("2.0", "Seconds before a restart"),
+    "dds_profile": (
+        "",
+        "Fast DDS XML profile for the node's process (e.g. <share>/config/fastdds_large_messages.xml); "
+        "empty keeps the environment's",
+    ),
 }
 OVERRIDES = ("checkpoint", "head", "device")
+TRUE = ("true", "1", "yes")
 
 
 def _perception_node(context):
     value = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     overrides = {name: value[name] for name in OVERRIDES if value[name]}
-    overrides["use_sim_time"] = value["use_sim_time"].lower() in ("true", "1", "yes")
+    overrides["use_sim_time"] = value["use_sim_time"].lower() in TRUE
     return [
         Node(
             package="sonata_ros",
@@ -42,8 +56,20 @@ def _perception_node(context):
             parameters=[value["params_file"], overrides],
             remappings=[("~/input/pointcloud", value["input_topic"])],
             arguments=["--ros-args", "--log-level", value["log_level"]],
+            respawn=value["respawn"].lower() in TRUE,
+            respawn_delay=float(value["respawn_delay"]),
+            additional_env=_dds_environment(value["dds_profile"]),
         )
     ]
+
+
+def _dds_environment(profile: str) -> dict[str, str]:
+    """Both variable names: FASTDDS_ is read by Fast DDS 3 (Kilted, Rolling), FASTRTPS_ by 2.x (Humble, Jazzy)."""
+    if not profile:
+        return {}
+    if not os.path.isfile(profile):
+        raise FileNotFoundError(f"dds_profile {profile!r} is not a file")
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": profile, "FASTRTPS_DEFAULT_PROFILES_FILE": profile}
 
 
 def generate_launch_description():

@@ -46,7 +46,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param(
         "intensity_scale",
         0.0,
-        "Divide intensity by this to get strength in [0, 1]; 0 picks by datatype (u8 / 255, u16 / 65535, float / 255).",
+        "Divide the strength field (reflectivity if present, else intensity) by this to get [0, 1]; 0 picks "
+        "per field: reflectivity / 255, intensity u8 / 255, u16 / 65535, float / 255.",
     ),
     Param("min_range", 0.0, "Points closer to the sensor are not segmented (class 255); 0 disables."),
     Param("max_range", 0.0, "Points farther from the sensor are not segmented (class 255); 0 disables."),
@@ -75,6 +76,19 @@ PARAMETERS: tuple[Param, ...] = (
     Param("pca_frames", 5, "Frames used to fit the embedding PCA basis when the model carries none; then fixed."),
     Param("processing_budget_ms", 100.0, "Diagnostics WARN when the mean processing time exceeds this."),
     Param("late_frames_error", 10, "Diagnostics ERROR after this many consecutive frames over budget."),
+    Param("health_window_s", 5.0, "Diagnostics judge rate, latency, processing time and rejections over this time."),
+    Param("input_timeout_s", 2.0, "Diagnostics STALE when no input cloud arrived for this many seconds."),
+    Param(
+        "rejected_warn_fraction",
+        0.2,
+        "Diagnostics WARN when more than this fraction of the window's frames were rejected; ERROR when all were.",
+    ),
+    Param(
+        "exit_after_internal_errors",
+        10,
+        "Exit with code 70 after this many consecutive internal errors (e.g. a sticky CUDA error), so that "
+        "the launch file's respawn restarts the node; 0 never exits.",
+    ),
     Param("diagnostics_period_s", 1.0, "Period of /diagnostics messages."),
     Param("log_period_s", 10.0, "Period of the status log line."),
 )

@@ -7,7 +7,8 @@ The subscription callback only stores the newest cloud in a depth-1 mailbox; a w
 runs the model and publishes, so the executor never waits for inference and frames that arrive while
 the worker is busy replace the pending one (counted as dropped). Outputs nobody subscribes to are not
 computed; with no subscriber at all, no inference runs. Bad input is logged (throttled), counted in
-/diagnostics and skipped.
+/diagnostics and skipped. After `exit_after_internal_errors` consecutive internal errors (a sticky CUDA
+error, say) the node exits with code 70 so that the launch file's `respawn` starts a fresh process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 import rclpy
@@ -28,10 +30,11 @@ from sensor_msgs.msg import PointCloud2
 
 import sonata_model as sm
 from sonata_model.embedding_pca import EmbeddingPCA
+from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.labels import UNKNOWN, LabelSetError
 from sonata_model.io.pointcloud2 import MissingFieldError, PointCloudError, decode, structured_view
 
-from .health import Health
+from .health import INTERNAL_ERROR, Health, HealthLimits
 from .mailbox import Mailbox
 from .messages import embedding_cloud, packed_palette, rgb_cloud, segmentation_cloud
 from .model_loading import load_model
@@ -40,6 +43,8 @@ from .shutdown import init_ros, spin_until_stopped
 
 NODE_NAME = "sonata_perception"
 WARN_EVERY_S = 5.0
+EXIT_INTERNAL_ERRORS = 70  # EX_SOFTWARE: the node gave up after consecutive internal errors
+SATURATION_WARN_FRACTION = 0.01
 
 
 class PerceptionNode(Node):
@@ -67,7 +72,10 @@ class PerceptionNode(Node):
         )
         self.pca = EmbeddingPCA.from_meta(encoder.meta)
         self._pca_samples: list[torch.Tensor] = []
-        self.health = Health(self.p["processing_budget_ms"], self.p["late_frames_error"])
+        self.health = Health(_health_limits(self.p))
+        # Serialization encodes grid coordinates below AXIS_LIMIT: points farther out cannot be segmented.
+        self.reach = (AXIS_LIMIT - 2) * self.segmenter.config.grid_size / 2
+        self.fatal: str | None = None
         self.model_description = model.description
 
         reliability = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
@@ -82,7 +90,7 @@ class PerceptionNode(Node):
         self.out_embedding_rgb = self.create_publisher(PointCloud2, "~/output/embedding_rgb", qos_out)
         self.out_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.mailbox: Mailbox[PointCloud2] = Mailbox()
-        self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos_in)
+        self.input = self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos_in)
         self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics)
         self.create_timer(self.p["log_period_s"], self._log_status)
         self._stop = threading.Event()
@@ -113,6 +121,7 @@ class PerceptionNode(Node):
         )
 
     def _on_cloud(self, msg: PointCloud2) -> None:
+        self.health.input_received()
         if not any(self._wanted()):
             self.health.frame_idle()
             return
@@ -124,15 +133,32 @@ class PerceptionNode(Node):
             msg = self.mailbox.take(timeout=0.5)
             if msg is None:
                 continue
-            try:
-                self._process(msg)
-            except torch.cuda.OutOfMemoryError as exc:
-                torch.cuda.empty_cache()
-                self._reject("out_of_memory", str(exc).splitlines()[0])
-            except Exception as exc:
-                if not self.context.ok():  # shutting down (SIGINT / SIGTERM): nothing left to publish to
-                    return
-                self._reject("internal_error", f"{type(exc).__name__}: {exc}")
+            failure = self._attempt(msg)
+            del msg
+            if failure is None:
+                continue
+            reason, detail = failure
+            if reason == INTERNAL_ERROR and not self.context.ok():  # shutting down: nothing left to publish to
+                return
+            if reason == "out_of_memory":
+                torch.cuda.empty_cache()  # only now: until _attempt returned, its traceback held the frame's tensors
+            self._reject(reason, detail)
+            if self.health.must_exit:
+                self.fatal = f"{self.health.consecutive_internal_errors} consecutive internal errors; last: {detail}"
+                self.get_logger().fatal(f"exiting: {self.fatal}")
+                return
+
+    def _attempt(self, msg: PointCloud2) -> tuple[str, str] | None:
+        """Process one frame; (reason, detail) if it failed. The exception, whose traceback holds the
+        failed frame's tensors, does not outlive this call."""
+        try:
+            self._process(msg)
+        except torch.cuda.OutOfMemoryError as exc:
+            return "out_of_memory", str(exc).splitlines()[0]
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            return INTERNAL_ERROR, f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+        return None
 
     def _reject(self, reason: str, detail: str) -> None:
         self.health.frame_rejected(reason, detail)
@@ -166,8 +192,27 @@ class PerceptionNode(Node):
         if len(cloud.coord) == 0:
             self._reject("no_valid_points", f"all {cloud.num_input_points} points are NaN, inf or zero")
             return
-        base = cloud.coord @ self.rotation.T + self.translation
-        selected = np.flatnonzero(self._crop(cloud.coord, base))
+        with np.errstate(over="ignore", invalid="ignore"):  # huge finite coordinates overflow to inf: out of reach
+            base = cloud.coord @ self.rotation.T + self.translation
+            in_reach = np.abs(base).max(axis=1) <= self.reach
+            if not in_reach.any():
+                self._reject(
+                    "no_valid_points",
+                    f"all {cloud.num_input_points} points are NaN, inf, zero or farther than {self.reach:.0f} m",
+                )
+                return
+            if not in_reach.all():
+                self.get_logger().warning(
+                    f"{np.count_nonzero(~in_reach)} points farther than {self.reach:.0f} m are not segmented",
+                    throttle_duration_sec=WARN_EVERY_S,
+                )
+            selected = np.flatnonzero(in_reach & self._crop(cloud.coord, base))
+        if cloud.strength_clipped > SATURATION_WARN_FRACTION * len(cloud.coord):
+            self.get_logger().warning(
+                f"{100 * cloud.strength_clipped / len(cloud.coord):.0f}% of the {cloud.strength_field!r} values are "
+                "above the scale and saturate: set intensity_scale (README: driver layouts)",
+                throttle_duration_sec=WARN_EVERY_S,
+            )
         if len(selected) > self.p["max_points"]:
             self.get_logger().warning(
                 f"{len(selected)} points over max_points={self.p['max_points']}: subsampled",
@@ -254,7 +299,12 @@ class PerceptionNode(Node):
     # -------------------------------------------------------------------------------------- reporting
 
     def _publish_diagnostics(self) -> None:
-        extra = {"model": self.model_description, "device": str(self.segmenter.device), "label_set": self.labels.name}
+        extra = {
+            "model": self.model_description,
+            "device": str(self.segmenter.device),
+            "label_set": self.labels.name,
+            "input_publishers": str(self.input.get_publisher_count()),
+        }
         self.out_diagnostics.publish(
             self.health.diagnostics(
                 self.get_clock().now().to_msg(),
@@ -276,6 +326,26 @@ class PerceptionNode(Node):
         self._stop.set()
         self.mailbox.close()
         self._worker.join(timeout=10.0)
+
+    def report_exit(self, timeout_s: float = 2.0) -> None:
+        """Publish the final (ERROR) diagnostics and wait until they are delivered, before exiting."""
+        self._publish_diagnostics()
+        self.out_diagnostics.wait_for_all_acked(rclpy.duration.Duration(seconds=timeout_s))
+
+
+def _health_limits(p: dict) -> HealthLimits:
+    if p["health_window_s"] <= 0 or p["input_timeout_s"] <= 0:
+        raise ValueError("health_window_s and input_timeout_s must be > 0")
+    if not 0 <= p["rejected_warn_fraction"] <= 1 or p["exit_after_internal_errors"] < 0:
+        raise ValueError("rejected_warn_fraction must be in [0, 1] and exit_after_internal_errors >= 0")
+    return HealthLimits(
+        budget_ms=p["processing_budget_ms"],
+        late_frames_error=p["late_frames_error"],
+        window_s=p["health_window_s"],
+        input_timeout_s=p["input_timeout_s"],
+        rejected_warn_fraction=p["rejected_warn_fraction"],
+        exit_after=p["exit_after_internal_errors"],
+    )
 
 
 def _transform(translation, quaternion) -> tuple[np.ndarray, np.ndarray]:
@@ -308,12 +378,14 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        spin_until_stopped(executor, stop)
+        spin_until_stopped(executor, stop, until=lambda: node.fatal is not None)
+        if node.fatal is not None:
+            node.report_exit()
     finally:
         node.stop()
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return EXIT_INTERNAL_ERRORS if node.fatal is not None else 0
 
 
 if __name__ == "__main__":

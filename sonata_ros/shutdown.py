@@ -9,6 +9,7 @@ load) and the node dies with a traceback and exit code 1 instead of shutting dow
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException
@@ -38,10 +39,10 @@ def init_ros(args: list[str] | None) -> StopRequest:
     return StopRequest()
 
 
-def spin_until_stopped(executor: Executor, stop: StopRequest) -> None:
-    """Spin until a signal arrives or the ROS context is shut down from elsewhere."""
+def spin_until_stopped(executor: Executor, stop: StopRequest, until: Callable[[], bool] = lambda: False) -> None:
+    """Spin until a signal arrives, the ROS context is shut down from elsewhere, or `until()` holds."""
     try:
-        while not stop and executor.context.ok():
+        while not stop and executor.context.ok() and not until():
             executor.spin_once(timeout_sec=SPIN_SLICE_S)
     except ExternalShutdownException:
         pass

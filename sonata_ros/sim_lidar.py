@@ -5,7 +5,8 @@
 
 Clouds go to `~/points` in the sensor driver's layout, freshly stamped; for synthetic drives the labels
 go to `~/ground_truth` (x, y, z, class_id, rgb), point for point in the same order, for comparison in
-RViz and by the demo. Frames are prepared once at start and looped.
+RViz and by the demo. Frames are prepared once at start and looped, forever or `count` times; with
+`wait_for_subscribers` publishing starts only once that many subscriptions match `~/points`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ PARAMETERS = {
     "bag_topic": ("", "PointCloud2 topic of the bag (empty: its only one)."),
     "frame_id": ("lidar", "header.frame_id of published clouds."),
     "reliability": ("reliable", "Output QoS reliability: reliable | best_effort."),
+    "count": (0, "Publish this many clouds, then exit; 0 publishes forever."),
+    "wait_for_subscribers": (0, "Start publishing once this many subscriptions match ~/points."),
 }
 
 
@@ -76,6 +79,8 @@ class SimLidar(Node):
             raise ValueError("nothing to publish: the drive or bag has no frames")
         self.index = 0
         self.published = 0
+        self.count, self.wait_for_subscribers = p["count"], p["wait_for_subscribers"]
+        self.done = False
         self.create_timer(1.0 / p["rate_hz"], self._publish)
         self.get_logger().info(f"publishing {len(self.messages)} frames in a loop at {p['rate_hz']} Hz")
 
@@ -131,6 +136,11 @@ class SimLidar(Node):
         return messages
 
     def _publish(self) -> None:
+        if 0 < self.count <= self.published:
+            self.done = True  # one period after the last cloud, which has left by now
+            return
+        if self.points.get_subscription_count() < self.wait_for_subscribers:
+            return
         cloud, truth = self.messages[self.index]
         self.index = (self.index + 1) % len(self.messages)
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
@@ -164,7 +174,9 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        spin_until_stopped(executor, stop)
+        spin_until_stopped(executor, stop, until=lambda: node.done)
+        if node.done:
+            node.get_logger().info(f"published {node.published} clouds")
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

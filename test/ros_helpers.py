@@ -26,12 +26,14 @@ os.environ.update(ROS_ENV)  # this test process joins the same isolated domain
 
 
 class NodeProcess:
-    """A `python -m module --ros-args ...` child whose output is collected line by line."""
+    """A `python -m module --ros-args ...` (or `python script.py ...`) child whose output is collected line
+    by line; `env` adds environment variables."""
 
-    def __init__(self, module: str, ros_args: list[str]) -> None:
-        env = {**os.environ, **ROS_ENV}
+    def __init__(self, module: str, ros_args: list[str], env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **ROS_ENV, **(env or {})}
+        command = [str(ROOT / module)] if module.endswith(".py") else ["-m", module]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--ros-args", *ros_args],
+            [sys.executable, *command, "--ros-args", *ros_args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

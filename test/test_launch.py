@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
+from xml.etree import ElementTree
 
+import pytest
 import yaml
 
 from sonata_ros.params import PARAMETER_NAMES, PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "perception.launch.py"
+PROFILE = ROOT / "config" / "fastdds_large_messages.xml"
 
 
 def literal(tree: ast.Module, name: str):
@@ -34,14 +38,74 @@ def test_launch_file_compiles_and_its_arguments_fit_the_node():
     compile(tree, str(LAUNCH), "exec")
     arguments = literal(tree, "ARGUMENTS")
     names = [key.value for key in arguments.keys]
-    assert names == ["input_topic", "params_file", "checkpoint", "head", "device", "use_sim_time", "log_level"]
+    assert names == [
+        "input_topic",
+        "params_file",
+        "checkpoint",
+        "head",
+        "device",
+        "use_sim_time",
+        "log_level",
+        "respawn",
+        "respawn_delay",
+        "dds_profile",
+    ]
     overrides = [element.value for element in literal(tree, "OVERRIDES").elts]
     assert set(overrides) <= set(PARAMETER_NAMES)  # every override is a real parameter
     assert '("~/input/pointcloud", value["input_topic"])' in source
     assert 'executable="sonata_perception"' in source and "generate_launch_description" in source
     setup = (ROOT / "setup.py").read_text()
     assert '"sonata_perception = sonata_ros.perception_node:main"' in setup
-    assert "launch/*.launch.py" in setup and "config/*.yaml" in setup
+    assert "launch/*.launch.py" in setup and "config/*.yaml" in setup and "config/*.xml" in setup
+
+
+def node_keywords(tree: ast.Module) -> dict[str, ast.expr]:
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
+    assert len(calls) == 1
+    return {k.arg: k.value for k in calls[0].keywords}
+
+
+def test_the_node_is_respawned_by_default_and_gets_the_dds_profile_by_option():
+    source = LAUNCH.read_text()
+    tree = ast.parse(source)
+    arguments = literal(tree, "ARGUMENTS")
+    defaults = {
+        key.value: value.elts[0].value
+        for key, value in zip(arguments.keys, arguments.values, strict=True)
+        if isinstance(value.elts[0], ast.Constant)  # params_file's default is computed at launch
+    }
+    assert defaults["respawn"] == "true" and float(defaults["respawn_delay"]) > 0 and defaults["dds_profile"] == ""
+    keywords = node_keywords(tree)
+    assert ast.unparse(keywords["respawn"]) == "value['respawn'].lower() in TRUE"
+    assert ast.unparse(keywords["respawn_delay"]) == "float(value['respawn_delay'])"
+    assert ast.unparse(keywords["additional_env"]) == "_dds_environment(value['dds_profile'])"
+    # the environment function, run for real: both Fast DDS generations' variables, a missing file refused
+    namespace: dict = {"os": os}
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_dds_environment")
+    exec(compile(ast.Module([function], []), str(LAUNCH), "exec"), namespace)
+    assert namespace["_dds_environment"]("") == {}
+    assert namespace["_dds_environment"](str(PROFILE)) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE),
+        "FASTRTPS_DEFAULT_PROFILES_FILE": str(PROFILE),
+    }
+    with pytest.raises(FileNotFoundError, match=r"absent\.xml"):
+        namespace["_dds_environment"]("/absent.xml")
+
+
+def test_the_shipped_dds_profile_is_a_default_shared_memory_profile_with_room_for_large_clouds():
+    root = ElementTree.parse(PROFILE).getroot()
+    ns = {"dds": "http://www.eprosima.com"}
+    transports = {
+        t.findtext("dds:transport_id", namespaces=ns): t for t in root.iterfind(".//dds:transport_descriptor", ns)
+    }
+    shm = [t for t in transports.values() if t.findtext("dds:type", namespaces=ns) == "SHM"]
+    assert len(shm) == 1 and int(shm[0].findtext("dds:segment_size", namespaces=ns)) >= 8 * 3_000_000
+    assert any(t.findtext("dds:type", namespaces=ns) == "UDPv4" for t in transports.values())  # discovery
+    participant = root.find(".//dds:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    assert participant.findtext(".//dds:useBuiltinTransports", namespaces=ns) == "false"
+    used = [e.text for e in participant.iterfind(".//dds:userTransports/dds:transport_id", ns)]
+    assert sorted(used) == sorted(transports)
 
 
 def test_package_manifest_declares_runtime_dependencies():

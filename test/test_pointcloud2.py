@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
+from collections import Counter
+from dataclasses import replace
 from types import SimpleNamespace
 
+import adversarial_clouds as adversarial
 import numpy as np
 import pytest
+from adversarial_clouds import as_namespace
+from adversarial_clouds import cases as adversarial_cases
 from rosbags.typesys import Stores, get_typestore
 
 from sonata_model.io.pointcloud2 import (
@@ -19,6 +26,7 @@ from sonata_model.io.pointcloud2 import (
     UINT16,
     UINT32,
     FieldSpec,
+    MissingFieldError,
     PointCloudError,
     decode,
     encode,
@@ -61,7 +69,7 @@ def test_float_intensity_layouts_round_trip(layout):
 def test_ouster_organized_cloud_masks_zero_returns():
     beams, columns = 16, 64
     arrays = lidar_arrays(beams * columns)
-    arrays["intensity"] = np.full(beams * columns, 510.0, np.float32)  # above 255: clipped to 1
+    arrays["reflectivity"] = np.random.default_rng(5).integers(0, 256, beams * columns).astype(np.uint16)
     arrays["ring"] = np.repeat(np.arange(beams), columns).astype(np.uint16)
     missing = np.random.default_rng(2).random(beams * columns) < 0.3
     for axis in "xyz":
@@ -71,8 +79,80 @@ def test_ouster_organized_cloud_masks_zero_returns():
     assert structured_view(msg).shape == (beams, columns)
     cloud = decode(msg)
     assert np.array_equal(cloud.valid, ~missing)
-    assert len(cloud.coord) == (~missing).sum() and np.all(cloud.strength == 1.0)
+    assert len(cloud.coord) == (~missing).sum()
     np.testing.assert_array_equal(cloud.coord[:, 0], arrays["x"][~missing])
+    np.testing.assert_allclose(cloud.strength, arrays["reflectivity"][~missing] / 255, rtol=1e-6)
+
+
+# What the drivers publish (ouster-ros os_point.h / sensor_point_types.h): the default point carries
+# signal photons as float `intensity` (the sensor's 16-bit SIGNAL, thousands up close) and calibrated
+# reflectivity 0-255 (RFL8) in a u16; the native RNG19_RFL8_SIG16_NIR16 point has `signal` u16 and
+# `reflectivity` u16; the dual-return and FUSA points carry `reflectivity` as u8.
+OUSTER_NATIVE = [
+    FieldSpec("x", 0, FLOAT32),
+    FieldSpec("y", 4, FLOAT32),
+    FieldSpec("z", 8, FLOAT32),
+    FieldSpec("t", 16, UINT32),
+    FieldSpec("ring", 20, UINT16),
+    FieldSpec("range", 24, UINT32),
+    FieldSpec("signal", 28, UINT16),
+    FieldSpec("reflectivity", 30, UINT16),
+    FieldSpec("near_ir", 32, UINT16),
+]
+OUSTER_DUAL = [*OUSTER_NATIVE[:7], FieldSpec("reflectivity", 30, UINT8), FieldSpec("near_ir", 32, UINT16)]
+
+
+@pytest.mark.parametrize(("layout", "point_step"), [(LAYOUTS["ouster"], 48), (OUSTER_NATIVE, 48), (OUSTER_DUAL, 48)])
+def test_ouster_strength_is_calibrated_reflectivity_not_signal_photons(layout, point_step):
+    rng = np.random.default_rng(6)
+    arrays = lidar_arrays(2000)
+    reflectivity = rng.integers(0, 256, 2000)
+    signal = rng.uniform(0, 65535, 2000)  # photon counts: far beyond 255, unrelated to the surface alone
+    fields = {f.name: f for f in layout}
+    arrays["reflectivity"] = reflectivity.astype(DATATYPES[fields["reflectivity"].datatype])
+    if "intensity" in fields:
+        arrays["intensity"] = signal.astype(np.float32)
+    else:
+        arrays["signal"] = signal.astype(np.uint16)
+    cloud = decode(rosbags_message(encode(layout, arrays, point_step=point_step)), need_strength=True)
+    assert cloud.strength_field == "reflectivity" and cloud.strength_clipped == 0
+    np.testing.assert_allclose(cloud.strength, reflectivity / 255, rtol=1e-6)
+    assert np.ptp(cloud.strength) > 0.9  # the whole 0-255 range is kept, nothing saturates
+
+
+def test_float_intensity_beyond_255_saturates_visibly_and_an_explicit_scale_fixes_it():
+    """Ouster's xyzi / xyzir points carry only `intensity` = signal photons: /255 saturates, and says so."""
+    arrays = lidar_arrays(1000)
+    arrays["intensity"] = np.random.default_rng(7).uniform(0, 4000, 1000).astype(np.float32)
+    arrays["ring"] = np.zeros(1000, np.uint16)
+    layout = [*LAYOUTS["xyzi"], FieldSpec("ring", 20, UINT16)]
+    msg = rosbags_message(encode(layout, arrays, point_step=32))
+    default = decode(msg)
+    assert default.strength_field == "intensity"
+    assert default.strength_clipped == np.count_nonzero(arrays["intensity"] > 255) > 900
+    scaled = decode(msg, intensity_scale=4000)
+    assert scaled.strength_clipped == 0
+    np.testing.assert_allclose(scaled.strength, arrays["intensity"] / 4000, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("layout", "top"), [("velodyne", 255.0), ("hesai", 255.0), ("livox", 255.0)])
+def test_0_255_float_intensity_drivers_span_the_unit_interval(layout, top):
+    arrays = lidar_arrays(256)
+    arrays["intensity"] = np.arange(256, dtype=np.float32) * (top / 255)
+    cloud = decode(rosbags_message(encode(LAYOUTS[layout], arrays, point_step=LAYOUT_POINT_STEP[layout])))
+    assert cloud.strength_clipped == 0 and cloud.strength.min() == 0 and cloud.strength.max() == 1
+    np.testing.assert_allclose(cloud.strength, np.arange(256) / 255, rtol=1e-6)
+
+
+def test_nan_intensity_is_zero_strength_and_nan_normals_are_zero():
+    arrays = lidar_arrays(4)
+    arrays["intensity"] = np.array([np.nan, 10, np.inf, -5], np.float32)
+    arrays.update({n: np.array([np.nan, 0, 1, 0], np.float32) for n in ("normal_x", "normal_y", "normal_z")})
+    cloud = decode(rosbags_message(encode(None, arrays)))
+    np.testing.assert_allclose(cloud.strength, [0, 10 / 255, 1, 0], rtol=1e-6)
+    assert cloud.strength_clipped == 1  # the inf
+    np.testing.assert_array_equal(cloud.normal[0], [0, 0, 0])
+    np.testing.assert_array_equal(cloud.normal[2], [1, 1, 1])
 
 
 def test_autoware_u8_intensity_is_scaled_by_255():
@@ -218,7 +298,7 @@ def test_malformed_messages_raise_one_clear_error(msg, message):
 
 def test_missing_fields_the_model_needs():
     msg = bare(XYZ, np.zeros(48, np.uint8))
-    with pytest.raises(PointCloudError, match="no intensity field"):
+    with pytest.raises(PointCloudError, match="no reflectivity/intensity/i field"):
         decode(msg, need_strength=True)
     with pytest.raises(PointCloudError, match="no rgb"):
         decode(msg, need_color=True)
@@ -241,3 +321,78 @@ def test_aligned_encoding_and_rgb_helpers():
     with pytest.raises(PointCloudError, match="not a PointCloud2 datatype"):
         encode(None, {"x": np.ones(2, np.complex64)})
     assert INT16 in DATATYPES and UINT16 in DATATYPES
+
+
+@pytest.mark.parametrize(
+    ("msg", "message"),
+    [
+        (bare(XYZ, np.zeros(60, np.uint8)), "data has 60 bytes"),  # oversized
+        (
+            bare([*XYZ, SimpleNamespace(name="i", offset=6, datatype=UINT16, count=1)], np.zeros(48, np.uint8)),
+            "overlap",
+        ),
+        (bare([*XYZ, SimpleNamespace(name="", offset=0, datatype=UINT8, count=1)], np.zeros(48, np.uint8)), "no name"),
+        (
+            bare(
+                [XYZ[0], XYZ[1], SimpleNamespace(name="z", offset=8, datatype=INT16, count=1)], np.zeros(48, np.uint8)
+            ),
+            "coordinates must be one FLOAT32 or FLOAT64",
+        ),
+        (bare(XYZ, np.zeros(48, np.uint8), point_step=2**32 - 1), "point_step 4294967295 is outside"),
+        (bare(XYZ, np.zeros(48, np.uint8), width=2**32 - 1, row_step=2**32 - 1), "row_step 4294967295 is shorter"),
+    ],
+)
+def test_more_malformed_messages(msg, message):
+    with pytest.raises(PointCloudError, match=message):
+        decode(msg)
+
+
+def test_packed_colour_of_the_wrong_size_is_refused_only_when_colour_is_needed():
+    fields = [*XYZ, SimpleNamespace(name="rgb", offset=12, datatype=UINT8, count=1)]
+    msg = bare(fields, np.zeros(4 * 16, np.uint8), point_step=16)
+    assert decode(msg).color is None
+    with pytest.raises(PointCloudError, match="packed colour"):
+        decode(msg, need_color=True)
+
+
+def test_adversarial_messages_decode_or_raise_point_cloud_error_only():
+    """Thousands of broken messages: each is refused with PointCloudError (the right subclass) or decoded
+    as its construction says; nothing else escapes (no numpy error, no MemoryError, no hang)."""
+    reach = 1e4
+    start = time.perf_counter()
+    outcomes = Counter()
+    for case in adversarial_cases(3000, seed=11, reach=reach):
+        msg = as_namespace(case)
+        try:
+            cloud = decode(msg, need_strength=True)
+        except MissingFieldError:
+            outcome = "missing_field"
+        except PointCloudError:
+            outcome = "malformed"
+        else:
+            in_reach = (np.abs(cloud.coord).max(axis=1) <= reach).any() if len(cloud.coord) else False
+            outcome = "empty" if cloud.num_input_points == 0 else "answer" if in_reach else "no_valid_points"
+            assert cloud.strength is not None and np.all((cloud.strength >= 0) & (cloud.strength <= 1))
+            assert cloud.valid.shape == (msg.height * msg.width,) and len(cloud.coord) == cloud.valid.sum()
+        outcomes[case.expect, outcome] += 1
+        if case.expect not in ("any", "wrong_frame"):  # the codec does not look at frame ids
+            assert outcome == case.expect, (case.kind, outcome)
+    assert time.perf_counter() - start < 30
+    assert sum(n for (expect, _), n in outcomes.items() if expect == "malformed") > 1500
+
+
+def test_huge_declared_sizes_allocate_nothing():
+    base = adversarial.good(np.random.default_rng(0), 100)
+    tracemalloc.start()
+    try:
+        for sizes in (
+            {"width": 2**32 - 1, "height": 2**32 - 1, "row_step": 2**32 - 1, "point_step": 2**31 - 1},
+            {"height": 2**32 - 1, "row_step": 2**32 - 1},
+            {"width": 0, "height": 2**32 - 1, "row_step": 0},
+        ):
+            with pytest.raises(PointCloudError):
+                decode(as_namespace(replace(base, **sizes)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

@@ -318,16 +318,22 @@ class BagSource:
 def frame_arrays(frame: Frame, layout: str) -> tuple[dict[str, np.ndarray], int]:
     """Per-field arrays of a frame in a driver layout, and the row count (organized for Ouster).
 
-    Intensity is strength * 255 (u8 for Autoware); ring / time come from `frame.extra` when there
-    (time in seconds; Ouster's `t` in ns). Ouster clouds are organized by ring and azimuth column
+    Intensity is strength * 255 (u8 for Autoware). Ouster's driver carries the strength as calibrated
+    `reflectivity` (u16, 0-255) and signal photons as float `intensity`, here strength * 6e5 / range**2
+    (thousands up close, as the sensor reports). Ring / time come from `frame.extra` when there (time
+    in seconds; Ouster's `t` in ns). Ouster clouds are organized by ring and azimuth column
     (extra["column"]), with zeros for missing returns, as the driver sends them.
     """
     fields = {f.name: f for f in LAYOUTS[layout]}
     n = frame.num_points
     arrays: dict[str, np.ndarray] = {"x": frame.coord[:, 0], "y": frame.coord[:, 1], "z": frame.coord[:, 2]}
     strength = frame.strength if frame.strength is not None else np.zeros(n, np.float32)
-    if "intensity" in fields:
-        scaled = np.clip(strength, 0, 1) * 255
+    scaled = np.clip(strength, 0, 1) * 255
+    if "reflectivity" in fields:
+        arrays["reflectivity"] = np.round(scaled).astype(np.uint16)
+        distance_sq = np.maximum(np.einsum("ij,ij->i", frame.coord, frame.coord), 1.0)
+        arrays["intensity"] = np.minimum(strength * 6e5 / distance_sq, 65535).astype(np.float32)
+    elif "intensity" in fields:
         arrays["intensity"] = (
             np.round(scaled).astype(np.uint8) if fields["intensity"].datatype == UINT8 else scaled.astype(np.float32)
         )

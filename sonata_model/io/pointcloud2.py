@@ -6,14 +6,20 @@ numpy structured view over the message buffer that honours each field's offset, 
 the message's endianness, point_step, row_step (row padding) and height (organized clouds); nothing
 loops over points. Every malformed message raises `PointCloudError` with what is wrong.
 
-Intensity to strength in [0, 1]: an explicit `intensity_scale` divides; otherwise UINT8 / 255,
-UINT16 / 65535 and floats / 255 (Velodyne, Ouster, Livox and Hesai drivers publish 0-255 floats),
-then clipped. Invalid points (NaN / inf coordinates, all-zero returns as Ouster sends them) are masked.
+Strength in [0, 1] (what the models were trained on: remission, a property of the surface) comes from
+`reflectivity` when the cloud has it (Ouster: calibrated reflectivity 0-255 in a u16 or u8, 0-100 for
+diffuse targets, 101-255 for retro-reflectors; its float `intensity` is signal photons, which fall with
+range and reach the thousands), else from `intensity` / `i`. An explicit `intensity_scale` divides;
+otherwise reflectivity / 255, UINT8 / 255, UINT16 / 65535 and floats / 255 (Velodyne, Hesai, Livox and
+RoboSense publish 0-255 floats); then clipped, and the number of clipped values is reported so that a
+saturating driver is noticed. Invalid points (NaN / inf coordinates, all-zero returns as Ouster sends
+them) are masked.
 """
 
 from __future__ import annotations
 
 import array
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +37,9 @@ DATATYPES: dict[int, np.dtype] = {
     FLOAT64: np.dtype("f8"),
 }
 _DATATYPE_OF = {dtype: code for code, dtype in DATATYPES.items()}
-INTENSITY_FIELDS = ("intensity", "i", "reflectivity")
+STRENGTH_FIELDS = ("reflectivity", "intensity", "i")  # in order of preference
+COORD_DATATYPES = (FLOAT32, FLOAT64)
+MAX_POINT_STEP = 2**31 - 1  # numpy's largest item size
 RGB_FIELDS = ("rgb", "rgba")
 NORMAL_FIELDS = ("normal_x", "normal_y", "normal_z")
 
@@ -126,6 +134,8 @@ LAYOUT_POINT_STEP = {
 class DecodedCloud:
     coord: np.ndarray  # (N, 3) float32 of the valid points
     strength: np.ndarray | None  # (N,) float32 in [0, 1]
+    strength_field: str | None  # the field strength came from
+    strength_clipped: int  # valid points whose strength was above 1 before clipping (a scale too small)
     color: np.ndarray | None  # (N, 3) uint8
     normal: np.ndarray | None  # (N, 3) float32
     valid: np.ndarray  # (height * width,) bool, row-major
@@ -152,12 +162,17 @@ def _buffer(msg) -> np.ndarray:
 
 
 def message_dtype(msg) -> np.dtype:
-    """The numpy structured dtype of one point of `msg` (validated)."""
+    """The numpy structured dtype of one point of `msg` (validated: known datatypes, counts >= 1, named,
+    distinct, non-overlapping fields inside point_step)."""
     point_step = int(msg.point_step)
+    if not 0 <= point_step <= MAX_POINT_STEP:
+        raise PointCloudError(f"point_step {point_step} is outside 0..{MAX_POINT_STEP}")
     order = ">" if msg.is_bigendian else "<"
-    names, formats, offsets = [], [], []
+    names, formats, offsets, extents = [], [], [], []
     for field in msg.fields:
         name, offset, datatype, count = field.name, int(field.offset), int(field.datatype), int(field.count)
+        if not isinstance(name, str) or not name:
+            raise PointCloudError(f"a field at offset {offset} has no name")
         if datatype not in DATATYPES:
             raise PointCloudError(f"field {name!r} has unknown datatype {datatype} (expected 1-8)")
         if count < 1:
@@ -171,25 +186,36 @@ def message_dtype(msg) -> np.dtype:
         names.append(name)
         formats.append(base if count == 1 else np.dtype((base, (count,))))
         offsets.append(offset)
+        extents.append((offset, offset + size, name))
+    extents.sort()
+    for (_, end, first), (start, _, second) in itertools.pairwise(extents):
+        if start < end:
+            raise PointCloudError(f"fields {first!r} and {second!r} overlap")
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
 
 
 def structured_view(msg) -> np.ndarray:
-    """Zero-copy (height, width) structured array over the message's bytes."""
+    """Zero-copy (height, width) structured array over the message's bytes.
+
+    Sizes are checked as Python integers before numpy sees them, so a message that declares more points
+    than its data holds (or sizes that overflow 64 bits) is refused without allocating anything.
+    """
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
+    if height < 0 or width < 0:
+        raise PointCloudError(f"height {height} x width {width} is negative")
     dtype = message_dtype(msg)
     data = _buffer(msg)
     points = height * width
-    if points == 0:
-        return np.empty((height, width), dtype=dtype)
-    if point_step <= 0:
+    if points and point_step <= 0:
         raise PointCloudError(f"point_step is {point_step} for {points} points")
     if row_step < point_step * width:
         raise PointCloudError(f"row_step {row_step} is shorter than width {width} x point_step {point_step}")
     needed = row_step * height
-    if data.size < needed:
+    if data.size != needed:
         raise PointCloudError(f"data has {data.size} bytes, row_step {row_step} x height {height} needs {needed}")
+    if points == 0:
+        return np.empty((height, width), dtype=dtype)
     return np.ndarray((height, width), dtype=dtype, buffer=data, offset=0, strides=(row_step, point_step))
 
 
@@ -206,41 +232,62 @@ def decode(
 ) -> DecodedCloud:
     """Arrays of the valid points of `msg` (see the module docstring for scaling and validity)."""
     view = structured_view(msg).reshape(-1)
-    missing = [axis for axis in "xyz" if axis not in (view.dtype.names or ())]
-    if missing:
-        raise PointCloudError(f"cloud has no {'/'.join(missing)} field (fields: {list(view.dtype.names or ())})")
-    x, y, z = (view[axis].astype(np.float32, copy=False) for axis in "xyz")
-    valid = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
-    coord = np.stack((x[valid], y[valid], z[valid]), axis=1)
-
-    strength = None
-    name = _field(view, INTENSITY_FIELDS)
-    if name is not None:
-        strength = _strength(view[name][valid], view.dtype[name], intensity_scale)
-    elif need_strength:
-        raise MissingFieldError(f"cloud has no intensity field ({'/'.join(INTENSITY_FIELDS)}), the model needs it")
-
-    color = None
-    name = _field(view, RGB_FIELDS)
-    if name is not None:
-        color = unpack_rgb(view[name][valid])
-    elif need_color:
+    names = view.dtype.names or ()
+    for axis in "xyz":
+        if axis not in names:
+            raise PointCloudError(f"cloud has no {axis} field (fields: {list(names)})")
+        if _datatype(view.dtype[axis]) not in COORD_DATATYPES or view.dtype[axis].shape:
+            raise PointCloudError(f"field {axis!r} is {view.dtype[axis]}; coordinates must be one FLOAT32 or FLOAT64")
+    rgb = _field(view, RGB_FIELDS)
+    if rgb is not None and view.dtype[rgb].base.itemsize != 4:
+        if need_color:
+            raise PointCloudError(f"field {rgb!r} is {view.dtype[rgb]}; packed colour is FLOAT32, UINT32 or INT32")
+        rgb = None  # an odd colour field the model does not need is ignored
+    if need_color and rgb is None:
         raise MissingFieldError("cloud has no rgb/rgba field, the model needs colour")
+    source = _field(view, STRENGTH_FIELDS)
+    if need_strength and source is None:
+        raise MissingFieldError(f"cloud has no {'/'.join(STRENGTH_FIELDS)} field, the model needs strength")
 
-    normal = None
-    if all(n in view.dtype.names for n in NORMAL_FIELDS):
-        normal = np.stack([_as_float32(view[n][valid]) for n in NORMAL_FIELDS], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 becomes inf: an invalid point
+        x, y, z = (view[axis].astype(np.float32, copy=False) for axis in "xyz")
+        valid = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
+        coord = np.stack((x[valid], y[valid], z[valid]), axis=1)
+        strength, clipped = None, 0
+        if source is not None:
+            strength, clipped = _strength(view[source][valid], source, view.dtype[source], intensity_scale)
+        normal = None
+        if all(n in names for n in NORMAL_FIELDS):
+            normal = np.stack([_first_channel(view[n][valid]) for n in NORMAL_FIELDS], axis=1)
+            normal[~np.isfinite(normal).all(axis=1)] = 0.0  # PCL marks normals it could not estimate with NaN
     return DecodedCloud(
-        coord=coord, strength=strength, color=color, normal=normal, valid=valid, num_input_points=view.shape[0]
+        coord=coord,
+        strength=strength,
+        strength_field=source,
+        strength_clipped=clipped,
+        color=unpack_rgb(view[rgb][valid]) if rgb is not None else None,
+        normal=normal,
+        valid=valid,
+        num_input_points=view.shape[0],
     )
 
 
-def _strength(values: np.ndarray, dtype: np.dtype, scale: float | None) -> np.ndarray:
-    if values.ndim > 1:
-        values = values[:, 0]
+def _datatype(dtype: np.dtype) -> int | None:
+    """PointField datatype of a field's element type (either byte order)."""
+    return _DATATYPE_OF.get(dtype.base.newbyteorder("="))
+
+
+def _first_channel(values: np.ndarray) -> np.ndarray:
+    return _as_float32(values[:, 0] if values.ndim > 1 else values)
+
+
+def _strength(values: np.ndarray, name: str, dtype: np.dtype, scale: float | None) -> tuple[np.ndarray, int]:
+    """(strength in [0, 1], how many values were above the scale); NaN becomes 0."""
     if scale is None:
-        scale = {np.dtype("u1"): 255.0, np.dtype("u2"): 65535.0}.get(dtype.newbyteorder("="), 255.0)
-    return np.clip(values.astype(np.float32) / np.float32(scale), 0.0, 1.0)
+        scale = 255.0 if name == "reflectivity" else {UINT8: 255.0, UINT16: 65535.0}.get(_datatype(dtype), 255.0)
+    strength = _first_channel(values) / np.float32(scale)
+    clipped = int(np.count_nonzero(strength > 1))
+    return np.minimum(np.fmax(strength, 0.0), 1.0), clipped  # fmax: NaN becomes 0
 
 
 def pack_rgb(color: np.ndarray) -> np.ndarray:
