@@ -34,6 +34,8 @@ _DATATYPE_OF = {dtype: code for code, dtype in DATATYPES.items()}
 INTENSITY_FIELDS = ("intensity", "i", "reflectivity")
 RGB_FIELDS = ("rgb", "rgba")
 NORMAL_FIELDS = ("normal_x", "normal_y", "normal_z")
+RING_FIELDS = ("ring", "channel")  # Velodyne / Ouster / Hesai, Autoware / Nebula
+TIME_FIELDS = {"time": 1.0, "t": 1e-9, "time_stamp": 1e-9}  # name -> seconds per unit, in order of preference
 
 
 class PointCloudError(ValueError):
@@ -206,6 +208,13 @@ def decode(
 ) -> DecodedCloud:
     """Arrays of the valid points of `msg` (see the module docstring for scaling and validity)."""
     view = structured_view(msg).reshape(-1)
+    return decode_points(view, intensity_scale=intensity_scale, need_strength=need_strength, need_color=need_color)
+
+
+def decode_points(
+    view: np.ndarray, *, intensity_scale: float | None = None, need_strength: bool = False, need_color: bool = False
+) -> DecodedCloud:
+    """`decode` of a flat structured array of points, whatever file or message it views (PCD too)."""
     missing = [axis for axis in "xyz" if axis not in (view.dtype.names or ())]
     if missing:
         raise PointCloudError(f"cloud has no {'/'.join(missing)} field (fields: {list(view.dtype.names or ())})")
@@ -233,6 +242,33 @@ def decode(
     return DecodedCloud(
         coord=coord, strength=strength, color=color, normal=normal, valid=valid, num_input_points=view.shape[0]
     )
+
+
+def point_extras(view: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-point fields that `decode_points` does not turn into coord / strength / colour / normals.
+
+    Of the valid points: "ring" (uint16) from ring / channel; "time" (float32 seconds, the point's
+    offset in the sweep) from `time` (s, Velodyne), `t` (ns, Ouster) or `time_stamp` (ns, Nebula /
+    Autoware); every other field under its own name and dtype (return_type, azimuth, reflectivity...).
+    """
+    names = view.dtype.names or ()
+    used = {"x", "y", "z", _field(view, INTENSITY_FIELDS), _field(view, RGB_FIELDS)}
+    if all(n in names for n in NORMAL_FIELDS):
+        used.update(NORMAL_FIELDS)
+    extra = {}
+    ring = _field(view, RING_FIELDS)
+    if ring is not None:
+        extra["ring"] = view[ring][valid].astype(np.uint16)
+        used.add(ring)
+    time = _field(view, tuple(TIME_FIELDS))
+    if time is not None:
+        extra["time"] = (view[time][valid] * TIME_FIELDS[time]).astype(np.float32)
+        used.add(time)
+    for name in names:
+        if name not in used and name not in extra:
+            values = view[name][valid]
+            extra[name] = values.astype(values.dtype.newbyteorder("="))
+    return extra
 
 
 def _strength(values: np.ndarray, dtype: np.dtype, scale: float | None) -> np.ndarray:
