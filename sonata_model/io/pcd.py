@@ -30,7 +30,7 @@ from ..geometry import pose_matrix
 from . import lzf
 from .frame import Frame
 from .labels import LabelSet
-from .pointcloud2 import PointCloudError, decode_points, point_extras
+from .pointcloud2 import EncodedCloud, PointCloudError, decode_points, fields_of, point_extras
 
 DATA_KINDS = ("ascii", "binary", "binary_compressed")
 PADDING = "_"
@@ -275,6 +275,29 @@ def read_pcd(path: str | os.PathLike, *, intensity_scale: float | None = None, n
         pose=pose,
         name=Path(path).stem if name is None else name,
         extra=point_extras(points, cloud.valid),
+    )
+
+
+def read_encoded(path: str | os.PathLike) -> EncodedCloud:
+    """A PCD file as a PointCloud2 buffer with the file's own fields, offsets and WIDTH x HEIGHT.
+
+    What the driver that wrote the file published (`pointcloud2.to_message` makes the message);
+    PcdError for a malformed file or for 64-bit integer fields, which PointCloud2 cannot hold.
+    """
+    header, points = read_points(path)
+    try:
+        fields = fields_of(points.dtype)
+    except PointCloudError as exc:
+        raise PcdError(f"{path}: {exc}") from exc
+    return EncodedCloud(
+        fields=fields,
+        point_step=header.point_step,
+        row_step=header.point_step * header.width,
+        height=header.height,
+        width=header.width,
+        is_bigendian=False,
+        is_dense=False,
+        data=np.ascontiguousarray(points).view(np.uint8).reshape(-1),
     )
 
 

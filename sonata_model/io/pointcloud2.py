@@ -315,6 +315,18 @@ def fields_for(arrays: Mapping[str, np.ndarray], packed: bool = True) -> list[Fi
     return fields
 
 
+def fields_of(dtype: np.dtype) -> list[FieldSpec]:
+    """Fields of a little-endian structured point dtype, offsets kept; a (k,) sub-array gives count k."""
+    fields = []
+    for name in dtype.names:
+        field_dtype, offset = dtype.fields[name][:2]
+        code = _DATATYPE_OF.get(field_dtype.base.newbyteorder("="))
+        if code is None:
+            raise PointCloudError(f"field {name!r} has dtype {field_dtype.base}, which PointCloud2 has no datatype for")
+        fields.append(FieldSpec(name, offset, code, int(np.prod(field_dtype.shape, dtype=np.int64))))
+    return fields
+
+
 def encode(
     fields: Sequence[FieldSpec] | None,
     arrays: Mapping[str, np.ndarray],
