@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .bag_recovery import Salvage, storage_file
 from .frame import Frame
@@ -75,8 +76,6 @@ def _no_clouds(path: Path, topic_types: dict[str, str]) -> NoPointCloudError:
 
 def _declared_topics(path: Path) -> dict[str, str] | None:
     """Topic -> type as a rosbag2 folder's metadata.yaml declares them; None without a readable one."""
-    import yaml
-
     metadata = (path if path.is_dir() else path.parent) / "metadata.yaml"
     try:
         info = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]
@@ -188,8 +187,8 @@ def list_pointcloud_topics(path: str | os.PathLike) -> dict[str, int]:
 def cloud_frame(msg, *, name: str, intensity_scale: float | None = None) -> Frame:
     """A Frame of a deserialized PointCloud2: valid points, strength, colour, normals and the other fields.
 
-    extra holds "ring", "time" (seconds since the sweep start) and every other field of the valid
-    points (`pointcloud2.point_extras`). Raises PointCloudError for a malformed cloud.
+    extra holds "ring", "time" (the point's time offset in seconds) and every other field of the
+    valid points (`pointcloud2.point_extras`). Raises PointCloudError for a malformed cloud.
     """
     cloud = decode(msg, intensity_scale=intensity_scale)
     stamp = msg.header.stamp
