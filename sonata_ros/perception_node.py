@@ -30,6 +30,7 @@ from sensor_msgs.msg import PointCloud2
 
 import sonata_model as sm
 from sonata_model.embedding_pca import EmbeddingPCA
+from sonata_model.geometry import quaternion_matrix
 from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.labels import UNKNOWN, LabelSetError
 from sonata_model.io.pointcloud2 import MissingFieldError, PointCloudError, decode, structured_view
@@ -349,22 +350,12 @@ def _health_limits(p: dict) -> HealthLimits:
 
 
 def _transform(translation, quaternion) -> tuple[np.ndarray, np.ndarray]:
-    x, y, z, w = (float(v) for v in quaternion)
-    norm = np.sqrt(x * x + y * y + z * z + w * w)
-    if len(quaternion) != 4 or len(translation) != 3 or norm == 0:
+    if len(quaternion) != 4 or len(translation) != 3 or not any(quaternion):
         raise ValueError(
             "sensor_to_base_translation needs [x, y, z] and sensor_to_base_rotation a non-zero quaternion [x, y, z, w]"
         )
-    x, y, z, w = x / norm, y / norm, z / norm, w / norm
-    rotation = np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ],
-        np.float32,
-    )
-    return rotation, np.asarray(translation, np.float32)
+    rotation = quaternion_matrix(*(float(v) for v in quaternion))
+    return rotation.astype(np.float32), np.asarray(translation, np.float32)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -6,11 +6,18 @@ import struct
 
 import numpy as np
 import pytest
-from rosbags.highlevel import AnyReader
+from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from sonata_model.io.bags import BagError, BagSource, BagWriter, iter_bag_frames, list_pointcloud_topics
+from sonata_model.io.bags import (
+    BagError,
+    BagSource,
+    BagWriter,
+    NoPointCloudError,
+    iter_bag_frames,
+    list_pointcloud_topics,
+)
 from sonata_model.io.sources import SkippingSource, open_source
 from sonata_model.synth.drive import generate_drive
 
@@ -95,6 +102,30 @@ def test_topic_choice_and_errors(tmp_path, drive):
     (tmp_path / "notes.mcap").write_text("not a bag")
     with pytest.raises(BagError, match="cannot open bag"):
         next(iter_bag_frames(tmp_path / "notes.mcap"))
+
+
+def test_a_bag_without_pointcloud2_fails_at_once_saying_what_it_holds(tmp_path):
+    path = tmp_path / "chatter"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        connection = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=ROS2)
+        writer.write(
+            connection, 1, ROS2.serialize_cdr(ROS2.types["std_msgs/msg/String"](data="hi"), "std_msgs/msg/String")
+        )
+    expected = r"no sensor_msgs/msg/PointCloud2 topic; the bag holds /chatter \(std_msgs/msg/String\)$"
+    for read in (lambda: open_source(f"bag:{path}"), lambda: next(iter_bag_frames(path))):
+        with pytest.raises(NoPointCloudError, match=expected):
+            read()
+    assert list_pointcloud_topics(path) == {}
+    # a driver's packet bag that rosbags cannot even open (empty serialization format, as recorded by
+    # some Nebula versions): its metadata still says what it holds, and it is not "salvaged"
+    metadata = path / "metadata.yaml"
+    text = metadata.read_text().replace("std_msgs/msg/String", "velodyne_msgs/msg/VelodyneScan")
+    metadata.write_text(text.replace("serialization_format: cdr", "serialization_format: ''"))
+    with pytest.raises(AnyReaderError, match="Serialization format"):
+        AnyReader([path], default_typestore=ROS2).open()
+    for read in (lambda: open_source(f"bag:{path}"), lambda: next(iter_bag_frames(path))):
+        with pytest.raises(NoPointCloudError, match=r"VelodyneScan messages are raw sensor packets, not points"):
+            read()
 
 
 def test_cut_mcap_yields_the_frames_before_the_cut(tmp_path, drive):

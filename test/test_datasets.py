@@ -203,6 +203,7 @@ def test_spec_parsing():
     assert parse_spec("kitti:/d/semkitti") == ("kitti", "/d/semkitti", None)
     assert parse_spec("nuscenes:/d/nus:v1.0-mini") == ("nuscenes", "/d/nus", "v1.0-mini")
     assert parse_spec("frames:/d/x:y") == ("frames", "/d/x:y", None)
+    assert parse_spec("pcd:/d/x:y.pcd") == ("pcd", "/d/x:y.pcd", None)
     for bad in ("bag", "tiff:/x", "frames:", "/data/run1.mcap"):
         with pytest.raises(SourceSpecError, match="KIND:PATH"):
             parse_spec(bad)

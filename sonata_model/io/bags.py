@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .bag_recovery import Salvage, storage_file
 from .frame import Frame
@@ -28,23 +29,59 @@ from .labels import LabelSet
 from .pointcloud2 import (
     LAYOUT_POINT_STEP,
     LAYOUTS,
+    RING_FIELDS,
     UINT8,
     PointCloudError,
     decode,
     encode,
     pack_rgb,
+    point_extras,
     structured_view,
     to_message,
 )
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 BAG_FORMATS = ("mcap", "db3", "bag1")
-RING_FIELDS = ("ring", "channel")  # Velodyne / Ouster / Hesai, Autoware
+RAW_PACKET_DRIVERS = {  # packet message types that only a LiDAR driver turns into points
+    "velodyne_msgs/msg/VelodyneScan": "velodyne_pointcloud or Nebula",
+    "velodyne_msgs/msg/VelodynePacket": "velodyne_pointcloud or Nebula",
+    "pandar_msgs/msg/PandarScan": "the Hesai driver or Nebula",
+    "nebula_msgs/msg/NebulaPackets": "Nebula",
+    "nebula_msgs/msg/NebulaPacket": "Nebula",
+    "ouster_sensor_msgs/msg/PacketMsg": "ouster-ros",
+}
 log = logging.getLogger(__name__)
 
 
 class BagError(RuntimeError):
     """A bag that cannot be opened or written, or a topic that is not in it."""
+
+
+class NoPointCloudError(BagError):
+    """A bag without any PointCloud2 topic (raw sensor packets, images...): nothing to read or salvage."""
+
+
+def _no_clouds(path: Path, topic_types: dict[str, str]) -> NoPointCloudError:
+    """The error for a bag whose topics (name -> type) hold no PointCloud2, saying what they hold instead."""
+    listed = ", ".join(f"{topic} ({msgtype})" for topic, msgtype in sorted(topic_types.items())) or "none"
+    text = f"{path}: no {POINTCLOUD2} topic; the bag holds {listed}"
+    raw = sorted({msgtype for msgtype in topic_types.values() if msgtype in RAW_PACKET_DRIVERS})
+    for msgtype in raw:
+        text += (
+            f". {msgtype} messages are raw sensor packets, not points: decode them with a LiDAR driver "
+            f"({RAW_PACKET_DRIVERS[msgtype]}) and record its PointCloud2 output"
+        )
+    return NoPointCloudError(text)
+
+
+def _declared_topics(path: Path) -> dict[str, str] | None:
+    """Topic -> type as a rosbag2 folder's metadata.yaml declares them; None without a readable one."""
+    metadata = (path if path.is_dir() else path.parent) / "metadata.yaml"
+    try:
+        info = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]
+        return {t["topic_metadata"]["name"]: t["topic_metadata"]["type"] for t in info["topics_with_message_count"]}
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 @dataclass
@@ -86,6 +123,9 @@ def _open(path: Path):
         reader = AnyReader([path], default_typestore=_typestore())
         reader.open()
     except Exception as exc:  # rosbags raises several types for unreadable files
+        declared = _declared_topics(path)
+        if declared is not None and POINTCLOUD2 not in declared.values():
+            raise _no_clouds(path, declared) from exc
         raise BagError(f"cannot open bag {path}: {exc}") from exc
     return reader
 
@@ -115,6 +155,8 @@ def _choose_topic(path: Path, topics: Iterable[str], topic: str | None) -> str:
 
 def _cloud_connections(reader, path: Path, topic: str | None) -> list:
     clouds = [c for c in reader.connections if c.msgtype == POINTCLOUD2]
+    if not clouds:
+        raise _no_clouds(path, {c.topic: c.msgtype for c in reader.connections})
     topic = _choose_topic(path, (c.topic for c in clouds), topic)
     return [c for c in clouds if c.topic == topic]
 
@@ -128,6 +170,8 @@ def list_pointcloud_topics(path: str | os.PathLike) -> dict[str, int]:
     path = Path(path)
     try:
         reader = _open(path)
+    except NoPointCloudError:
+        return {}
     except BagError as exc:
         return dict(_salvaged_counts(_salvage(path, exc)))
     try:
@@ -141,22 +185,12 @@ def list_pointcloud_topics(path: str | os.PathLike) -> dict[str, int]:
 
 
 def cloud_frame(msg, *, name: str, intensity_scale: float | None = None) -> Frame:
-    """A Frame of a deserialized PointCloud2: valid points, strength, colour, normals, ring and time.
+    """A Frame of a deserialized PointCloud2: valid points, strength, colour, normals and the other fields.
 
-    extra["time"] is seconds since the sweep start (Velodyne `time`; Ouster `t` is ns). Raises
-    PointCloudError for a malformed cloud.
+    extra holds "ring", "time" (the point's time offset in seconds) and every other field of the
+    valid points (`pointcloud2.point_extras`). Raises PointCloudError for a malformed cloud.
     """
     cloud = decode(msg, intensity_scale=intensity_scale)
-    view = structured_view(msg).reshape(-1)
-    names = view.dtype.names
-    extra = {}
-    ring = next((f for f in RING_FIELDS if f in names), None)
-    if ring is not None:
-        extra["ring"] = view[ring][cloud.valid].astype(np.uint16)
-    if "time" in names:
-        extra["time"] = view["time"][cloud.valid].astype(np.float32)
-    elif "t" in names:
-        extra["time"] = (view["t"][cloud.valid] * 1e-9).astype(np.float32)
     stamp = msg.header.stamp
     return Frame(
         coord=cloud.coord,
@@ -166,7 +200,7 @@ def cloud_frame(msg, *, name: str, intensity_scale: float | None = None) -> Fram
         stamp_ns=int(stamp.sec) * 10**9 + int(stamp.nanosec),
         frame_id=msg.header.frame_id,
         name=name,
-        extra=extra,
+        extra=point_extras(structured_view(msg).reshape(-1), cloud.valid),
     )
 
 
@@ -196,6 +230,8 @@ class BagFrames:
     def _generate(self) -> Iterator[Frame]:
         try:
             reader = _open(self.path)
+        except NoPointCloudError:
+            raise
         except BagError as exc:
             salvage = _salvage(self.path, exc)
             try:
@@ -283,6 +319,8 @@ class BagSource:
         self.label_set: LabelSet | None = None
         try:
             reader = _open(self.path)
+        except NoPointCloudError:
+            raise
         except BagError as exc:
             raise BagError(f"{exc}; a damaged bag can only be read front to back (iter_bag_frames)") from exc
         try:

@@ -17,6 +17,7 @@ Every reader checks sizes, dtypes and shapes and names the file when something i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -196,6 +197,18 @@ def _read_bin(path: Path, dtype, columns: int, what: str) -> np.ndarray:
     return flat.reshape(-1, columns)
 
 
+def read_kitti_scan(path: str | os.PathLike) -> Frame:
+    """One KITTI `.bin` scan (float32 x, y, z, remission in [0, 1]) as an unlabelled Frame named by its stem."""
+    path = Path(path)
+    points = _read_bin(path, np.float32, 4, "(x, y, z, remission)")
+    return Frame(
+        coord=np.ascontiguousarray(points[:, :3]),
+        strength=np.clip(points[:, 3], 0, 1),
+        name=path.stem,
+        frame_id="velodyne",
+    )
+
+
 class SemanticKitti:
     """SemanticKITTI `sequences/XX/{velodyne,labels}`; labels mapped to train ids by the label set.
 
@@ -230,13 +243,13 @@ class SemanticKitti:
 
     def __getitem__(self, i: int) -> Frame:
         seq, scan = self.scans[i]
-        points = _read_bin(scan, np.float32, 4, "(x, y, z, remission)")
+        frame = read_kitti_scan(scan)
         segment = instance = None
         label_file = scan.parent.parent / "labels" / f"{scan.stem}.label"
         if label_file.is_file():
             labels = _read_bin(label_file, np.uint32, 1, "uint32 label")[:, 0]
-            if len(labels) != len(points):
-                raise DatasetError(f"{label_file}: {len(labels)} labels for {len(points)} points in {scan.name}")
+            if len(labels) != frame.num_points:
+                raise DatasetError(f"{label_file}: {len(labels)} labels for {frame.num_points} points in {scan.name}")
             segment = self.label_set.map_raw(labels & 0xFFFF)
             instance = (labels >> 16).astype(np.int32)
         poses = self._poses[seq]
@@ -245,15 +258,7 @@ class SemanticKitti:
             if int(scan.stem) >= len(poses):
                 raise DatasetError(f"{scan.parent.parent / 'poses.txt'}: {len(poses)} poses, no pose for {scan.name}")
             pose = poses[int(scan.stem)]
-        return Frame(
-            coord=np.ascontiguousarray(points[:, :3]),
-            strength=np.clip(points[:, 3], 0, 1),
-            segment=segment,
-            instance=instance,
-            pose=pose,
-            name=f"{seq}/{scan.stem}",
-            frame_id="velodyne",
-        )
+        return dataclasses.replace(frame, segment=segment, instance=instance, pose=pose, name=f"{seq}/{scan.stem}")
 
 
 def _kitti_poses(sequence: Path) -> np.ndarray | None:
@@ -313,13 +318,29 @@ def write_kitti(
 # -------------------------------------------------------------------------------- nuScenes lidarseg
 
 
+def read_nuscenes_scan(path: str | os.PathLike) -> Frame:
+    """One nuScenes `.pcd.bin` sweep (float32 x, y, z, intensity 0-255, ring) as an unlabelled Frame.
+
+    Intensity is scaled to [0, 1]; the ring goes to extra["ring"]; the name is the file name.
+    """
+    path = Path(path)
+    points = _read_bin(path, np.float32, 5, "(x, y, z, intensity, ring)")
+    return Frame(
+        coord=np.ascontiguousarray(points[:, :3]),
+        strength=np.clip(points[:, 3] / 255, 0, 1),
+        name=path.name,
+        frame_id="LIDAR_TOP",
+        extra={"ring": points[:, 4].astype(np.uint16)},
+    )
+
+
 class NuScenesLidarSeg:
     """nuScenes lidarseg: `samples/LIDAR_TOP/*.pcd.bin` (N, 5) + `lidarseg/<version>/*_lidarseg.bin`.
 
     Scans and labels are paired through two devkit tables, read directly (no devkit needed):
     `<version>/lidarseg.json` (sample_data_token, filename) and `<version>/sample_data.json`
-    (token, filename, timestamp in microseconds). Intensity (0-255) is scaled to [0, 1]; the ring
-    goes to extra["ring"]. Poses (ego_pose / calibrated_sensor tables) are not read.
+    (token, filename, timestamp in microseconds). Scans are read by `read_nuscenes_scan`. Poses
+    (ego_pose / calibrated_sensor tables) are not read.
     """
 
     def __init__(self, root: str | os.PathLike, version: str = "v1.0-trainval", label_set: LabelSet | None = None):
@@ -341,19 +362,11 @@ class NuScenesLidarSeg:
 
     def __getitem__(self, i: int) -> Frame:
         scan, labels, stamp_ns = self.items[i]
-        points = _read_bin(scan, np.float32, 5, "(x, y, z, intensity, ring)")
+        frame = read_nuscenes_scan(scan)
         label = _read_bin(labels, np.uint8, 1, "uint8 label")[:, 0]
-        if len(label) != len(points):
-            raise DatasetError(f"{labels}: {len(label)} labels for {len(points)} points in {scan.name}")
-        return Frame(
-            coord=np.ascontiguousarray(points[:, :3]),
-            strength=np.clip(points[:, 3] / 255, 0, 1),
-            segment=self.label_set.map_raw(label),
-            stamp_ns=stamp_ns,
-            name=scan.name,
-            frame_id="LIDAR_TOP",
-            extra={"ring": points[:, 4].astype(np.uint16)},
-        )
+        if len(label) != frame.num_points:
+            raise DatasetError(f"{labels}: {len(label)} labels for {frame.num_points} points in {scan.name}")
+        return dataclasses.replace(frame, segment=self.label_set.map_raw(label), stamp_ns=stamp_ns)
 
 
 def _json_table(path: Path, keys: tuple[str, ...]) -> list[dict]:

@@ -42,6 +42,8 @@ COORD_DATATYPES = (FLOAT32, FLOAT64)
 MAX_POINT_STEP = 2**31 - 1  # numpy's largest item size
 RGB_FIELDS = ("rgb", "rgba")
 NORMAL_FIELDS = ("normal_x", "normal_y", "normal_z")
+RING_FIELDS = ("ring", "channel")  # Velodyne / Ouster / Hesai, Autoware / Nebula
+TIME_FIELDS = {"time": 1.0, "t": 1e-9, "time_stamp": 1e-9}  # name -> seconds per unit, in order of preference
 
 
 class PointCloudError(ValueError):
@@ -232,6 +234,13 @@ def decode(
 ) -> DecodedCloud:
     """Arrays of the valid points of `msg` (see the module docstring for scaling and validity)."""
     view = structured_view(msg).reshape(-1)
+    return decode_points(view, intensity_scale=intensity_scale, need_strength=need_strength, need_color=need_color)
+
+
+def decode_points(
+    view: np.ndarray, *, intensity_scale: float | None = None, need_strength: bool = False, need_color: bool = False
+) -> DecodedCloud:
+    """`decode` of a flat structured array of points, whatever file or message it views (PCD too)."""
     names = view.dtype.names or ()
     for axis in "xyz":
         if axis not in names:
@@ -270,6 +279,33 @@ def decode(
         valid=valid,
         num_input_points=view.shape[0],
     )
+
+
+def point_extras(view: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-point fields that `decode_points` does not turn into coord / strength / colour / normals.
+
+    Of the valid points: "ring" (uint16) from ring / channel; "time" (float32 seconds, the point's
+    offset in the sweep) from `time` (s, Velodyne), `t` (ns, Ouster) or `time_stamp` (ns, Nebula /
+    Autoware); every other field under its own name and dtype (return_type, azimuth, reflectivity...).
+    """
+    names = view.dtype.names or ()
+    used = {"x", "y", "z", _field(view, STRENGTH_FIELDS), _field(view, RGB_FIELDS)}
+    if all(n in names for n in NORMAL_FIELDS):
+        used.update(NORMAL_FIELDS)
+    extra = {}
+    ring = _field(view, RING_FIELDS)
+    if ring is not None:
+        extra["ring"] = view[ring][valid].astype(np.uint16)
+        used.add(ring)
+    time = _field(view, tuple(TIME_FIELDS))
+    if time is not None:
+        extra["time"] = (view[time][valid] * TIME_FIELDS[time]).astype(np.float32)
+        used.add(time)
+    for name in names:
+        if name not in used and name not in extra:
+            values = view[name][valid]
+            extra[name] = values.astype(values.dtype.newbyteorder("="))
+    return extra
 
 
 def _datatype(dtype: np.dtype) -> int | None:
@@ -323,6 +359,18 @@ def fields_for(arrays: Mapping[str, np.ndarray], packed: bool = True) -> list[Fi
             offset = -(-offset // dtype.itemsize) * dtype.itemsize
         fields.append(FieldSpec(name, offset, _DATATYPE_OF[dtype], count))
         offset += dtype.itemsize * count
+    return fields
+
+
+def fields_of(dtype: np.dtype) -> list[FieldSpec]:
+    """Fields of a little-endian structured point dtype, offsets kept; a (k,) sub-array gives count k."""
+    fields = []
+    for name in dtype.names:
+        field_dtype, offset = dtype.fields[name][:2]
+        code = _DATATYPE_OF.get(field_dtype.base.newbyteorder("="))
+        if code is None:
+            raise PointCloudError(f"field {name!r} has dtype {field_dtype.base}, which PointCloud2 has no datatype for")
+        fields.append(FieldSpec(name, offset, code, int(np.prod(field_dtype.shape, dtype=np.int64))))
     return fields
 
 

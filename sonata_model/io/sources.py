@@ -4,6 +4,8 @@
     kitti:/data/semantickitti[:00,01]      SemanticKITTI sequences (all by default; "seq00" also works)
     nuscenes:/data/nuscenes[:v1.0-mini]    nuScenes lidarseg (v1.0-trainval by default)
     frames:/data/extracted                 per-frame folders
+    pcd:/data/scans  or  pcd:/data/a.pcd   PCD files (ascii / binary / binary_compressed, any fields):
+                                           every *.pcd of a folder in name order, or one file; unlabelled
 
 Bags are indexed by message time on open and read one message at a time (see `bags.BagSource`); a
 damaged bag must be read front to back with `bags.iter_bag_frames` (or extracted) instead.
@@ -21,9 +23,11 @@ from .bags import BagError, BagSource
 from .datasets import DatasetError, FrameFolder, NuScenesLidarSeg, SemanticKitti
 from .frame import Frame
 from .labels import LabelSet, load_label_set
+from .pcd import PcdError, PcdSource
 from .pointcloud2 import PointCloudError
 
-SOURCE_KINDS = ("bag", "kitti", "nuscenes", "frames")
+SOURCE_KINDS = ("bag", "kitti", "nuscenes", "frames", "pcd")
+SPEC_SYNTAX = "bag:PATH[:TOPIC], kitti:ROOT[:SEQUENCES], nuscenes:ROOT[:VERSION], frames:DIR, pcd:FILE_OR_DIR"
 _KITTI_SEQUENCES = re.compile(r"(seq)?\d+(,(seq)?\d+)*")
 log = logging.getLogger(__name__)
 
@@ -61,13 +65,14 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     """'KIND:PATH[:OPTION]' -> (kind, path, option); a path may itself contain ':'."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in SOURCE_KINDS or not rest:
-        raise SourceSpecError(f"source {spec!r}: expected KIND:PATH[:OPTION] with KIND one of {SOURCE_KINDS}")
+        raise SourceSpecError(f"source {spec!r}: expected KIND:PATH[:OPTION], one of {SPEC_SYNTAX}")
     head, sep, tail = rest.rpartition(":")
     is_option = {
         "bag": tail.startswith("/"),  # a topic
         "kitti": _KITTI_SEQUENCES.fullmatch(tail) is not None,
         "nuscenes": tail.startswith("v1.0"),
         "frames": False,
+        "pcd": False,
     }[kind]
     if sep and head and is_option:
         return kind, head, tail
@@ -79,7 +84,8 @@ def open_source(
 ) -> FrameSource:
     """A FrameSource from a spec string (see the module docstring).
 
-    `label_set` (a name, path or LabelSet) replaces the source's own; `intensity_scale` applies to bags.
+    `label_set` (a name, path or LabelSet) replaces the source's own; `intensity_scale` applies to bags
+    and PCD files.
     """
     kind, path, option = parse_spec(spec)
     labels = load_label_set(label_set) if isinstance(label_set, (str, os.PathLike)) else label_set
@@ -94,13 +100,15 @@ def open_source(
     if kind == "nuscenes":
         reader = NuScenesLidarSeg(path, option or "v1.0-trainval", labels)
         return DatasetSource(reader, spec, reader.label_set)
+    if kind == "pcd":
+        return PcdSource(path, intensity_scale=intensity_scale, label_set=labels)
     reader = FrameFolder(path)
     if labels is None and reader.label_set_name:
         labels = load_label_set(reader.label_set_name)
     return DatasetSource(reader, spec, labels)
 
 
-SKIPPABLE = (DatasetError, PointCloudError, BagError, OSError, ValueError)
+SKIPPABLE = (DatasetError, PointCloudError, PcdError, BagError, OSError, ValueError)
 
 
 class SkippingSource:

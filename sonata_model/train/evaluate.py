@@ -20,7 +20,7 @@ from ..checkpoint import LinearHead, load, load_head
 from ..encoder import SonataEncoder
 from ..figures import pyplot, save_figure
 from ..io.frame import IGNORE_LABEL
-from ..io.sources import FrameSource, open_source
+from ..io.sources import SPEC_SYNTAX, FrameSource, open_source
 from ..segmenter import Segmenter
 from .probe import choose_frames, frame_cloud
 
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--encoder", required=True)
     parser.add_argument("--head", required=True)
-    parser.add_argument("--data", action="append", required=True, help="labelled source spec (repeatable)")
+    parser.add_argument(
+        "--data", action="append", required=True, help=f"labelled source spec (repeatable): {SPEC_SYNTAX}"
+    )
     parser.add_argument("--frames", type=int, default=0, help="evaluate K frames per source (0: all)")
     parser.add_argument("--report", default="eval", help="folder for report.json and confusion.png")
     parser.add_argument("--device", default="auto")

@@ -17,9 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from ..io.bags import BagError, iter_bag_frames
-from ..io.datasets import FrameFolderWriter, write_frame_folder
+from ..io.datasets import DatasetError, FrameFolderWriter, write_frame_folder
 from ..io.frame import Frame
-from ..io.sources import SKIPPABLE, open_source, parse_spec
+from ..io.pcd import PcdError
+from ..io.sources import SKIPPABLE, SPEC_SYNTAX, SourceSpecError, open_source, parse_spec
 
 
 def _write(root: str, frame: Frame) -> bool:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sonata-extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", required=True, help="source spec: bag:PATH[:TOPIC], kitti:..., nuscenes:...")
+    parser.add_argument("--data", required=True, help=f"source spec: {SPEC_SYNTAX}")
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--every", type=int, default=1, help="keep every N-th frame")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         counts = extract(args.data, args.out, args.workers, max(1, args.every), args.label_set)
-    except BagError as exc:
+    except (BagError, DatasetError, PcdError, SourceSpecError) as exc:
         print(f"sonata-extract: {exc}", file=sys.stderr)
         return 1
     print(

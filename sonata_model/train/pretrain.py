@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import atomic_save, read_checkpoint, save_encoder
-from ..io.sources import SkippingSource, open_source
+from ..io.sources import SPEC_SYNTAX, SkippingSource, open_source
 from .config import RunConfig, load_run_config
 from .data import PretrainDataset, make_loader
 from .distill import DistillConfig, SonataDistiller, StepValues
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="sonata-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="run config YAML")
-    parser.add_argument("--data", action="append", help="source spec (repeatable): bag:, kitti:, nuscenes:, frames:")
+    parser.add_argument("--data", action="append", help=f"source spec (repeatable): {SPEC_SYNTAX}")
     parser.add_argument("--encoder", help="encoder config name (demo, sonata_lidar, sonata, ...)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int, dest="batch_size")

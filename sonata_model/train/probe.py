@@ -23,7 +23,7 @@ from ..checkpoint import LinearHead, load, save_head
 from ..encoder import SonataEncoder
 from ..io.frame import IGNORE_LABEL, Frame
 from ..io.labels import LabelSet
-from ..io.sources import FrameSource, open_source
+from ..io.sources import SPEC_SYNTAX, FrameSource, open_source
 from ..pooling import upcast
 from ..segmenter import Cloud, Segmenter
 
@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="sonata-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--encoder", required=True, help="encoder checkpoint (sm.load)")
-    parser.add_argument("--data", action="append", required=True, help="labelled source spec (repeatable)")
+    parser.add_argument(
+        "--data", action="append", required=True, help=f"labelled source spec (repeatable): {SPEC_SYNTAX}"
+    )
     parser.add_argument("--out", required=True, help="head checkpoint to write")
     parser.add_argument("--frames", type=int, default=0, help="use K frames per source (0: all)")
     parser.add_argument("--points", type=int, default=0, help="use P labelled points per frame (0: all)")
