@@ -1,7 +1,7 @@
-"""ros2 launch sonata_ros perception.launch.py input_topic:=/points [checkpoint:=... head:=... device:=cuda]
+"""ros2 launch sonata_ros perception.launch.py input_topic:=/points [checkpoint:=... head:=... device:=cuda domain:=...]
 
 Starts the sonata_perception node with config/perception.yaml (or params_file:=...). The checkpoint,
-head and device arguments override the params file only when given (an empty argument keeps the
+head, device and domain arguments override the params file only when given (an empty argument keeps the
 file's value). The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
 `/sonata_perception/output/{segmentation,embeddings,embedding_rgb}`.
 
@@ -29,6 +29,7 @@ ARGUMENTS = {
     "checkpoint": ("", "Encoder checkpoint; empty keeps the params file's (default: shipped demo model)"),
     "head": ("", "Linear head checkpoint, or 'none'; empty keeps the params file's"),
     "device": ("", "auto | cpu | cuda; empty keeps the params file's"),
+    "domain": ("", "indoor | outdoor | object (e.g. outdoor for Utonia or concerto_large_outdoor on LiDAR)"),
     "use_sim_time": ("false", "Use /clock (bag replay)"),
     "log_level": ("info", "debug | info | warn | error"),
     "respawn": ("true", "Restart the node when it exits (it exits on repeated internal errors)"),
@@ -39,7 +40,7 @@ ARGUMENTS = {
         "empty keeps the environment's",
     ),
 }
-OVERRIDES = ("checkpoint", "head", "device")
+OVERRIDES = ("checkpoint", "head", "device", "domain")
 TRUE = ("true", "1", "yes")
 
 

@@ -32,14 +32,32 @@ PARAMETERS: tuple[Param, ...] = (
     ),
     Param("device", "auto", "auto | cpu | cuda ('auto' uses CUDA when available)."),
     Param("precision", "fp32", "fp32 | fp16 | bf16 (half precisions on CUDA)."),
-    Param("grid_size", 0.0, "Voxel size in metres; 0 uses the checkpoint's."),
+    Param(
+        "domain",
+        "",
+        "indoor | outdoor | object: the encoder family's input transform (outdoor: LiDAR in the sensor frame, "
+        "z up). Empty uses the checkpoint's (Sonata / Concerto: indoor; Utonia and this project's LiDAR models: "
+        "outdoor).",
+    ),
+    Param("grid_size", 0.0, "Voxel size in metres; 0 uses the domain's."),
     Param(
         "feature_keys",
         "",
         "Comma-separated input features (e.g. 'coord,strength'); empty uses the "
         "checkpoint's. Must give the checkpoint's channel count.",
     ),
-    Param("normals", "estimate", "For models that take normals when the cloud has none: estimate | zeros."),
+    Param(
+        "normals",
+        "",
+        "For models that take normals when the cloud has none: estimate | zeros; empty: estimate indoors, "
+        "zeros in the other domains.",
+    ),
+    Param(
+        "missing_intensity",
+        "zeros",
+        "For models that read intensity when a cloud has none (x, y, z only): zeros (labelled, less accurately; "
+        "warned) | reject.",
+    ),
     Param("label_set", "", "Label set name or YAML path; empty uses the head's, else 'synthetic'."),
     Param("input_reliability", "best_effort", "QoS reliability of the input subscription: best_effort | reliable."),
     Param("frame_id", "", "Expected header.frame_id of the input; empty accepts any. Others are rejected."),

@@ -13,6 +13,7 @@ error, say) the node exits with code 70 so that the launch file's `respawn` star
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
 import sonata_model as sm
+from sonata_model.domains import InputTransform
 from sonata_model.embedding_pca import EmbeddingPCA
 from sonata_model.geometry import quaternion_matrix
 from sonata_model.grid import AXIS_LIMIT
@@ -56,16 +58,20 @@ class PerceptionNode(Node):
         if model.warning:
             self.get_logger().warning(model.warning)
         encoder = model.encoder
-        overrides = {}
-        if self.p["grid_size"] > 0:
-            overrides["grid_size"] = self.p["grid_size"]
         if self.p["feature_keys"]:
-            overrides["feature_keys"] = tuple(k.strip() for k in self.p["feature_keys"].split(","))
-        if overrides:
-            encoder.config = encoder.config.replace(**overrides)
+            keys = tuple(k.strip() for k in self.p["feature_keys"].split(","))
+            encoder.config = encoder.config.replace(feature_keys=keys)
+        if self.p["missing_intensity"] not in ("zeros", "reject"):
+            raise ValueError(f"missing_intensity must be zeros or reject, got {self.p['missing_intensity']!r}")
         self.segmenter = sm.Segmenter(
-            encoder, model.head, device=self.p["device"], precision=self.p["precision"], normals=self.p["normals"]
+            encoder,
+            model.head,
+            device=self.p["device"],
+            precision=self.p["precision"],
+            normals=self.p["normals"] or None,
+            transform=_input_transform(encoder.config, self.p["domain"], self.p["grid_size"]),
         )
+        self._warn_about_domain(self.p["checkpoint"])
         self.labels = model.label_set
         self.palette = packed_palette(self.labels.colors)
         self.rotation, self.translation = _transform(
@@ -75,7 +81,7 @@ class PerceptionNode(Node):
         self._pca_samples: list[torch.Tensor] = []
         self.health = Health(_health_limits(self.p))
         # Serialization encodes grid coordinates below AXIS_LIMIT: points farther out cannot be segmented.
-        self.reach = (AXIS_LIMIT - 2) * self.segmenter.config.grid_size / 2
+        self.reach = (AXIS_LIMIT - 2) * self.segmenter.transform.voxel_size / 2
         self.fatal: str | None = None
         self.model_description = model.description
 
@@ -97,13 +103,24 @@ class PerceptionNode(Node):
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="sonata_inference", daemon=True)
         self._worker.start()
+        keys = self.segmenter.feature_keys
+        intensity = "" if "strength" in keys else " (intensity is not an input of this model)"
         self.get_logger().info(
-            f"ready: {self.model_description} on {self.segmenter.device} ({self.p['precision']}), features "
-            f"{','.join(self.segmenter.feature_keys)}, grid {self.segmenter.config.grid_size} m, "
-            f"labels {self.labels.name}"
+            f"ready: {self.model_description} on {self.segmenter.device} ({self.p['precision']}), "
+            f"{self.segmenter.transform.describe()}, features {','.join(keys)}{intensity}, labels {self.labels.name}"
         )
 
     # ------------------------------------------------------------------------------------------- setup
+
+    def _warn_about_domain(self, checkpoint: str) -> None:
+        """Released files do not say their domain; a name that does but disagrees deserves a word."""
+        name = os.path.basename(checkpoint).lower()
+        for domain in ("outdoor", "indoor"):
+            if domain in name and self.segmenter.domain != domain:
+                self.get_logger().warning(
+                    f"{os.path.basename(checkpoint)} looks like a{'n' * (domain[0] in 'io')} {domain} model but runs "
+                    f"with domain {self.segmenter.domain!r}: pass domain:={domain} if that is what it was trained on"
+                )
 
     def _declare_parameters(self) -> dict:
         values = {}
@@ -178,8 +195,8 @@ class PerceptionNode(Node):
             cloud = decode(
                 msg,
                 intensity_scale=self.p["intensity_scale"] or None,
-                need_strength="strength" in keys,
-                need_color="color" in keys,
+                need_strength="strength" in keys and self.p["missing_intensity"] == "reject",
+                need_color="color" in keys and self.segmenter.transform.needs_colour,
             )
         except MissingFieldError as exc:
             self._reject("missing_field", str(exc))
@@ -231,13 +248,20 @@ class PerceptionNode(Node):
                 k: getattr(cloud, k)[selected] if getattr(cloud, k) is not None else None
                 for k in ("color", "normal", "strength")
             }
+            if "strength" in keys and optional["strength"] is None:
+                self.get_logger().warning(
+                    "cloud has no intensity: the model reads strength 0 and labels less accurately "
+                    "(missing_intensity: reject refuses such clouds)",
+                    throttle_duration_sec=WARN_EVERY_S * 12,
+                )
+                optional["strength"] = np.zeros(len(selected), np.float32)
             result = self.segmenter(base[selected], **optional)
             stages["voxelize"] = result.timings_ms["prepare"] + result.timings_ms["voxelize"]
             stages["encoder"] = result.timings_ms["encoder"]
             stages["head"] = result.timings_ms["head"]
             rows = np.flatnonzero(cloud.valid)[selected]
-            if result.labels is not None:
-                class_id[rows] = result.labels.astype(np.uint8)
+            if result.labels is not None:  # -1: outside the domain's range (e.g. multipath under the road)
+                class_id[rows] = np.where(result.labels >= 0, result.labels, UNKNOWN).astype(np.uint8)
                 probability[rows] = result.probability
 
         encode_start = clock()
@@ -293,7 +317,8 @@ class PerceptionNode(Node):
         if want_rgb:
             voxel_rgb = self.pca.rgb(feat).cpu().numpy()
             rgb = np.full((cloud.num_input_points, 3), 128, np.uint8)
-            rgb[np.flatnonzero(cloud.valid)[selected]] = voxel_rgb[result.voxel_of_point]
+            segmented = result.voxel_of_point >= 0
+            rgb[np.flatnonzero(cloud.valid)[selected][segmented]] = voxel_rgb[result.voxel_of_point[segmented]]
             out.append((self.out_embedding_rgb, rgb_cloud(msg.header, xyz, rgb, msg.height)))
         return out
 
@@ -349,6 +374,14 @@ def _health_limits(p: dict) -> HealthLimits:
     )
 
 
+def _input_transform(config: sm.EncoderConfig, domain: str, grid_size: float) -> InputTransform:
+    """The checkpoint's transform for `domain` (empty: its own), with the voxel size overridden if > 0."""
+    transform = config.transform(domain or None)
+    if grid_size > 0:
+        transform = transform.replace(grid=grid_size * transform.scale)
+    return transform
+
+
 def _transform(translation, quaternion) -> tuple[np.ndarray, np.ndarray]:
     if len(quaternion) != 4 or len(translation) != 3 or not any(quaternion):
         raise ValueError(
@@ -362,7 +395,7 @@ def main(args: list[str] | None = None) -> int:
     stop = init_ros(args)
     try:
         node = PerceptionNode()
-    except (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError) as exc:
+    except (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError) as exc:  # DomainError too
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1

@@ -44,6 +44,7 @@ def test_launch_file_compiles_and_its_arguments_fit_the_node():
         "checkpoint",
         "head",
         "device",
+        "domain",
         "use_sim_time",
         "log_level",
         "respawn",

@@ -19,7 +19,9 @@ import psutil
 import pytest
 import rclpy
 from ros_helpers import NodeProcess, spin_until
-from test_node import CLASSES, Conversation, cloud, expected_segmentation, node_parameters, write_test_model
+from ros_helpers import TEST_CLASSES as CLASSES
+from ros_helpers import node_parameters, write_test_model
+from test_node import Conversation, cloud, expected_segmentation
 
 from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.frame import Frame

@@ -1,0 +1,83 @@
+"""The node runs the authors' newer encoders on LiDAR: a Utonia-layout checkpoint (RoPE attention,
+coordinates only) with `domain:=outdoor` labels a Velodyne cloud over DDS, multipath under the road
+left unknown."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+import torch
+from ros_helpers import NodeProcess, node_parameters, spin_until
+from test_node import Conversation, cloud
+
+import sonata_model as sm
+from sonata_model.io.frame import Frame
+from sonata_model.io.pointcloud2 import decode, structured_view
+from sonata_model.synth.drive import generate_drive
+
+CLASSES = 13
+
+
+@pytest.fixture(scope="module")
+def utonia_files(tmp_path_factory):
+    """A small Utonia-shaped encoder written as the authors' files are ({config, state_dict}, the RoPE
+    buffers in the state dict, no project fields) and a 13-class head over its 486-channel upcast."""
+    directory = tmp_path_factory.mktemp("utonia")
+    config = sm.get_config("utonia_tiny", enc_depths=(1, 1, 1, 1, 1), enc_patch_size=(128,) * 5)
+    torch.manual_seed(0)
+    encoder = sm.SonataEncoder(config)
+    released = {k: v for k, v in config.to_dict().items() if k not in ("feature_keys", "domain", "grid_size")}
+    released.pop("coord_scale")
+    torch.save({"config": released, "state_dict": encoder.state_dict()}, directory / "utonia.pth")
+    head = sm.LinearHead(config.head_channels, CLASSES, label_set="synthetic")
+    with torch.no_grad():
+        head.seg_head.weight.normal_(0, 1.0)
+    return directory / "utonia.pth", sm.save_head(directory / "head.pth", head)
+
+
+@pytest.fixture(scope="module")
+def client():
+    import rclpy
+
+    rclpy.init()
+    node = rclpy.create_node("domain_client")
+    yield node
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def test_utonia_checkpoint_labels_a_velodyne_cloud_outdoors(utonia_files, client):
+    encoder, head = utonia_files
+    node = NodeProcess(
+        "sonata_ros.perception_node",
+        [*node_parameters(encoder, head, domain="outdoor"), "-r", "~/input/pointcloud:=/utonia/points"],
+    )
+    try:
+        ready = node.wait_for_line("ready:")
+        assert "domain outdoor, scale 0.2, voxel 0.05" in ready and "intensity is not an input" in ready
+        talk = Conversation(client, input_topic="/utonia/points")
+        spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 30, "the node's subscription")
+        frame = next(iter(generate_drive("vlp16", frames=1, seed=3)))
+        multipath = np.array([[5.0, 1.0, -20.0], [-8.0, 3.0, -12.5], [2.0, -9.0, -6.0]], np.float32)
+        frame = Frame(
+            coord=np.concatenate([frame.coord, multipath]),
+            strength=np.concatenate([frame.strength, np.full(3, 0.2, np.float32)]),
+            extra={k: np.concatenate([v, v[:3]]) for k, v in frame.extra.items()},
+        )
+        msg = cloud(frame, "velodyne")
+        answer = structured_view(talk.ask(msg)).reshape(-1)
+        decoded = decode(msg)
+        segmenter = sm.Segmenter(sm.load(encoder), sm.load_head(head), device="cpu", domain="outdoor")
+        expected = segmenter(decoded.coord).labels  # coordinates only: colour and normals are zeros
+        assert len(answer) == frame.num_points
+        assert (answer["class_id"][-3:] == 255).all()  # multipath: outside the outdoor range
+        assert (answer["class_id"][:-3] < CLASSES).all()  # every other point labelled ...
+        assert (
+            np.mean(answer["class_id"][decoded.valid] == np.where(expected < 0, 255, expected)) > 0.999
+        )  # ... as here
+    finally:
+        if node.process.poll() is None:
+            assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
