@@ -18,9 +18,8 @@ import numpy as np
 import psutil
 import pytest
 import rclpy
-from ros_helpers import NodeProcess, spin_until
 from ros_helpers import TEST_CLASSES as CLASSES
-from ros_helpers import node_parameters, write_test_model
+from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
 from test_node import Conversation, cloud, expected_segmentation
 
 from sonata_model.grid import AXIS_LIMIT
