@@ -28,7 +28,7 @@ from sonata_model.io.labels import load_label_set
 from sonata_model.io.sources import open_source
 from sonata_model.synth.drive import generate_drive
 from sonata_model.train.config import load_run_config
-from sonata_model.train.evaluate import Scores, confusion_matrix, evaluate
+from sonata_model.train.evaluate import Scores, evaluate
 from sonata_model.train.pretrain import Trainer
 from sonata_model.train.probe import ProbeSettings, choose_frames, fit_head, frame_cloud, train_probe
 
@@ -59,15 +59,16 @@ def input_only_scores(config: sm.EncoderConfig, probe: list, val: list, settings
             feats.append(point.feat[keep])
             labels.append(torch.as_tensor(label[keep], dtype=torch.long))
     head = fit_head(torch.cat(feats), torch.cat(labels), len(names), settings, torch.device("cpu"))
-    confusion = np.zeros((len(names), len(names)), np.int64)
+    scores = Scores.empty(list(names))
     with torch.inference_mode():
         for source in val:
             for index in range(len(source)):
                 frame = source[index]
                 point, voxels, _ = segmenter.prepare([frame_cloud(frame)])
-                predicted = head(point.feat).argmax(1)[voxels.inverse].numpy()
-                confusion += confusion_matrix(frame.segment, predicted, len(names))
-    return Scores(confusion, list(names))
+                inside = voxels.inverse >= 0
+                predicted = torch.where(inside, head(point.feat).argmax(1)[voxels.inverse.clamp(min=0)], -1)
+                scores.add(frame.segment, predicted.numpy())
+    return scores
 
 
 def main() -> None:

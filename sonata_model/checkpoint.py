@@ -85,6 +85,12 @@ def encoder_state_dict(ckpt: Mapping[str, Any], source: str = "checkpoint") -> d
     return dict(state)
 
 
+def load_config(path: str | os.PathLike) -> EncoderConfig:
+    """The encoder config a checkpoint describes (family read from the file), without building the model."""
+    ckpt = read_checkpoint(path)
+    return _config_of(ckpt, path, encoder_state_dict(ckpt, str(path)))
+
+
 def load(
     path: str | os.PathLike, *, config: EncoderConfig | None = None, device: str | torch.device = "cpu"
 ) -> SonataEncoder:

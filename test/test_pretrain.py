@@ -202,3 +202,35 @@ def test_unreadable_run_config_file_names_the_file(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(RunConfigError, match=str(bad)):
         load_run_config(bad, data=["frames:/data"])
+
+
+def test_fine_tuning_a_utonia_checkpoint_on_lidar_bags_trains_the_rope_model(bag, tmp_path):
+    """`init:` starts student and teacher from a released-layout Utonia encoder (RoPE attention, 9 input
+    channels: colour and normals are zeros on LiDAR, outdoor domain); two steps move its weights."""
+    config = sm.get_config(
+        "utonia_tiny",
+        enc_depths=(1, 1, 1, 1, 1),
+        enc_patch_size=(64,) * 5,
+        drop_path=0.0,
+    )
+    torch.manual_seed(1)
+    released = sm.SonataEncoder(config)
+    torch.save({"config": config.to_dict(), "state_dict": released.state_dict()}, tmp_path / "utonia.pth")
+    run = load_run_config(
+        None,
+        ["distill={head_hidden_channels: 64, head_embed_channels: 32, head_num_prototypes: 64}",
+         "view={preset: lidar, max_size: 2000}"],
+        data=[bag], init=str(tmp_path / "utonia.pth"), steps=2, batch_size=1, workers=0, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    trainer = Trainer(run)
+    student = trainer.model.student["backbone"]
+    assert student.config.family == "utonia" and student.config.default_domain == "outdoor"
+    assert torch.equal(student.enc.enc2.block0.attn.qkv.weight, released.enc.enc2.block0.attn.qkv.weight)
+    exported = sm.load(trainer.train())
+    assert all(np.isfinite(losses(tmp_path / "run")))
+    assert exported.config.rope_base == 10.0 and exported.config.in_channels == 9
+    moved = exported.enc.enc2.block0.attn.qkv.weight - released.enc.enc2.block0.attn.qkv.weight
+    assert moved.abs().max() > 0
+    assert torch.equal(exported.enc.enc2.block0.attn.rope.inv_freq, released.enc.enc2.block0.attn.rope.inv_freq)
+    with pytest.raises(RunConfigError, match="init: checkpoint not found"):
+        load_run_config(None, [], data=[bag], init=str(tmp_path / "absent.pth"))

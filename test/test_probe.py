@@ -12,7 +12,7 @@ from sonata_model.io.datasets import FrameFolderWriter
 from sonata_model.io.frame import IGNORE_LABEL
 from sonata_model.io.sources import open_source
 from sonata_model.synth.drive import generate_drive
-from sonata_model.train.evaluate import confusion_matrix
+from sonata_model.train.evaluate import Scores, confusion_matrix
 from sonata_model.train.evaluate import main as eval_main
 from sonata_model.train.probe import main as probe_main
 
@@ -79,8 +79,12 @@ def test_probe_and_eval_produce_scores_and_a_consistent_confusion_matrix(tmp_pat
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 10_000
 
 
-def test_confusion_matrix_ignores_unlabelled_points():
-    truth = np.array([0, 1, 1, IGNORE_LABEL, 2])
-    predicted = np.array([0, 1, 2, 1, 2])
-    expected = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 1]])
+def test_confusion_matrix_ignores_unlabelled_points_and_counts_missing_predictions_as_misses():
+    truth = np.array([0, 1, 1, IGNORE_LABEL, 2, 2])
+    predicted = np.array([0, 1, 2, 1, 2, -1])  # the last point got no label (outside the domain's range)
+    expected = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]])
     assert np.array_equal(confusion_matrix(truth, predicted, 3), expected)
+    scores = Scores.empty(["a", "b", "c"])
+    scores.add(truth, predicted)
+    np.testing.assert_allclose(scores.iou, [1.0, 0.5, 1 / 3])  # c: 1 hit, 1 missed, 1 false positive
+    assert scores.accuracy == 3 / 5

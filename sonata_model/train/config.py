@@ -3,6 +3,7 @@
     data: [bag:/data/run1.mcap:/points, frames:/data/extracted]
     data_weights: [1.0, 2.0]
     encoder: demo                      # a named config (sonata_model.configs), plus encoder_overrides
+    init: utonia.pth                   # or: fine-tune this checkpoint (its architecture; overrides apply)
     view: {preset: lidar, max_size: 20000}
     distill: {head_num_prototypes: 1024}
     steps: 2000
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..checkpoint import CheckpointError, load_config
 from ..configs import EncoderConfig, get_config
 
 EXPORT_DTYPES = {"float32", "float16", "bfloat16"}
@@ -35,6 +37,7 @@ class RunConfig:
     data_weights: list[float] | None = None
     encoder: str = "demo"
     encoder_overrides: dict[str, Any] = field(default_factory=dict)
+    init: str = ""  # encoder checkpoint to start from (Sonata, Concerto, Utonia or own); replaces `encoder`
     view: dict[str, Any] = field(default_factory=lambda: {"preset": "lidar"})
     distill: dict[str, Any] = field(default_factory=dict)
     steps: int = 1000
@@ -57,6 +60,12 @@ class RunConfig:
     export_dtype: str = "float32"  # float16 halves the exported encoder's size (sm.load returns fp32 either way)
 
     def encoder_config(self) -> EncoderConfig:
+        """The named config, or the `init` checkpoint's; `encoder_overrides` on top (e.g. domain: outdoor)."""
+        if self.init:
+            try:
+                return load_config(self.init).replace(**self.encoder_overrides)
+            except CheckpointError as exc:
+                raise RunConfigError(f"init: {exc}") from exc
         return get_config(self.encoder, **self.encoder_overrides)
 
     def to_dict(self) -> dict[str, Any]:

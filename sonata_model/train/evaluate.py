@@ -3,7 +3,9 @@
     sonata-eval --encoder encoder.pth --head head.pth --data frames:/data/val --report eval/
 
 Every input point is scored (through the grid-sampling inverse map, as the node labels them);
-points labelled ignore (-1) are left out. Writes report.json and confusion.png into --report.
+points labelled ignore (-1) are left out; points the model leaves unlabelled (outside the domain's
+range, e.g. multipath under the road) count as misses in the "no label" column. Writes report.json and
+confusion.png into --report.
 """
 
 from __future__ import annotations
@@ -27,13 +29,23 @@ from .probe import choose_frames, frame_cloud
 
 @dataclass
 class Scores:
-    confusion: np.ndarray  # (C, C) int64, rows = ground truth, columns = prediction
+    """Confusion (C, C + 1) int64: rows ground truth; columns prediction, the last one "no label"."""
+
+    confusion: np.ndarray
     names: list[str]
+
+    @classmethod
+    def empty(cls, names: list[str]) -> Scores:
+        return cls(np.zeros((len(names), len(names) + 1), np.int64), list(names))
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+        self.confusion += confusion_matrix(truth, predicted, len(self.names))
 
     @property
     def iou(self) -> np.ndarray:
-        tp = np.diag(self.confusion).astype(np.float64)
-        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
+        labelled = self.confusion[:, :-1]
+        tp = np.diag(labelled).astype(np.float64)
+        union = labelled.sum(0) + self.confusion.sum(1) - tp
         return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
     @property
@@ -51,15 +63,19 @@ class Scores:
             "accuracy": self.accuracy,
             "points": int(self.confusion.sum()),
             "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.names, self.iou, strict=True)},
+            "unlabelled": int(self.confusion[:, -1].sum()),
             "confusion": self.confusion.tolist(),
             "classes": self.names,
         }
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C + 1) counts of (truth, prediction) over the labelled points; prediction -1 (none) -> column C."""
     keep = (truth != IGNORE_LABEL) & (truth >= 0) & (truth < num_classes)
-    index = truth[keep].astype(np.int64) * num_classes + predicted[keep].astype(np.int64)
-    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    columns = num_classes + 1
+    column = np.where(predicted[keep] < 0, num_classes, predicted[keep]).astype(np.int64)
+    index = truth[keep].astype(np.int64) * columns + column
+    return np.bincount(index, minlength=num_classes * columns).reshape(num_classes, columns)
 
 
 def evaluate(
@@ -69,17 +85,17 @@ def evaluate(
     names: list[str],
     frames: int = 0,
     device: str = "auto",
+    domain: str | None = None,
 ) -> Scores:
-    segmenter = Segmenter(encoder, head, device=device, normals="zeros")
-    confusion = np.zeros((len(names), len(names)), np.int64)
+    segmenter = Segmenter(encoder, head, device=device, domain=domain)
+    scores = Scores.empty(names)
     for source in sources:
         for index in choose_frames(source, frames, seed=0):
             frame = source[index]
             if frame.segment is None:
                 raise ValueError(f"{source.name}: frame {index} has no labels")
-            predicted = segmenter.segment_batch([frame_cloud(frame)])[0].labels
-            confusion += confusion_matrix(frame.segment, predicted, len(names))
-    return Scores(confusion, names)
+            scores.add(frame.segment, segmenter.segment_batch([frame_cloud(frame)])[0].labels)
+    return scores
 
 
 def plot_confusion(scores: Scores, path: str | Path) -> Path:
@@ -91,7 +107,7 @@ def plot_confusion(scores: Scores, path: str | Path) -> Path:
     figure, axis = plt.subplots(figsize=(size, size))
     axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     ticks = np.arange(len(scores.names))
-    axis.set_xticks(ticks, scores.names, rotation=90, fontsize=8)
+    axis.set_xticks(np.arange(len(scores.names) + 1), [*scores.names, "(no label)"], rotation=90, fontsize=8)
     axis.set_yticks(ticks, scores.names, fontsize=8)
     axis.set_xlabel("predicted")
     axis.set_ylabel("ground truth")
@@ -112,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=0, help="evaluate K frames per source (0: all)")
     parser.add_argument("--report", default="eval", help="folder for report.json and confusion.png")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--domain", help="indoor | outdoor | object (default: the encoder checkpoint's)")
     args = parser.parse_args(argv)
     head = load_head(args.head)
     sources = [open_source(spec) for spec in args.data]
     names = head.class_names or (list(sources[0].label_set.names) if sources[0].label_set else None)
     if names is None or len(names) != head.num_classes:
         parser.error("cannot name the head's classes: save it with sonata-probe or use a source with a label set")
-    scores = evaluate(load(args.encoder), head, sources, list(names), args.frames, args.device)
+    scores = evaluate(load(args.encoder), head, sources, list(names), args.frames, args.device, args.domain)
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     (report / "report.json").write_text(json.dumps(scores.report(), indent=1))

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import atomic_save, read_checkpoint, save_encoder
+from ..checkpoint import atomic_save, load, read_checkpoint, save_encoder
 from ..io.sources import SPEC_SYNTAX, SkippingSource, open_source
 from .config import RunConfig, load_run_config
 from .data import PretrainDataset, make_loader
@@ -168,7 +168,12 @@ class Trainer:
         self.distill_config = DistillConfig(**run.distill)
         self.schedules = Schedules.build(run, self.distill_config)
         torch.manual_seed(run.seed)  # identical initial weights on every process
-        self.model = SonataDistiller(self.encoder_config, self.distill_config).to(self.device)
+        self.model = SonataDistiller(self.encoder_config, self.distill_config)
+        if run.init:  # fine-tuning: student and teacher start from the given encoder
+            weights = load(run.init, config=self.encoder_config).state_dict()
+            self.model.student["backbone"].load_state_dict(weights)
+            self.model.teacher["backbone"].load_state_dict(weights)
+        self.model.to(self.device)
         self.optimizer, self.scheduler = build_optimizer(
             self.model.student,
             run.lr,

@@ -107,8 +107,9 @@ def train_probe(
     label_set: LabelSet,
     settings: ProbeSettings,
     device: str = "auto",
+    domain: str | None = None,
 ) -> LinearHead:
-    segmenter = Segmenter(encoder, None, device=device, normals="zeros")
+    segmenter = Segmenter(encoder, None, device=device, domain=domain)
     features, labels = extract(segmenter, sources, settings)
     if len(labels) == 0:
         raise ValueError("no labelled points in the chosen frames")
@@ -131,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--domain", help="indoor | outdoor | object (default: the encoder checkpoint's)")
     args = parser.parse_args(argv)
     sources = [open_source(spec) for spec in args.data]
     label_sets = {s.label_set.name for s in sources if s.label_set is not None}
     if len(label_sets) != 1:
         parser.error(f"the sources must share one label set, found {sorted(label_sets) or 'none'}")
     settings = ProbeSettings(frames=args.frames, points_per_frame=args.points, steps=args.steps, seed=args.seed)
-    head = train_probe(load(args.encoder), sources, sources[0].label_set, settings, args.device)
+    head = train_probe(load(args.encoder), sources, sources[0].label_set, settings, args.device, args.domain)
     save_head(
         args.out,
         head,
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "frames": args.frames,
             "points_per_frame": args.points,
             "steps": args.steps,
+            "domain": args.domain,
         },
     )
     print(f"head written to {args.out}")

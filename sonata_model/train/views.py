@@ -140,6 +140,10 @@ def make_views(frame: Frame, config: ViewConfig, rng: np.random.Generator) -> tu
     extras = {
         key: getattr(frame, key)[index] for key in ("color", "normal", "strength") if getattr(frame, key) is not None
     }
+    if not config.transform.needs_colour:  # outdoor / objects: missing colour and normals are zeros
+        for key in ("color", "normal"):
+            if key in config.feature_keys and key not in extras:
+                extras[key] = np.zeros((len(index), 3), np.uint8 if key == "color" else np.float32)
     missing = [k for k in config.feature_keys if k != "coord" and k not in extras]
     if missing:
         raise ValueError(f"frame {frame.name!r} lacks {missing}, which the encoder's features need")
