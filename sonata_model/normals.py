@@ -1,42 +1,48 @@
 """Surface normals for clouds that carry none (the released Sonata weights expect normals).
 
-PCA over the k nearest neighbours: the normal is the eigenvector of the smallest eigenvalue of the
-neighbourhood covariance, flipped to face the sensor (the origin of the cloud's frame), which is how
-RGB-D and LiDAR normals are conventionally oriented. Runs on the CPU (scipy's cKDTree); the
-neighbour search and the eigen-solves are vectorised.
+Estimated on the voxel representatives, on the model's device, after grid sampling: the neighbours of
+a voxel are the occupied voxels within `radius` cells (found by sorted-key search, as the sparse
+convolution finds its neighbours; no KD-tree, no host round trip), the normal is the eigenvector of
+the smallest eigenvalue of their covariance, flipped to face the sensor (`viewpoint`, per cloud, in the
+cloud's frame: the sensor's position after any sensor -> base transform). Voxels with fewer than three
+neighbours get a zero normal (what colour/normal-dropout weights read as "missing").
 """
 
 from __future__ import annotations
 
-import numpy as np
-from scipy.spatial import cKDTree
+import torch
+from torch import Tensor
+
+from .sparse_conv import offset_keys, pack_keys
 
 NORMAL_MODES = ("estimate", "zeros")
+MIN_NEIGHBOURS = 3
 
 
-def estimate_normals(coord: np.ndarray, k: int = 16, viewpoint: np.ndarray | None = None) -> np.ndarray:
-    """(N, 3) float32 unit normals of `coord` (N, 3), oriented towards `viewpoint` (default origin)."""
-    coord = np.asarray(coord, dtype=np.float64)
-    n = len(coord)
-    if n < 3:
-        return np.zeros((n, 3), dtype=np.float32)
-    k = min(k, n)
-    _, neighbours = cKDTree(coord).query(coord, k=k, workers=-1)
-    local = coord[neighbours]  # (N, k, 3)
-    local -= local.mean(axis=1, keepdims=True)
-    covariance = np.einsum("nki,nkj->nij", local, local)
-    _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues
-    normal = vectors[:, :, 0]
-    view = np.zeros(3) if viewpoint is None else np.asarray(viewpoint, dtype=np.float64)
-    flip = np.einsum("ni,ni->n", normal, view - coord) < 0
-    normal[flip] *= -1
-    return normal.astype(np.float32)
-
-
-def normals_for(coord: np.ndarray, mode: str) -> np.ndarray:
-    """Normals for a cloud without them: "estimate" (PCA) or "zeros" (for colour/normal-dropout weights)."""
-    if mode == "estimate":
-        return estimate_normals(coord)
-    if mode == "zeros":
-        return np.zeros((len(coord), 3), dtype=np.float32)
-    raise ValueError(f"normal mode must be one of {NORMAL_MODES}, got {mode!r}")
+def estimate_normals(coord: Tensor, grid_coord: Tensor, batch: Tensor, viewpoint: Tensor, radius: int = 2) -> Tensor:
+    """(M, 3) unit normals of voxels at `coord` (M, 3) with integer `grid_coord`, of cloud `batch` (M,),
+    oriented towards `viewpoint[batch]` ((B, 3), same frame as `coord`)."""
+    m = coord.shape[0]
+    keys = pack_keys(grid_coord.long() + radius, batch)
+    sorted_keys, order = torch.sort(keys)
+    span = torch.arange(-radius, radius + 1, device=coord.device)
+    deltas = offset_keys(torch.cartesian_prod(span, span, span))
+    work = torch.float64 if coord.device.type == "cpu" else torch.float32
+    centre = coord.to(work)
+    count = torch.zeros(m, dtype=work, device=coord.device)
+    first = torch.zeros((m, 3), dtype=work, device=coord.device)
+    second = torch.zeros((m, 3, 3), dtype=work, device=coord.device)
+    for delta in deltas:  # (2r+1)^3 vectorised searches over all voxels
+        wanted = keys + delta
+        position = torch.searchsorted(sorted_keys, wanted).clamp_(max=m - 1)
+        found = (sorted_keys[position] == wanted).to(work)
+        relative = (centre[order[position]] - centre) * found[:, None]  # small numbers: no cancellation
+        count += found
+        first += relative
+        second += relative[:, :, None] * relative[:, None, :]
+    mean = first / count.clamp_min(1)[:, None]
+    covariance = second / count.clamp_min(1)[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    normal = torch.linalg.eigh(covariance).eigenvectors[:, :, 0]  # eigenvalues ascending
+    facing = ((viewpoint.to(work)[batch] - centre) * normal).sum(dim=1) >= 0
+    normal = torch.where(facing[:, None], normal, -normal)
+    return torch.where((count >= MIN_NEIGHBOURS)[:, None], normal, 0.0).to(coord.dtype)

@@ -24,8 +24,8 @@ from .checkpoint import LinearHead
 from .configs import FEATURE_CHANNELS
 from .domains import InputTransform
 from .encoder import SonataEncoder
-from .grid import GridSample, grid_sample
-from .normals import NORMAL_MODES, normals_for
+from .grid import GridSample, grid_sample, offset_to_batch
+from .normals import NORMAL_MODES, estimate_normals
 from .point import Point
 from .pooling import linear_upcast, upcast
 
@@ -34,12 +34,17 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 @dataclass
 class Cloud:
-    """Per-point inputs of one cloud (numpy); only `coord` is required."""
+    """Per-point inputs of one cloud (numpy); only `coord` is required.
+
+    `viewpoint`: the sensor's position in the cloud's frame (default: its origin), which estimated
+    normals face.
+    """
 
     coord: np.ndarray
     color: np.ndarray | None = None
     normal: np.ndarray | None = None
     strength: np.ndarray | None = None
+    viewpoint: np.ndarray | None = None
 
 
 @dataclass
@@ -79,8 +84,9 @@ class Segmenter:
 
     `domain` ("indoor" | "outdoor" | "object"; default: the checkpoint's) selects the encoder family's
     input transform; `transform` replaces it entirely. Feature keys come from the checkpoint.
-    `normals`: what to feed checkpoints that need normals when a cloud has none ("estimate" by PCA,
-    oriented towards the sensor, or "zeros"; default: "estimate" indoors, "zeros" elsewhere).
+    `normals`: what to feed checkpoints that need normals when a cloud has none ("estimate": PCA over
+    neighbouring voxels on the device, facing the cloud's viewpoint; or "zeros"; default: "estimate"
+    indoors, "zeros" elsewhere).
     """
 
     def __init__(
@@ -125,8 +131,9 @@ class Segmenter:
         color: np.ndarray | None = None,
         normal: np.ndarray | None = None,
         strength: np.ndarray | None = None,
+        viewpoint: np.ndarray | None = None,
     ) -> SegmentationResult:
-        return self.segment_batch([Cloud(coord, color, normal, strength)])[0]
+        return self.segment_batch([Cloud(coord, color, normal, strength, viewpoint)])[0]
 
     @torch.inference_mode()
     def segment_batch(self, clouds: Sequence[Cloud]) -> list[SegmentationResult]:
@@ -169,16 +176,36 @@ class Segmenter:
         model_coord = self.transform.to_model(coord[rows], offset)
         voxels = grid_sample(model_coord, offset, self.transform.grid)
         voxel_coord = self.transform.after_grid(model_coord[voxels.index], voxels.offset)
+        kept = rows[voxels.index]
+        other = feat[kept]
+        if self._estimates_normals(clouds):
+            other = self._with_estimated_normals(other, coord[kept], voxels, clouds)
         point = Point(
             coord=voxel_coord,
             grid_coord=voxels.grid_coord,
-            feat=self._voxel_features(voxel_coord, feat[rows[voxels.index]]),
+            feat=self._voxel_features(voxel_coord, other),
             offset=voxels.offset,
         )
         inverse = torch.full((coord.shape[0],), -1, dtype=torch.long, device=coord.device)
         inverse[rows] = voxels.inverse
         timer.mark("voxelize")
-        return point, GridSample(rows[voxels.index], inverse, voxels.grid_coord, voxels.offset), counts
+        return point, GridSample(kept, inverse, voxels.grid_coord, voxels.offset), counts
+
+    def _estimates_normals(self, clouds: Sequence[Cloud]) -> bool:
+        return "normal" in self.feature_keys and self.normals == "estimate" and any(c.normal is None for c in clouds)
+
+    def _with_estimated_normals(
+        self, other: Tensor, coord: Tensor, voxels: GridSample, clouds: Sequence[Cloud]
+    ) -> Tensor:
+        """`other` with the normal columns of clouds given none replaced by normals estimated on the voxels."""
+        batch = offset_to_batch(voxels.offset, coord.shape[0])
+        viewpoint = np.stack([np.zeros(3) if c.viewpoint is None else np.asarray(c.viewpoint, float) for c in clouds])
+        normal = estimate_normals(coord, voxels.grid_coord, batch, self._to_device(viewpoint.astype(np.float32)))
+        lacking = self._to_device(np.array([c.normal is None for c in clouds]))[batch]
+        keys = [k for k in self.feature_keys if k != "coord"]
+        column = sum(FEATURE_CHANNELS[k] for k in keys[: keys.index("normal")])
+        estimated = torch.where(lacking[:, None], normal, other[:, column : column + 3])
+        return torch.cat((other[:, :column], estimated, other[:, column + 3 :]), dim=1)
 
     def _inside(self, coord: Tensor, counts: list[int]) -> tuple[Tensor, Tensor]:
         """(rows of the points the domain segments, cumulative counts of them per cloud)."""
@@ -238,9 +265,8 @@ class Segmenter:
             if cloud.color is None:
                 return np.zeros((n, 3), np.float32)
             return _column(cloud.color, 3, n, "color", i) / np.float32(255.0)
-        if key == "normal":
-            normal = normals_for(coord, self.normals) if cloud.normal is None else cloud.normal
-            return _column(normal, 3, n, "normal", i)
+        if key == "normal":  # missing normals: zeros, or estimated on the voxels after grid sampling
+            return np.zeros((n, 3), np.float32) if cloud.normal is None else _column(cloud.normal, 3, n, "normal", i)
         if key == "strength":
             if cloud.strength is None:
                 raise ValueError(f"cloud {i}: this checkpoint needs strength (intensity in [0, 1]) and none was given")

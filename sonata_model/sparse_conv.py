@@ -46,8 +46,14 @@ def default_backend(device: torch.device) -> str:
     return "spconv" if device.type == "cuda" and spconv_available() else "torch"
 
 
-def _pack(grid: Tensor, batch: Tensor) -> Tensor:
+def pack_keys(grid: Tensor, batch: Tensor) -> Tensor:
+    """int64 key of (batch, x, y, z), 17 bits per axis: grid coordinates + a margin below 2**17."""
     return (batch.long() << 3 * _BITS) | (grid[:, 0] << 2 * _BITS) | (grid[:, 1] << _BITS) | grid[:, 2]
+
+
+def offset_keys(deltas: Tensor) -> Tensor:
+    """What adding each (K, 3) signed grid offset does to a `pack_keys` key (no field may leave its range)."""
+    return (deltas[:, 0] << 2 * _BITS) + (deltas[:, 1] << _BITS) + deltas[:, 2]
 
 
 def kernel_offsets(kernel_size: int, device: torch.device) -> Tensor:
@@ -87,10 +93,9 @@ class SparseGeometry:
         return self._pairs[kernel_size]
 
     def _build_pairs(self, kernel_size: int) -> list[tuple[Tensor, Tensor]]:
-        keys = _pack(self.grid_coord + 1, self.batch)
+        keys = pack_keys(self.grid_coord + 1, self.batch)
         sorted_keys, order = torch.sort(keys)
-        deltas = kernel_offsets(kernel_size, keys.device)
-        delta_keys = (deltas[:, 0] << 2 * _BITS) + (deltas[:, 1] << _BITS) + deltas[:, 2]
+        delta_keys = offset_keys(kernel_offsets(kernel_size, keys.device))
         rows = torch.arange(len(keys), device=keys.device)
         pairs = []
         for delta in delta_keys:

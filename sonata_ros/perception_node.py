@@ -255,7 +255,7 @@ class PerceptionNode(Node):
                     throttle_duration_sec=WARN_EVERY_S * 12,
                 )
                 optional["strength"] = np.zeros(len(selected), np.float32)
-            result = self.segmenter(base[selected], **optional)
+            result = self.segmenter(base[selected], viewpoint=self.translation, **optional)  # sensor in base
             stages["voxelize"] = result.timings_ms["prepare"] + result.timings_ms["voxelize"]
             stages["encoder"] = result.timings_ms["encoder"]
             stages["head"] = result.timings_ms["head"]
