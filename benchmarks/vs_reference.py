@@ -1,0 +1,204 @@
+"""This project against the public reference implementation (facebookresearch/sonata), side by side.
+
+    python benchmarks/vs_reference.py --reference /tmp/sonata-ref/src --reference-path /tmp/sonata-ref/deps \\
+        --config sonata --record
+
+Same released-format checkpoint (`--checkpoint`, or a random-valued one written here with
+`sm.save_encoder`, which is the released layout), same cloud, one run: the median time per frame of
+each after warm-up (the reference: its default transform, forward and all-level upcast, as its demos
+do; here: `Segmenter` and its embedding), the ratio, and the largest difference of the all-level
+upcast features (1232 channels for `sonata`) over all input points.
+
+The reference runs in a subprocess (`reference_env/run_reference.py`) with `--reference-python` and a
+PYTHONPATH of only the reference source and `--reference-path`, so none of its imports enter this
+process; nothing is downloaded. Its dependencies torch_scatter, timm and huggingface_hub are replaced by
+the small stand-ins in `benchmarks/reference_env/` (`segment_csr` via `torch.segment_reduce`, timm's
+`DropPath`, no hub); addict comes from `--reference-path` (see reference_env/README.md).
+
+Making the comparison exact. The reference's GridSample ("train" mode) keeps a random point per voxel
+and this project the first, so the cloud is reduced beforehand to one point per 2 cm voxel, with the
+reduction made stable under both sides' centre shift: the points that set the bounding box are kept
+(the shift cannot change) and every other point lies at least 1e-3 voxel from a voxel boundary (the
+reference divides by the grid size in float64, this project in float32). Both sides then keep every
+point, and each input point's features are compared. The reference's curve orders are not shuffled
+(its default in pooling layers, even at inference); see run_reference.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import emit, summarize
+
+import sonata_model as sm
+from sonata_model.sparse_conv import default_backend
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "test"))
+from scenes import room  # noqa: E402  (the indoor test scene: floor, walls, boxes, colour, normals)
+
+BOUNDARY_MARGIN = 1e-3  # in voxels
+
+
+def centre_shift(coord: np.ndarray) -> np.ndarray:
+    """The reference's CenterShift in float32: x, y to the bounding-box centre, z to its minimum."""
+    low, high = coord.min(axis=0), coord.max(axis=0)
+    return np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]], dtype=np.float32)
+
+
+def one_point_per_voxel(coord: np.ndarray, grid_size: float) -> np.ndarray:
+    """Indices of a subset with one point per voxel that both voxelizations keep whole (module docstring)."""
+    keep = np.arange(len(coord))
+    for _ in range(20):
+        points = coord[keep]
+        box = np.unique([points[:, 0].argmin(), points[:, 0].argmax(), points[:, 1].argmin(), points[:, 1].argmax()])
+        floor = points[:, 2].argmin()
+        scaled = (points - centre_shift(points)).astype(np.float64) / grid_size
+        frac = scaled - np.floor(scaled)
+        safe = (frac > BOUNDARY_MARGIN) & (frac < 1 - BOUNDARY_MARGIN)
+        safe[floor, 2] = True  # exactly 0 after the shift on both sides
+        safe = safe.all(axis=1)
+        anchors = np.union1d(box, [floor])
+        if not safe[anchors].all():  # an anchor sits on a boundary: drop it, the box moves, try again
+            keep = np.delete(keep, anchors[~safe[anchors]])
+            continue
+        priority = np.concatenate((anchors, np.setdiff1d(np.arange(len(points)), anchors)))
+        cells = np.floor(scaled[priority]).astype(np.int64)
+        _, first = np.unique(cells, axis=0, return_index=True)
+        chosen = np.zeros(len(points), dtype=bool)
+        chosen[priority[first]] = True
+        if (chosen & safe).all():
+            return keep
+        keep = keep[chosen & safe]
+    raise RuntimeError("no stable one-point-per-voxel subset found; try another --seed")
+
+
+def indoor_cloud(points: int, grid_size: float, seed: int) -> dict[str, np.ndarray]:
+    scene = room(points, seed=seed)
+    keep = one_point_per_voxel(scene["coord"], grid_size)
+    return {
+        "coord": scene["coord"][keep],
+        "color": scene["color"][keep].astype(np.float32),  # 0-255 as float32: same colour/255 on both sides
+        "normal": scene["normal"][keep],
+    }
+
+
+def random_checkpoint(config_name: str, path: Path, seed: int) -> Path:
+    """A released-layout encoder file with random weights, biases and norm scales (all paths exercised)."""
+    torch.manual_seed(seed)
+    encoder = sm.SonataEncoder(sm.get_config(config_name))
+    with torch.no_grad():
+        for name, parameter in encoder.named_parameters():
+            if name.endswith("bias") or "mask_token" in name:
+                parameter.normal_(0.0, 0.02)
+            elif parameter.ndim == 1:  # LayerNorm scale
+                parameter.normal_(1.0, 0.1)
+    return sm.save_encoder(path, encoder)
+
+
+def reference_side(args: argparse.Namespace, cloud_file: Path, checkpoint: Path, work: Path) -> tuple[dict, Path]:
+    output = work / "reference_feat.npy"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(args.reference).resolve()), *args.reference_path])
+    command = [
+        args.reference_python,
+        str(HERE / "reference_env" / "run_reference.py"),
+        str(cloud_file),
+        str(checkpoint),
+        str(output),
+        f"--warmup={args.warmup}",
+        f"--repeats={args.repeats}",
+        f"--device={args.device}",
+    ]
+    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"reference run failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), output
+
+
+def project_side(args: argparse.Namespace, cloud: dict, checkpoint: Path) -> tuple[list[float], np.ndarray, int]:
+    segmenter = sm.Segmenter(sm.load(checkpoint), None, device=args.device)
+    times = []
+    for run in range(args.warmup + args.repeats):
+        start = time.perf_counter()
+        out = segmenter(cloud["coord"], color=cloud["color"], normal=cloud["normal"])
+        feat = out.embedding_tensor[torch.as_tensor(out.voxel_of_point, device=segmenter.device)]
+        if segmenter.device.type == "cuda":
+            torch.cuda.synchronize()
+        if run >= args.warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    return times, feat.float().cpu().numpy(), len(out.voxel_index)
+
+
+def reference_version(path: str) -> str:
+    done = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else "unknown (not a git checkout)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="reference source folder (holds the `sonata` package)")
+    parser.add_argument("--reference-python", default=sys.executable, help="python that runs the reference")
+    parser.add_argument(
+        "--reference-path", nargs="*", default=[], help="extra PYTHONPATH folders for the reference (addict)"
+    )
+    parser.add_argument("--reference-version", help="what to record as the reference's version (default: git HEAD)")
+    parser.add_argument("--checkpoint", help="released-format encoder file (default: random weights, --config)")
+    parser.add_argument("--config", default="sonata", choices=sorted(sm.CONFIGS))
+    parser.add_argument("--points", type=int, default=100_000, help="room points before the voxel reduction")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--record", action="store_true", help="write benchmarks/results/vs_reference_<device>.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="vs_reference_") as tmp:
+        work = Path(tmp)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else random_checkpoint(args.config, work / "enc.pth", args.seed)
+        config = sm.load(checkpoint).config
+        cloud = indoor_cloud(args.points, config.grid_size, args.seed)
+        cloud_file = work / "cloud.npz"
+        np.savez(cloud_file, **cloud)
+        reference, reference_file = reference_side(args, cloud_file, checkpoint, work)
+        ours_ms, ours_feat, ours_voxels = project_side(args, cloud, checkpoint)
+        reference_feat = np.load(reference_file)
+    if reference_feat.shape != ours_feat.shape:
+        raise RuntimeError(f"feature shapes differ: reference {reference_feat.shape}, ours {ours_feat.shape}")
+    difference = np.abs(reference_feat - ours_feat)
+    reference_summary, ours_summary = summarize(reference["times_ms"]), summarize(ours_ms)
+    result = {
+        "config": args.config if not args.checkpoint else str(args.checkpoint),
+        "parameters": reference["parameters"],
+        "points": len(cloud["coord"]),
+        "voxels": {"reference": reference["voxels"], "ours": ours_voxels},
+        "device": args.device,
+        "reference": {
+            **reference_summary,
+            "version": args.reference_version or reference_version(args.reference),
+            "torch_threads": reference["torch_threads"],
+            "stand_ins": "torch_scatter.segment_csr via torch.segment_reduce, timm DropPath, no huggingface_hub "
+            "(benchmarks/reference_env); CPU spconv: Native algorithm, bias added after the conv, one thread; "
+            "curve orders not shuffled",
+        },
+        "ours": {**ours_summary, "sparse_backend": default_backend(torch.device(args.device))},
+        "speedup": round(reference_summary["median_ms"] / ours_summary["median_ms"], 2),
+        "feature_channels": ours_feat.shape[1],
+        "max_abs_diff": float(difference.max()),
+        "max_abs_feature": float(np.abs(reference_feat).max()),
+        "mean_abs_diff": float(difference.mean()),
+    }
+    emit(f"vs_reference_{args.device}", result, args.record)
+
+
+if __name__ == "__main__":
+    main()
