@@ -125,8 +125,10 @@ def reference_side(args: argparse.Namespace, cloud_file: Path, checkpoint: Path,
     return json.loads(done.stdout.strip().splitlines()[-1]), output
 
 
-def project_side(args: argparse.Namespace, cloud: dict, checkpoint: Path) -> tuple[list[float], np.ndarray, int]:
-    segmenter = sm.Segmenter(sm.load(checkpoint), None, device=args.device)
+def project_side(
+    args: argparse.Namespace, cloud: dict, encoder: sm.SonataEncoder
+) -> tuple[list[float], np.ndarray, int]:
+    segmenter = sm.Segmenter(encoder, None, device=args.device)
     times = []
     for run in range(args.warmup + args.repeats):
         start = time.perf_counter()
@@ -164,13 +166,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vs_reference_") as tmp:
         work = Path(tmp)
-        checkpoint = Path(args.checkpoint) if args.checkpoint else random_checkpoint(args.config, work / "enc.pth", args.seed)
-        config = sm.load(checkpoint).config
-        cloud = indoor_cloud(args.points, config.grid_size, args.seed)
+        checkpoint = Path(args.checkpoint or random_checkpoint(args.config, work / "enc.pth", args.seed))
+        encoder = sm.load(checkpoint)
+        cloud = indoor_cloud(args.points, encoder.config.grid_size, args.seed)
         cloud_file = work / "cloud.npz"
         np.savez(cloud_file, **cloud)
         reference, reference_file = reference_side(args, cloud_file, checkpoint, work)
-        ours_ms, ours_feat, ours_voxels = project_side(args, cloud, checkpoint)
+        ours_ms, ours_feat, ours_voxels = project_side(args, cloud, encoder)
         reference_feat = np.load(reference_file)
     if reference_feat.shape != ours_feat.shape:
         raise RuntimeError(f"feature shapes differ: reference {reference_feat.shape}, ours {ours_feat.shape}")

@@ -79,7 +79,7 @@ def frame(model, transform, cloud: dict[str, np.ndarray], device: torch.device) 
     with torch.inference_mode():
         point = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in point.items()}
         point = model(point)
-        while "pooling_parent" in point.keys():
+        while "pooling_parent" in point:
             parent = point.pop("pooling_parent")
             parent.feat = torch.cat([parent.feat, point.feat[point.pop("pooling_inverse")]], dim=-1)
             point = parent
