@@ -11,7 +11,11 @@ upcast features (1232 channels for `sonata`) over all input points.
 
 The reference runs in a subprocess (`reference_env/run_reference.py`) with `--reference-python` and a
 PYTHONPATH of only the reference source and `--reference-path`, so none of its imports enter this
-process; nothing is downloaded. Its dependencies torch_scatter, timm and huggingface_hub are replaced by
+process; nothing is downloaded. After both have warmed up, their frames alternate (reference, ours, ...)
+so that a shared machine's changing load falls on both; the 1-minute load average is recorded. On a
+busy machine two torch threads per process oversubscribe the cores and slow this project's side (all
+of it multi-threaded) more than the reference's (its spconv runs on one thread): `--threads 1` then
+gives the steadier ratio. Its dependencies torch_scatter, timm and huggingface_hub are replaced by
 the small stand-ins in `benchmarks/reference_env/` (`segment_csr` via `torch.segment_reduce`, timm's
 `DropPath`, no hub); addict comes from `--reference-path` (see reference_env/README.md).
 
@@ -105,40 +109,71 @@ def random_checkpoint(config_name: str, path: Path, seed: int) -> Path:
     return sm.save_encoder(path, encoder)
 
 
-def reference_side(args: argparse.Namespace, cloud_file: Path, checkpoint: Path, work: Path) -> tuple[dict, Path]:
-    output = work / "reference_feat.npy"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(args.reference).resolve()), *args.reference_path])
-    command = [
-        args.reference_python,
-        str(HERE / "reference_env" / "run_reference.py"),
-        str(cloud_file),
-        str(checkpoint),
-        str(output),
-        f"--warmup={args.warmup}",
-        f"--repeats={args.repeats}",
-        f"--device={args.device}",
-    ]
-    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"reference run failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1]), output
+class ReferenceProcess:
+    """The reference in its own process (reference_env/run_reference.py), one frame per request."""
+
+    def __init__(self, args: argparse.Namespace, cloud_file: Path, checkpoint: Path, work: Path) -> None:
+        self.output = work / "reference_feat.npy"
+        self.log = (work / "reference_stderr.txt").open("w+")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(args.reference).resolve()), *args.reference_path])
+        command = [
+            args.reference_python,
+            str(HERE / "reference_env" / "run_reference.py"),
+            str(cloud_file),
+            str(checkpoint),
+            str(self.output),
+            f"--warmup={args.warmup}",
+            f"--device={args.device}",
+            f"--threads={torch.get_num_threads()}",
+        ]
+        self.process = subprocess.Popen(
+            command, env=env, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True
+        )
+        self.ready = self._answer()
+
+    def frame(self) -> dict:
+        return self._ask("frame")
+
+    def features(self) -> np.ndarray:
+        self._ask("save")
+        return np.load(self.output)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+    def _ask(self, request: str) -> dict:
+        self.process.stdin.write(request + "\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError(f"the reference process ended ({self.process.wait()}):\n{self.log.read()[-4000:]}")
+        return json.loads(line)
 
 
-def project_side(
-    args: argparse.Namespace, cloud: dict, encoder: sm.SonataEncoder
-) -> tuple[list[float], np.ndarray, int]:
-    segmenter = sm.Segmenter(encoder, None, device=args.device)
-    times = []
-    for run in range(args.warmup + args.repeats):
+class ProjectRunner:
+    """This project's side: `Segmenter` and its all-level embedding, per input point."""
+
+    def __init__(self, encoder: sm.SonataEncoder, cloud: dict[str, np.ndarray], device: str) -> None:
+        self.segmenter = sm.Segmenter(encoder, None, device=device)
+        self.cloud = cloud
+        self.voxels = 0
+        self.feat: torch.Tensor | None = None
+
+    def frame(self) -> float:
         start = time.perf_counter()
-        out = segmenter(cloud["coord"], color=cloud["color"], normal=cloud["normal"])
-        feat = out.embedding_tensor[torch.as_tensor(out.voxel_of_point, device=segmenter.device)]
-        if segmenter.device.type == "cuda":
+        out = self.segmenter(self.cloud["coord"], color=self.cloud["color"], normal=self.cloud["normal"])
+        self.feat = out.embedding_tensor[torch.as_tensor(out.voxel_of_point, device=self.segmenter.device)]
+        if self.segmenter.device.type == "cuda":
             torch.cuda.synchronize()
-        if run >= args.warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return times, feat.float().cpu().numpy(), len(out.voxel_index)
+        self.voxels = len(out.voxel_index)
+        return (time.perf_counter() - start) * 1e3
 
 
 def reference_version(path: str) -> str:
@@ -159,10 +194,13 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000, help="room points before the voxel reduction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/vs_reference_<device>.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="vs_reference_") as tmp:
         work = Path(tmp)
@@ -171,23 +209,34 @@ def main() -> None:
         cloud = indoor_cloud(args.points, encoder.config.grid_size, args.seed)
         cloud_file = work / "cloud.npz"
         np.savez(cloud_file, **cloud)
-        reference, reference_file = reference_side(args, cloud_file, checkpoint, work)
-        ours_ms, ours_feat, ours_voxels = project_side(args, cloud, encoder)
-        reference_feat = np.load(reference_file)
+        loads = [os.getloadavg()[0]]
+        reference = ReferenceProcess(args, cloud_file, checkpoint, work)  # loads and warms up first
+        ours = ProjectRunner(encoder, cloud, args.device)
+        for _ in range(args.warmup):
+            ours.frame()
+        reference_frames, ours_ms = [], []
+        for _ in range(args.repeats):  # alternate, so that both sides share the machine's load
+            reference_frames.append(reference.frame())
+            ours_ms.append(ours.frame())
+            loads.append(os.getloadavg()[0])
+        reference_feat = reference.features()
+        reference.close()
+    ours_feat = ours.feat.float().cpu().numpy()
     if reference_feat.shape != ours_feat.shape:
         raise RuntimeError(f"feature shapes differ: reference {reference_feat.shape}, ours {ours_feat.shape}")
     difference = np.abs(reference_feat - ours_feat)
-    reference_summary, ours_summary = summarize(reference["times_ms"]), summarize(ours_ms)
+    reference_summary = summarize([f["ms"] for f in reference_frames])
+    ours_summary = summarize(ours_ms)
     result = {
         "config": args.config if not args.checkpoint else str(args.checkpoint),
-        "parameters": reference["parameters"],
+        "parameters": reference.ready["parameters"],
         "points": len(cloud["coord"]),
-        "voxels": {"reference": reference["voxels"], "ours": ours_voxels},
+        "voxels": {"reference": reference_frames[-1]["voxels"], "ours": ours.voxels},
         "device": args.device,
         "reference": {
             **reference_summary,
             "version": args.reference_version or reference_version(args.reference),
-            "torch_threads": reference["torch_threads"],
+            "torch_threads": reference.ready["torch_threads"],
             "stand_ins": "torch_scatter.segment_csr via torch.segment_reduce, timm DropPath, no huggingface_hub "
             "(benchmarks/reference_env); CPU spconv: Native algorithm, bias added after the conv, one thread; "
             "curve orders not shuffled",
@@ -198,6 +247,7 @@ def main() -> None:
         "max_abs_diff": float(difference.max()),
         "max_abs_feature": float(np.abs(reference_feat).max()),
         "mean_abs_diff": float(difference.mean()),
+        "load_average_1min": [round(x, 2) for x in loads],  # before, then after each pair of frames
     }
     emit(f"vs_reference_{args.device}", result, args.record)
 

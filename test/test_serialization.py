@@ -133,3 +133,21 @@ def test_depth_follows_the_reference_rule_and_is_capped():
         serialize(torch.tensor([[1, 1, 1], [0, 0, 70000]]), torch.tensor([1, 2]), ORDERS)
     with pytest.raises(ValueError, match="unknown serialization order"):
         encode(grid, 4, "peano")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_codes_equal_cpu_codes_without_a_host_sync():
+    rng = np.random.default_rng(3)
+    cells = rng.choice(4000**3, size=20_000, replace=False)
+    grid = torch.from_numpy(np.stack(np.unravel_index(cells, (4000,) * 3), axis=1))
+    offset = torch.tensor([5_000, 20_000])
+    expected = serialize(grid, offset, ORDERS)
+    grid, offset = grid.cuda(), offset.cuda()
+    serialize(grid, offset, ORDERS)  # copies the lookup tables to the device once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = serialize(grid, offset, ORDERS)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for name in ("code", "order", "inverse", "depth"):
+        assert torch.equal(getattr(got, name).cpu(), getattr(expected, name)), name

@@ -12,7 +12,7 @@ orders on every pooling otherwise), and the input cloud has one point per voxel 
 so GridSample's random pick per voxel has one candidate. On CPU, spconv's CUDA build needs three
 accommodations (`cpu_spconv`); the conv maths is unchanged.
 
-    python run_reference.py INPUT.npz CHECKPOINT OUTPUT.npz --warmup 1 --repeats 3 --device cpu
+    python run_reference.py INPUT.npz CHECKPOINT OUTPUT.npy --warmup 1 --device cpu   (then "frame"/"save" on stdin)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 import time
 
 import numpy as np
@@ -90,14 +91,17 @@ def frame(model, transform, cloud: dict[str, np.ndarray], device: torch.device) 
 
 
 def main() -> None:
+    """Load, warm up, print a "ready" line; then one frame per "frame" line on stdin (its time printed),
+    and on "save" write the last frame's per-point features. One JSON line answers each request."""
     parser = argparse.ArgumentParser()
     parser.add_argument("input")
     parser.add_argument("checkpoint")
     parser.add_argument("output")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -107,21 +111,26 @@ def main() -> None:
     model = build_model(args.checkpoint, device)
     transform = sonata.transform.default()
     cloud = dict(np.load(args.input))
-    times = []
-    for run in range(args.warmup + args.repeats):
-        start = time.perf_counter()
+    for _ in range(args.warmup):
         feat, voxels = frame(model, transform, cloud, device)
-        if run >= args.warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    np.save(args.output, feat.float().cpu().numpy())
-    summary = {
-        "times_ms": times,
-        "voxels": voxels,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "torch_threads": torch.get_num_threads(),
-        "sonata_file": sonata.__file__,
-    }
-    print(json.dumps(summary))
+    reply(
+        ready=True,
+        parameters=sum(p.numel() for p in model.parameters()),
+        torch_threads=torch.get_num_threads(),
+        sonata_file=sonata.__file__,
+    )
+    for request in sys.stdin:
+        if request.strip() == "frame":
+            start = time.perf_counter()
+            feat, voxels = frame(model, transform, cloud, device)
+            reply(ms=(time.perf_counter() - start) * 1e3, voxels=voxels)
+        elif request.strip() == "save":
+            np.save(args.output, feat.float().cpu().numpy())
+            reply(saved=args.output)
+
+
+def reply(**fields) -> None:
+    print(json.dumps(fields), flush=True)
 
 
 if __name__ == "__main__":
