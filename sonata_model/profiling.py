@@ -24,9 +24,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
-_SYNC_KIND = {
+_SYNC_KIND = {  # composite ops (item, is_nonzero, argwhere, ...) reach the mode undecomposed in inference mode
     aten._local_scalar_dense: "item",
+    aten.item: "item",
+    aten.is_nonzero: "item",
+    aten.allclose: "item",
     aten.nonzero: "nonzero",
+    aten.nonzero_numpy: "nonzero",
+    aten.argwhere: "nonzero",
     aten._unique: "unique",
     aten._unique2: "unique",
     aten.unique_dim: "unique",
@@ -36,8 +41,9 @@ _SYNC_KIND = {
     aten.bincount: "bincount",
     aten.equal: "equal",
 }
+_REPEAT_BY_TENSOR = (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor)
 _INDEXING = (aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_)
-_COPIES = (aten._to_copy, aten.copy_)
+_COPIES = (aten._to_copy, aten.to, aten.copy_)  # aten.to reaches the mode undecomposed in inference mode
 _HOST_READS = ("cpu", "tolist", "numpy")
 
 
@@ -85,7 +91,9 @@ def sync_kind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> str | N
         isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None
     ):
         return "bool_index"
-    if func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is None:
+    if func is aten.where.default:  # where(condition): the indices of the true entries
+        return "nonzero"
+    if func in _REPEAT_BY_TENSOR and kwargs.get("output_size") is None:
         return "repeat_interleave"
     if packet in _COPIES and _copies_to_host(func, args, kwargs):
         return "copy_to_host"
@@ -96,8 +104,12 @@ def _copies_to_host(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> b
     if func.overloadpacket is aten.copy_:
         destination, source = args[0], args[1]
         return destination.device.type == "cpu" and source.device.type != "cpu"
-    device = kwargs.get("device")
-    return device is not None and torch.device(device).type == "cpu" and args[0].device.type != "cpu"
+    target = kwargs.get("device")
+    if target is None and len(args) > 1:  # aten.to.device(self, device, ...), aten.to.other(self, other, ...)
+        target = args[1].device if isinstance(args[1], torch.Tensor) else args[1]
+    if not isinstance(target, str | torch.device):
+        return False
+    return torch.device(target).type == "cpu" and args[0].device.type != "cpu"
 
 
 class _Recorder(TorchDispatchMode):

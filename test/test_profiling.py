@@ -31,6 +31,10 @@ def test_counts_ops_and_views_without_syncs():
         ("bool_index", lambda t, m: t[m]),
         ("bool_index", lambda t, m: t.clone().index_put_((m,), torch.tensor(0))),
         ("repeat_interleave", lambda t, m: torch.repeat_interleave(t, t)),
+        ("repeat_interleave", lambda t, m: t.repeat_interleave(t)),
+        ("nonzero", lambda t, m: torch.argwhere(m)),
+        ("nonzero", lambda t, m: torch.where(m)),
+        ("item", lambda t, m: torch.allclose(t.float(), t.float())),
         ("bincount", lambda t, m: torch.bincount(t)),
         ("equal", lambda t, m: torch.equal(t, t)),
         ("copy_to_host", lambda t, m: t.tolist()),
@@ -38,23 +42,29 @@ def test_counts_ops_and_views_without_syncs():
         ("copy_to_host", lambda t, m: t.numpy()),
     ],
 )
-def test_each_sync_shaped_op_is_named_and_can_be_forbidden(kind, run):
-    t = torch.arange(6)
-    m = t > 2
-    with count_ops() as counts:
-        run(t, m)
-    assert counts.syncs[kind] >= 1, counts.syncs
-    with pytest.raises(SyncError, match=kind), count_ops(forbid_syncs=True):
-        run(t, m)
+@pytest.mark.parametrize("mode", [torch.enable_grad, torch.inference_mode])  # the Segmenter runs in inference mode
+def test_each_sync_shaped_op_is_named_and_can_be_forbidden(kind, run, mode):
+    with mode():
+        t = torch.arange(6)
+        m = t > 2
+        with count_ops() as counts:
+            run(t, m)
+        assert counts.syncs[kind] >= 1, counts.syncs
+        with pytest.raises(SyncError, match=kind), count_ops(forbid_syncs=True):
+            run(t, m)
 
 
-def test_sync_free_forms_are_not_counted():
-    t = torch.arange(6)
-    with count_ops(forbid_syncs=True) as counts:
-        torch.repeat_interleave(t, t, output_size=15)
-        t[torch.tensor([1, 2])]
-        torch.where(t > 2, t, 0)
-        torch._assert_async(t.amax() < 10, "never")
+@pytest.mark.parametrize("mode", [torch.enable_grad, torch.inference_mode])
+def test_sync_free_forms_are_not_counted(mode):
+    with mode():
+        t = torch.arange(6)
+        with count_ops(forbid_syncs=True) as counts:
+            torch.repeat_interleave(t, t, output_size=15)
+            t.repeat_interleave(t, output_size=15)
+            torch.repeat_interleave(t, 2)
+            t[torch.tensor([1, 2])]
+            torch.where(t > 2, t, 0)
+            torch._assert_async(t.amax() < 10, "never")
     assert counts.sync_total == 0
 
 
@@ -65,6 +75,10 @@ def test_copies_to_the_host_from_a_device_are_syncs():
     assert sync_kind(aten.copy_.default, (host, device), {}) == "copy_to_host"
     assert sync_kind(aten.copy_.default, (device, host), {}) is None  # host -> device does not wait
     assert sync_kind(aten._to_copy.default, (host,), {"dtype": torch.float64}) is None
+    assert sync_kind(aten.to.device, (device, torch.device("cpu"), torch.float32), {}) == "copy_to_host"
+    assert sync_kind(aten.to.dtype_layout, (device,), {"device": "cpu"}) == "copy_to_host"
+    assert sync_kind(aten.to.other, (device, host), {}) == "copy_to_host"
+    assert sync_kind(aten.to.dtype, (device, torch.float16), {}) is None
 
 
 def test_tensor_methods_are_restored():
