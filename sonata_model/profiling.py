@@ -6,9 +6,10 @@ the data (`nonzero`, `unique`, `masked_select`, boolean-mask indexing, `repeat_i
 `output_size`, `bincount`), `torch.equal`, and copies to the host. `count_ops` records both while a
 block runs, on any device, so a CPU run already shows what a CUDA run would pay.
 
-On the CPU `.cpu()`, `.tolist()` and `.numpy()` never reach the dispatcher, so the counter also wraps
-those three methods while it is active and counts them as copies to the host (a CUDA tensor's copy is
-seen by the dispatcher instead).
+On the CPU `.cpu()`, `.to("cpu")` and `.tolist()` never reach the dispatcher, so while it is active
+the counter also wraps those methods and counts their calls on CPU tensors as copies to the host (a
+CUDA tensor's copy is seen by the dispatcher instead). `.numpy()` is not counted: code that runs on a
+GPU must copy to the host first, and that copy is the one counted.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _SYNC_KIND = {  # composite ops (item, is_nonzero, argwhere, ...) reach the mode
 _REPEAT_BY_TENSOR = (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor)
 _INDEXING = (aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_)
 _COPIES = (aten._to_copy, aten.to, aten.copy_)  # aten.to reaches the mode undecomposed in inference mode
-_HOST_READS = ("cpu", "tolist", "numpy")
+_HOST_READS = ("cpu", "to", "tolist")
 
 
 class SyncError(RuntimeError):
@@ -112,6 +113,13 @@ def _copies_to_host(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> b
     return torch.device(target).type == "cpu" and args[0].device.type != "cpu"
 
 
+def _reads_to_host(method: str, args: tuple, kwargs: dict) -> bool:
+    if method != "to":
+        return True
+    device = torch._C._nn._parse_to(*args, **kwargs)[0]
+    return device is not None and device.type == "cpu"
+
+
 class _Recorder(TorchDispatchMode):
     def __init__(self, counts: OpCounts, on_sync: Callable[[str, str], None]) -> None:
         super().__init__()
@@ -147,7 +155,7 @@ def count_ops(forbid_syncs: bool = False) -> Iterator[OpCounts]:
         original = originals[name]
 
         def read(self, *args, **kwargs):
-            if self.device.type == "cpu":
+            if self.device.type == "cpu" and _reads_to_host(name, args, kwargs):
                 on_sync("copy_to_host", f"Tensor.{name}")
             return original(self, *args, **kwargs)
 

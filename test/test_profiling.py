@@ -39,7 +39,8 @@ def test_counts_ops_and_views_without_syncs():
         ("equal", lambda t, m: torch.equal(t, t)),
         ("copy_to_host", lambda t, m: t.tolist()),
         ("copy_to_host", lambda t, m: t.cpu()),
-        ("copy_to_host", lambda t, m: t.numpy()),
+        ("copy_to_host", lambda t, m: t.to("cpu")),
+        ("copy_to_host", lambda t, m: t.to(torch.empty(0))),
     ],
 )
 @pytest.mark.parametrize("mode", [torch.enable_grad, torch.inference_mode])  # the Segmenter runs in inference mode
@@ -65,7 +66,14 @@ def test_sync_free_forms_are_not_counted(mode):
             t[torch.tensor([1, 2])]
             torch.where(t > 2, t, 0)
             torch._assert_async(t.amax() < 10, "never")
+            t.to(torch.float64)
     assert counts.sync_total == 0
+
+
+def test_a_copy_to_the_host_counts_once():
+    with count_ops() as counts:
+        torch.arange(4).cpu().numpy()  # on a GPU: one copy, then a free view of host memory
+    assert counts.syncs == {"copy_to_host": 1}
 
 
 def test_copies_to_the_host_from_a_device_are_syncs():
@@ -82,8 +90,8 @@ def test_copies_to_the_host_from_a_device_are_syncs():
 
 
 def test_tensor_methods_are_restored():
-    originals = (torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy)
+    originals = (torch.Tensor.cpu, torch.Tensor.to, torch.Tensor.tolist)
     with pytest.raises(SyncError), count_ops(forbid_syncs=True):
         torch.arange(3).tolist()
-    assert (torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy) == originals
+    assert (torch.Tensor.cpu, torch.Tensor.to, torch.Tensor.tolist) == originals
     assert "tolist" not in vars(torch.Tensor)
