@@ -24,6 +24,7 @@ def machine() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # others' work on a shared machine slows the run
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -1,24 +1,39 @@
-"""Encoder speed on a LiDAR-like frame: voxels and milliseconds per stage, total, peak memory.
+"""Encoder speed on one frame: voxels and milliseconds per stage, total, memory, aten ops and syncs.
 
     python benchmarks/encoder.py --config sonata --points 120000 --device cuda --precision bf16
     python benchmarks/encoder.py --config demo --points 30000 --device cpu --record
+    python benchmarks/encoder.py --config sonata --scene room --points 100000 --warmup 1 --repeats 2
 
-The frame is a synthetic 64-beam drive frame (sonata_model.synth), cropped or tiled to --points.
+--scene lidar: a synthetic 64-beam drive frame (sonata_model.synth), cropped or tiled to --points;
+--scene room: the indoor test room (test/scenes.py: floor, walls, boxes) with colour and normals.
 Weights are random (speed does not depend on them). Median of --repeats runs after --warmup runs.
+
+After the timed runs, one more frame runs under `sonata_model.profiling.count_ops`: aten ops (a GPU
+launches a kernel for each that is not a view) and sync-shaped ops (each makes the host wait for a
+GPU), for the whole `Segmenter` call with the embedding read ("frame") and for the encoder forward
+alone ("forward").
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 from common import emit, summarize
 
 import sonata_model as sm
+from sonata_model.profiling import OpCounts, count_ops
+from sonata_model.segmenter import PRECISIONS
 from sonata_model.synth.drive import generate_drive
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
+from scenes import room
 
 
 def lidar_frame(points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +44,39 @@ def lidar_frame(points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         coord = np.concatenate([coord + np.float32(0.013 * k) for k in range(reps)])
         strength = np.tile(strength, reps)
     return coord[:points], strength[:points]
+
+
+def frame_inputs(scene: str, points: int, config: sm.EncoderConfig) -> dict[str, np.ndarray]:
+    """Segmenter keyword inputs; features the scene lacks are zeros (normals: `normals="zeros"`)."""
+    if scene == "room":
+        cloud = room(points)
+        inputs = {"coord": cloud["coord"], "color": cloud["color"], "normal": cloud["normal"]}
+        strength = np.zeros(len(cloud["coord"]), np.float32)
+    else:
+        coord, strength = lidar_frame(points)
+        inputs = {"coord": coord, "color": np.zeros_like(coord)}
+    if "strength" in config.feature_keys:
+        inputs["strength"] = strength
+    return {k: v for k, v in inputs.items() if k == "coord" or k in config.feature_keys}
+
+
+def count_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Ops of one whole frame (with the embedding read) and of the encoder forward alone."""
+    with count_ops() as frame:
+        segmenter(**inputs).embedding_tensor  # noqa: B018  (computed on first access)
+    point, _, _ = segmenter.prepare([sm.Cloud(**inputs)])
+    autocast = (
+        torch.autocast(segmenter.device.type, dtype=PRECISIONS[segmenter.precision])
+        if segmenter.precision != "fp32"
+        else nullcontext()
+    )
+    with torch.inference_mode(), autocast, count_ops() as forward:
+        segmenter.encoder(point)
+    return {"frame": _ops_summary(frame), "forward": _ops_summary(forward)}
+
+
+def _ops_summary(counts: OpCounts) -> dict:
+    return {**counts.summary(), "top_ops": dict(counts.ops.most_common(12))}
 
 
 class StageClock:
@@ -75,31 +123,32 @@ class StageClock:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="demo", choices=sorted(sm.CONFIGS))
+    parser.add_argument("--scene", default="lidar", choices=["lidar", "room"])
     parser.add_argument("--points", type=int, default=120_000)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/encoder_<config>_<device>.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     config = sm.get_config(args.config)
     encoder = sm.SonataEncoder(config).to(device).eval()
     encoder.set_attention_kernel(args.attention)
     segmenter = sm.Segmenter(encoder, None, device=device, precision=args.precision, normals="zeros")
-    coord, strength = lidar_frame(args.points)
-    inputs = {"strength": strength} if "strength" in config.feature_keys else {}
-    if "color" in config.feature_keys:
-        inputs["color"] = np.zeros_like(coord)
+    inputs = frame_inputs(args.scene, args.points, config)
     clock = StageClock(encoder, device)
     totals, timings = [], defaultdict(list)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for run in range(args.warmup + args.repeats):
         start = time.perf_counter()
-        out = segmenter(coord, **inputs)
+        out = segmenter(**inputs)
         _ = out.embedding_tensor.sum().item()  # wait for the device
         elapsed = (time.perf_counter() - start) * 1e3
         clock.collect()
@@ -113,7 +162,8 @@ def main() -> None:
     result = {
         "config": args.config,
         "parameters": sm.count_parameters(encoder),
-        "points": len(coord),
+        "scene": args.scene,
+        "points": len(inputs["coord"]),
         "device": args.device,
         "precision": args.precision,
         "attention": args.attention,
@@ -121,6 +171,7 @@ def main() -> None:
         "stage_ms": [summarize(clock.samples[i])["median_ms"] for i in sorted(clock.samples)],
         "pipeline_ms": {name: summarize(values)["median_ms"] for name, values in timings.items()},
         "total": summarize(totals),
+        "ops": count_frame(segmenter, inputs),
     }
     if device.type == "cuda":
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -1,11 +1,18 @@
 """Space-filling-curve codes that order PTv3's attention patches: z-order and Hilbert, and "-trans".
 
-Bit-exact with the reference implementation's codes, written as integer arithmetic on int64 tensors
-(CPU and CUDA; loops over bit levels only):
+Bit-exact with the reference implementation's codes:
 - z-order: bit interleaving, x at bit 3i+2, y at 3i+1, z at 3i;
 - Hilbert: Skilling's transform (Programming the Hilbert curve, 2004) with x the most significant axis,
   i.e. the index the reference computes with its bit-array version;
 - "-trans": x and y swapped first.
+
+Shaped for the GPU: a handful of int64 tensor ops on all points at once, no host sync, no branch on the
+data. z-order spreads each 16-bit coordinate with one lookup in a 2**16-entry table. Skilling's
+transform is a finite-state machine over the octants of the z-order code, read from the top level
+down (48 states: the axis permutation and reflections applied to the lower bits, and the parity the
+final Gray decode carries); a table `(state, 4 levels of octants) -> (12 code bits, next state)` runs
+it in 4 lookups for depth 16. A smaller depth d is the same walk over 16 - d leading zero octants
+started from the state that those zeros lead back to the machine's start: one lookup per point.
 
 One deliberate difference: the reference takes one depth for the whole batch (from the batch's largest
 coordinate) and puts the cloud index at bit 3 * depth. Hilbert order depends on the depth, so here each
@@ -15,89 +22,182 @@ alone, whatever else is in the batch. A single cloud gets the reference's codes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 ORDERS: tuple[str, ...] = ("z", "z-trans", "hilbert", "hilbert-trans")
 MAX_DEPTH = 16
 BATCH_SHIFT = 3 * MAX_DEPTH
-
-_SPREAD = (
-    (32, 0x1F00000000FFFF),
-    (16, 0x1F0000FF0000FF),
-    (8, 0x100F00F00F00F00F),
-    (4, 0x10C30C30C30C30C3),
-    (2, 0x1249249249249249),
-)
+_STEP_LEVELS = 4  # octant levels per Hilbert table lookup
+_STEP_BITS = 3 * _STEP_LEVELS
+_STEP_MASK = (1 << _STEP_BITS) - 1
 
 
-def _spread_bits(v: Tensor) -> Tensor:
-    """Put bit i of v (< 2**21) at bit 3i."""
-    v = v & 0x1FFFFF
-    for shift, mask in _SPREAD:
-        v = (v | (v << shift)) & mask
-    return v
+def _octant_bits(octant: int) -> tuple[int, int, int]:
+    return (octant >> 2) & 1, (octant >> 1) & 1, octant & 1
 
 
-def _interleave(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
-    return (_spread_bits(x) << 2) | (_spread_bits(y) << 1) | _spread_bits(z)
+def _octant(bits: Sequence[int]) -> int:
+    return bits[0] << 2 | bits[1] << 1 | bits[2]
 
 
-def _hilbert(x: Tensor, y: Tensor, z: Tensor, depth: Tensor | int) -> Tensor:
-    """Skilling's AxesToTranspose, then the transposed bits read as one index; depth per point or shared."""
-    axes = [x.clone(), y.clone(), z.clone()]
-    depth = torch.as_tensor(depth, device=x.device)
-    for level in range(MAX_DEPTH - 1, 0, -1):  # Q = 2**level, from the top bit down to 2
-        active = level < depth
-        q, p = 1 << level, (1 << level) - 1
+def _skilling_level(bits: tuple[int, int, int]) -> tuple[int, ...]:
+    """The map (as an 8-entry octant table) that one level of AxesToTranspose applies to the lower bits.
+
+    For each axis i in turn: its bit at this level set -> invert axis 0's lower bits, else exchange the
+    lower bits of axes 0 and i.
+    """
+
+    def apply(octant: int) -> int:
+        lower = list(_octant_bits(octant))
         for i in range(3):
-            on = active & ((axes[i] & q) != 0)
-            axes[0] = axes[0] ^ torch.where(on, p, 0)
-            if i:
-                swap = torch.where(active & ~on, (axes[0] ^ axes[i]) & p, 0)
-                axes[0] = axes[0] ^ swap
-                axes[i] = axes[i] ^ swap
-    code = _interleave(*axes)
-    for shift in (1, 2, 4, 8, 16, 32):  # Gray decode of the interleaved bit stream (prefix xor from the top)
-        code = code ^ (code >> shift)
+            if bits[i]:
+                lower[0] ^= 1
+            elif i:
+                lower[0], lower[i] = lower[i], lower[0]
+        return _octant(lower)
+
+    return tuple(apply(o) for o in range(8))
+
+
+@functools.cache
+def _hilbert_machine() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-level state machine: (next state (S, 8), 3 code bits (S, 8), start state for each depth 0..16).
+
+    A state is (the octant map applied to this level's bits, the parity of all code bits above): the
+    level's transformed bits t give code bits by the prefix xor from the top (Gray decode), and the
+    state of the next level composes this level's `_skilling_level(t)` after the map.
+    """
+    identity = (tuple(range(8)), 0)
+    index, states, moves = {identity: 0}, [identity], []
+    while len(moves) < len(states):
+        mapping, parity = states[len(moves)]
+        row = []
+        for octant in range(8):
+            t = _octant_bits(mapping[octant])
+            d2 = parity ^ t[0]
+            d1 = d2 ^ t[1]
+            d0 = d1 ^ t[2]
+            level = _skilling_level(t)
+            following = (tuple(level[mapping[o]] for o in range(8)), d0)
+            if following not in index:
+                index[following] = len(states)
+                states.append(following)
+            row.append((index[following], d2 << 2 | d1 << 1 | d0))
+        moves.append(row)
+    table = np.array(moves, dtype=np.int64)  # (S, 8, 2)
+    successor, code = table[..., 0], table[..., 1]
+    start = [_start_for_depth(successor, code, depth) for depth in range(MAX_DEPTH + 1)]
+    return successor, code, np.array(start, dtype=np.int64)
+
+
+def _start_for_depth(successor: np.ndarray, code: np.ndarray, depth: int) -> int:
+    """The state from which MAX_DEPTH - depth zero octants emit zeros and end in the start state 0."""
+    for state in range(len(successor)):
+        current, silent = state, True
+        for _ in range(MAX_DEPTH - depth):
+            silent &= code[current, 0] == 0
+            current = successor[current, 0]
+        if silent and current == 0:
+            return state
+    raise AssertionError(f"no Hilbert start state for depth {depth}")  # the machine guarantees one
+
+
+@dataclass(frozen=True)
+class _Tables:
+    spread: Tensor  # (2**16,) bit i of the index at bit 3i
+    axis_weights: Tensor  # (2, 3) z-order's (x, y, z) shifts as factors: plain and "-trans"
+    hilbert_step: Tensor  # (S * 4096,) next state * 4096 << 12 | 12 code bits
+    hilbert_start: Tensor  # (17,) start state * 4096 for each depth
+
+
+@functools.cache
+def _tables(device: torch.device) -> _Tables:
+    """The lookup tables, built once per device."""
+    values = np.arange(1 << MAX_DEPTH, dtype=np.int64)
+    spread = np.zeros_like(values)
+    for bit in range(MAX_DEPTH):
+        spread |= ((values >> bit) & 1) << (3 * bit)
+    successor, code, start = _hilbert_machine()
+    states = len(successor)
+    state = np.repeat(np.arange(states, dtype=np.int64), 1 << _STEP_BITS)
+    octants = np.tile(np.arange(1 << _STEP_BITS, dtype=np.int64), states)
+    bits = np.zeros_like(state)
+    for level in range(_STEP_LEVELS - 1, -1, -1):
+        octant = (octants >> (3 * level)) & 7
+        bits = (bits << 3) | code[state, octant]
+        state = successor[state, octant]
+    step = (state << _STEP_BITS) << _STEP_BITS | bits
+    return _Tables(
+        spread=torch.from_numpy(spread).to(device),
+        axis_weights=torch.tensor([[4, 2, 1], [2, 4, 1]], dtype=torch.long, device=device),
+        hilbert_step=torch.from_numpy(step).to(device),
+        hilbert_start=torch.from_numpy(start << _STEP_BITS).to(device),
+    )
+
+
+def _hilbert(zcode: Tensor, depth: Tensor | int, tables: _Tables) -> Tensor:
+    """Hilbert codes from z-order codes: the state machine, 4 levels per lookup, top level first."""
+    base = tables.hilbert_start[depth]
+    code = None
+    for shift in range(BATCH_SHIFT - _STEP_BITS, -1, -_STEP_BITS):
+        entry = tables.hilbert_step[base | ((zcode >> shift) & _STEP_MASK)]
+        bits = entry & _STEP_MASK
+        code = bits if code is None else (code << _STEP_BITS) | bits
+        if shift:
+            base = entry >> _STEP_BITS
     return code
 
 
-def encode(grid_coord: Tensor, depth: int | Tensor, order: str) -> Tensor:
-    """(N,) int64 code of (N, 3) non-negative grid coordinates (< 2**depth) along curve `order`.
+def encode_orders(grid_coord: Tensor, depth: int | Tensor, orders: Sequence[str]) -> Tensor:
+    """(K, N) int64 codes of (N, 3) grid coordinates (0 <= c < 2**depth <= 2**16) along each curve.
 
     `depth` may be one int or an (N,) tensor (per point); it matters for Hilbert only.
     """
-    if order not in ORDERS:
-        raise ValueError(f"unknown serialization order {order!r}; expected one of {ORDERS}")
-    grid = grid_coord.long()
-    x, y, z = grid[:, 0], grid[:, 1], grid[:, 2]
-    if order.endswith("-trans"):
-        x, y = y, x
-    if order.startswith("z"):
-        return _interleave(x, y, z)
-    return _hilbert(x, y, z, depth)
+    unknown = [o for o in orders if o not in ORDERS]
+    if unknown:
+        raise ValueError(f"unknown serialization order {unknown[0]!r}; expected one of {ORDERS}")
+    tables = _tables(grid_coord.device)
+    spread = tables.spread[grid_coord.long()]  # (N, 3)
+    zcodes = (spread.unsqueeze(0) * tables.axis_weights.unsqueeze(1)).sum(dim=2)  # (2, N): z, z-trans
+    codes = {"z": zcodes[0], "z-trans": zcodes[1]}
+    if any(o.startswith("hilbert") for o in orders):
+        hilbert = _hilbert(zcodes, depth, tables)
+        codes.update({"hilbert": hilbert[0], "hilbert-trans": hilbert[1]})
+    return torch.stack([codes[o] for o in orders])
+
+
+def encode(grid_coord: Tensor, depth: int | Tensor, order: str) -> Tensor:
+    """(N,) int64 code of (N, 3) grid coordinates (0 <= c < 2**depth <= 2**16) along curve `order`."""
+    return encode_orders(grid_coord, depth, (order,))[0]
 
 
 def cloud_depths(grid_coord: Tensor, offset: Tensor) -> Tensor:
-    """(B,) depth of each cloud: bit length of (its largest grid coordinate + 1), as the reference."""
-    batch = _batch_of(offset, grid_coord.shape[0])
+    """(B,) depth of each cloud: bit length of (its largest grid coordinate + 1), as the reference.
+
+    Checked without a host sync: a depth above 16 (a coordinate of 2**16 - 1 or more) fails an
+    asynchronous assert (on CUDA a device-side assert; `grid.grid_sample` rejects such clouds earlier,
+    naming the cloud).
+    """
+    return _depths(grid_coord, _batch_of(offset, grid_coord.shape[0]), len(offset))
+
+
+def _depths(grid_coord: Tensor, batch: Tensor, clouds: int) -> Tensor:
     largest = grid_coord.long().amax(dim=1)
-    cloud_max = torch.zeros(len(offset), dtype=torch.long, device=grid_coord.device)
+    cloud_max = torch.zeros(clouds, dtype=torch.long, device=grid_coord.device)
     cloud_max = cloud_max.scatter_reduce(0, batch, largest, "amax")
-    powers = torch.pow(2, torch.arange(MAX_DEPTH + 2, device=grid_coord.device))
-    depth = ((cloud_max + 1).unsqueeze(1) >= powers).sum(dim=1)
-    too_deep = depth > MAX_DEPTH
-    if bool(too_deep.any()):
-        cloud = int(too_deep.nonzero()[0])
-        raise ValueError(
-            f"cloud {cloud} spans {int(cloud_max[cloud]) + 1} voxels along an axis: more than "
-            f"2**{MAX_DEPTH}; use a coarser grid or crop the cloud"
-        )
-    return depth
+    torch._assert_async(
+        cloud_max.amax() < (1 << MAX_DEPTH) - 1,
+        f"serialization: grid coordinates must be below {(1 << MAX_DEPTH) - 1} (depth <= {MAX_DEPTH}); "
+        "use a coarser grid or crop the cloud",
+    )
+    powers = torch.pow(2, torch.arange(MAX_DEPTH + 1, device=grid_coord.device))
+    return ((cloud_max + 1).unsqueeze(1) >= powers).sum(dim=1)
 
 
 def _batch_of(offset: Tensor, n: int) -> Tensor:
@@ -114,12 +214,11 @@ class Serialization:
 
 
 def serialize(grid_coord: Tensor, offset: Tensor, orders: Sequence[str]) -> Serialization:
-    """Codes, orders and inverse orders of a batch of clouds along each curve in `orders`."""
+    """Codes, orders and inverse orders of a batch of clouds along each curve in `orders` (no host sync)."""
     n = grid_coord.shape[0]
     batch = _batch_of(offset, n)
-    depth = cloud_depths(grid_coord, offset)
-    point_depth = depth[batch]
-    code = torch.stack([(batch << BATCH_SHIFT) | encode(grid_coord, point_depth, o) for o in orders])
+    depth = _depths(grid_coord, batch, len(offset))
+    code = (batch << BATCH_SHIFT) | encode_orders(grid_coord, depth[batch], orders)
     order = torch.argsort(code, dim=1)
     positions = torch.arange(n, device=grid_coord.device).expand(len(orders), n)
     inverse = torch.empty_like(order).scatter_(1, order, positions)
