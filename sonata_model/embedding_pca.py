@@ -39,9 +39,16 @@ class EmbeddingPCA:
         basis = self.basis if components is None else self.basis[:, :components]
         return (feat.float() - self.mean.to(feat.device)) @ basis.to(feat.device)
 
-    def rgb(self, feat: Tensor) -> Tensor:
-        """(N, 3) uint8 colours from the first three components, scaled by ranges fixed on first use."""
-        projected = self.project(feat, 3)
+    def linear(self, components: int) -> tuple[Tensor, Tensor]:
+        """(weight (D, C), bias (D,)) with `feat @ weight.T + bias == project(feat, D)`: the projection as
+        a linear map, which `SegmentationResult.project_embedding` applies without the full upcast."""
+        basis = self.basis[:, :components]
+        return basis.t().contiguous(), -(self.mean @ basis)
+
+    def rgb(self, projected: Tensor) -> Tensor:
+        """(N, 3) uint8 colours from the first three components (`projected`, (N, >= 3)), scaled by
+        ranges fixed on first use."""
+        projected = projected[:, :3].float()
         if self._low is None:
             self._low = torch.quantile(projected[:: max(1, len(projected) // 10000)], 0.01, dim=0)
             self._high = torch.quantile(projected[:: max(1, len(projected) // 10000)], 0.99, dim=0)

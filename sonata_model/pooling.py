@@ -94,6 +94,15 @@ def upcast(levels: Sequence[Point], start: int = 0) -> Tensor:
     return feat
 
 
+def upcast_rows(levels: Sequence[Point], rows: Tensor) -> Tensor:
+    """`upcast(levels)[rows]` without building the upcast of the other rows."""
+    index, parts = rows, [levels[0].feat[rows]]
+    for level in levels[1:]:
+        index = level.pooling_inverse[index]
+        parts.append(level.feat[index])
+    return torch.cat(parts, dim=1)
+
+
 def linear_upcast(levels: Sequence[Point], weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`upcast(levels) @ weight.T + bias` without building the upcast.
 

@@ -27,7 +27,7 @@ from .encoder import SonataEncoder
 from .grid import GridSample, grid_sample, offset_to_batch
 from .normals import NORMAL_MODES, estimate_normals
 from .point import Point
-from .pooling import linear_upcast, upcast
+from .pooling import linear_upcast, upcast, upcast_rows
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -56,7 +56,8 @@ class SegmentationResult:
     timings_ms: dict[str, float]
     _labels: Tensor | None = field(repr=False)
     _probability: Tensor | None = field(repr=False)
-    _embedding: Callable[[], Tensor] = field(repr=False)  # computes the (M, C) upcast on first use
+    _features: _Features = field(repr=False)  # the batch's encoder levels
+    _voxels: slice = field(repr=False)  # this cloud's rows among the batch's voxels
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -75,8 +76,16 @@ class SegmentationResult:
 
     @property
     def embedding_tensor(self) -> Tensor:
-        """The embedding on the device where it was computed (built on first access, then kept)."""
-        return self._embedding()
+        """The (M, C) embedding on the device (the full upcast, built on first access, then kept)."""
+        return self._features.full()[self._voxels]
+
+    def project_embedding(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """(M, D) float32 `embedding @ weight.T + bias` on the device, without building the (M, C) upcast."""
+        return self._features.project(weight, bias)[self._voxels]
+
+    def embedding_rows(self, rows: Tensor) -> Tensor:
+        """(R, C) float32 embedding of the voxels `rows` only (e.g. a sample to fit a PCA basis on)."""
+        return self._features.rows(rows.to(self._features.device) + self._voxels.start)
 
 
 class Segmenter:
@@ -146,7 +155,7 @@ class Segmenter:
             logits = None
             if self.head is not None:
                 logits = linear_upcast(levels, self.head.seg_head.weight, self.head.seg_head.bias)
-        embedding = _Lazy(lambda: self._upcast(levels))
+        features = _Features(levels, self._autocast)
         labels = probability = None
         if logits is not None:
             probability, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
@@ -155,12 +164,7 @@ class Segmenter:
             labels = torch.where(inside, labels[voxel], -1)
             probability = torch.where(inside, probability[voxel], 0.0)
         timer.mark("head")
-        return self._split(counts, voxels, labels, probability, embedding, timer.finish())
-
-    @torch.inference_mode()
-    def _upcast(self, levels: list[Point]) -> Tensor:
-        with self._autocast():
-            return upcast(levels)
+        return self._split(counts, voxels, labels, probability, features, timer.finish())
 
     def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> tuple[Point, GridSample, list[int]]:
         """The domain's input transform on the device: the encoder's input `Point` and the voxels.
@@ -284,7 +288,7 @@ class Segmenter:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    def _split(self, counts, voxels, labels, probability, embedding, timings) -> list[SegmentationResult]:
+    def _split(self, counts, voxels, labels, probability, features, timings) -> list[SegmentationResult]:
         point_ends = np.cumsum(counts)
         voxel_ends = voxels.offset.cpu().numpy()
         inverse = voxels.inverse.cpu().numpy()
@@ -301,22 +305,42 @@ class Segmenter:
                     timings_ms=timings,
                     _labels=None if labels is None else labels[p0:p1],
                     _probability=None if probability is None else probability[p0:p1],
-                    _embedding=_Lazy(lambda v0=v0, v1=v1: embedding()[v0:v1]),
+                    _features=features,
+                    _voxels=slice(int(v0), int(v1)),
                 )
             )
         return results
 
 
-class _Lazy:
-    """A value computed on first call and kept (the embedding upcast, only when someone reads it)."""
+class _Features:
+    """The encoder levels of one batch and what is read from them: the full all-level upcast (built on
+    first use, then kept), linear projections of it and rows of it (neither builds the full upcast)."""
 
-    def __init__(self, compute: Callable[[], Tensor]) -> None:
-        self._compute, self._value = compute, None
+    def __init__(self, levels: list[Point], autocast: Callable[[], AbstractContextManager]) -> None:
+        self.levels, self.autocast, self._full = levels, autocast, None
 
-    def __call__(self) -> Tensor:
-        if self._value is None:
-            self._value, self._compute = self._compute(), None
-        return self._value
+    @property
+    def device(self) -> torch.device:
+        return self.levels[0].feat.device
+
+    @torch.inference_mode()
+    def full(self) -> Tensor:
+        if self._full is None:
+            with self.autocast():
+                self._full = upcast(self.levels)
+        return self._full
+
+    @torch.inference_mode()
+    def project(self, weight: Tensor, bias: Tensor | None) -> Tensor:
+        with self.autocast():
+            return linear_upcast(
+                self.levels, weight.to(self.device), None if bias is None else bias.to(self.device)
+            ).float()
+
+    @torch.inference_mode()
+    def rows(self, rows: Tensor) -> Tensor:
+        with self.autocast():
+            return upcast_rows(self.levels, rows).float()
 
 
 def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.ndarray:

@@ -87,9 +87,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("sensor_to_base_rotation", [0.0, 0.0, 0.0, 1.0], "Static sensor -> base rotation quaternion [x, y, z, w]."),
     Param(
         "embedding_dim",
-        0,
-        "Dimensions of ~/output/embeddings: 0 publishes all channels, D > 0 projects "
-        "on the first D principal components.",
+        32,
+        "Dimensions of ~/output/embeddings: D > 0 projects each voxel's embedding on its first D principal "
+        "components (on the device); 0 publishes all channels (1,232 floats per voxel for the sonata configs: "
+        "hundreds of MB per LiDAR frame).",
     ),
     Param("pca_frames", 5, "Frames used to fit the embedding PCA basis when the model carries none; then fixed."),
     Param("processing_budget_ms", 100.0, "Diagnostics WARN when the mean processing time exceeds this."),

@@ -72,6 +72,12 @@ class PerceptionNode(Node):
             transform=_input_transform(encoder.config, self.p["domain"], self.p["grid_size"]),
         )
         self._warn_about_domain(self.p["checkpoint"])
+        if self.p["embedding_dim"] == 0:
+            width = encoder.config.head_channels
+            self.get_logger().warning(
+                f"embedding_dim 0: ~/output/embeddings carries all {width} channels ({4 * width} bytes) per voxel, "
+                "hundreds of MB per LiDAR frame; embedding_dim: 32 publishes the principal components"
+            )
         self.labels = model.label_set
         self.palette = packed_palette(self.labels.colors)
         self.rotation, self.translation = _transform(
@@ -299,23 +305,25 @@ class PerceptionNode(Node):
         return keep
 
     def _embedding_messages(self, msg, cloud, selected, result, xyz, want_embeddings: bool, want_rgb: bool) -> list:
-        feat = result.embedding_tensor
+        """The embeddings cloud (D principal components per voxel, or all channels) and the PCA-colour
+        cloud, projected on the device without building the full upcast (except for D = 0)."""
         dim = self.p["embedding_dim"]
-        needs_pca = want_rgb or dim > 0
-        if needs_pca and self.pca is None:
-            self._pca_samples.append(feat[:: max(1, feat.shape[0] // 20000)].float().cpu())
+        if (want_rgb or dim > 0) and self.pca is None:
+            voxels = len(result.voxel_index)
+            self._pca_samples.append(result.embedding_rows(torch.arange(0, voxels, max(1, voxels // 20000))).cpu())
             if len(self._pca_samples) < self.p["pca_frames"]:
                 return []
             self.pca = EmbeddingPCA.fit(torch.cat(self._pca_samples), max(3, dim))
             self._pca_samples.clear()
             self.get_logger().info(f"embedding PCA basis fitted on {self.p['pca_frames']} frames and fixed")
-        out = []
+        out, projected = [], None
         if want_embeddings:
-            projected = self.pca.project(feat, dim) if dim > 0 else feat.float()
+            projected = result.project_embedding(*self.pca.linear(dim)) if dim > 0 else result.embedding_tensor.float()
             centres = cloud.coord[selected][result.voxel_index]
             out.append((self.out_embeddings, embedding_cloud(msg.header, centres, projected.cpu().numpy())))
         if want_rgb:
-            voxel_rgb = self.pca.rgb(feat).cpu().numpy()
+            first = projected if projected is not None and dim >= 3 else result.project_embedding(*self.pca.linear(3))
+            voxel_rgb = self.pca.rgb(first).cpu().numpy()
             rgb = np.full((cloud.num_input_points, 3), 128, np.uint8)
             segmented = result.voxel_of_point >= 0
             rgb[np.flatnonzero(cloud.valid)[selected][segmented]] = voxel_rgb[result.voxel_of_point[segmented]]

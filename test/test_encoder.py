@@ -190,3 +190,15 @@ def test_train_mode_runs_with_gradients_to_every_parameter():
     upcast(encoder(point)).square().mean().backward()
     missing = [name for name, p in encoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+def test_projected_embeddings_and_rows_equal_the_full_upcast_without_building_it(tiny):
+    scene = room(3000, seed=2)
+    out = tiny(scene["coord"], color=scene["color"], normal=scene["normal"])
+    weight, bias = torch.randn(8, tiny.config.head_channels), torch.randn(8)
+    projected = out.project_embedding(weight, bias)
+    rows = out.embedding_rows(torch.tensor([0, 5, 17]))
+    assert out._features._full is None  # neither built the (M, C) upcast
+    full = out.embedding_tensor
+    torch.testing.assert_close(projected, full @ weight.T + bias, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rows, full[[0, 5, 17]])

@@ -40,7 +40,9 @@ def node(model_files):
         [
             "--params-file",
             "config/perception.yaml",
-            *node_parameters(encoder, head, frame_id="lidar", max_points=150000, pca_frames=1),
+            *node_parameters(
+                encoder, head, frame_id="lidar", max_points=150000, pca_frames=1, missing_intensity="reject"
+            ),
             "-r",
             "~/input/pointcloud:=/test/points",
         ],
@@ -197,8 +199,11 @@ def test_embeddings_are_published_only_to_subscribers(talk, client, node, frame)
         talk.ask(cloud(frame, "velodyne"))
     embeddings, rgb = received["embeddings"], received["embedding_rgb"]
     field = next(f for f in embeddings.fields if f.name == "embedding")
-    assert field.count == sm.get_config("tiny").head_channels
+    assert field.count == 32  # the default: 32 principal components, not the 160 channels of the upcast
     assert embeddings.width < frame.num_points  # one row per voxel
+    values = structured_view(embeddings).reshape(-1)["embedding"]
+    variance = values.var(axis=0)
+    assert variance[0] > variance[5] > variance[31] > 0  # principal components, by decreasing variance
     assert rgb.width == frame.num_points and [f.name for f in rgb.fields] == ["x", "y", "z", "rgb"]
     node.wait_for_line("PCA basis fitted", timeout=5)
     for subscription in subscriptions:

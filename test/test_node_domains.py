@@ -9,12 +9,14 @@ import signal
 import numpy as np
 import pytest
 import torch
-from ros_helpers import NodeProcess, node_parameters, spin_until
+from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
+from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import Header
 from test_node import Conversation, cloud
 
 import sonata_model as sm
 from sonata_model.io.frame import Frame
-from sonata_model.io.pointcloud2 import decode, structured_view
+from sonata_model.io.pointcloud2 import decode, encode, structured_view, to_message
 from sonata_model.synth.drive import generate_drive
 
 CLASSES = 13
@@ -81,3 +83,27 @@ def test_utonia_checkpoint_labels_a_velodyne_cloud_outdoors(utonia_files, client
         if node.process.poll() is None:
             assert node.stop(signal.SIGINT) == 0
     assert "Traceback" not in node.output
+
+
+def test_a_cloud_without_intensity_is_labelled_with_zero_strength_by_default(tmp_path, client):
+    """Most Hesai / Velodyne frames from some drivers carry x, y, z only: the node labels them (strength 0,
+    warned) instead of rejecting them, unless missing_intensity: reject."""
+    encoder, head = write_test_model(tmp_path)
+    node = NodeProcess(
+        "sonata_ros.perception_node", [*node_parameters(encoder, head), "-r", "~/input/pointcloud:=/xyz/points"]
+    )
+    try:
+        node.wait_for_line("ready:")
+        talk = Conversation(client, input_topic="/xyz/points")
+        spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 30, "the node's subscription")
+        frame = next(iter(generate_drive("vlp16", frames=1, seed=4)))
+        xyz = {axis: frame.coord[:, i] for i, axis in enumerate("xyz")}
+        msg = to_message(encode(None, xyz), PointCloud2, PointField, Header())
+        answer = structured_view(talk.ask(msg)).reshape(-1)
+        segmenter = sm.Segmenter(sm.load(encoder), sm.load_head(head), device="cpu")
+        expected = segmenter(frame.coord, strength=np.zeros(frame.num_points, np.float32)).labels
+        assert np.mean(answer["class_id"] == expected) > 0.999
+        node.wait_for_line("cloud has no intensity", timeout=5)
+    finally:
+        if node.process.poll() is None:
+            assert node.stop(signal.SIGINT) == 0
