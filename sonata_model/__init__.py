@@ -13,6 +13,7 @@ Public API (the node, the offline tools and outside checks use exactly this)::
 from .checkpoint import CheckpointError, LinearHead, load, load_head, save_encoder, save_head
 from .configs import CONFIGS, ConfigError, EncoderConfig, get_config
 from .encoder import SonataEncoder, count_parameters
+from .plan import FramePlan, SizeBuckets, build_plan
 from .point import Point
 from .pooling import upcast
 from .segmenter import Cloud, SegmentationResult, Segmenter
@@ -23,11 +24,14 @@ __all__ = [
     "Cloud",
     "ConfigError",
     "EncoderConfig",
+    "FramePlan",
     "LinearHead",
     "Point",
     "SegmentationResult",
     "Segmenter",
+    "SizeBuckets",
     "SonataEncoder",
+    "build_plan",
     "count_parameters",
     "get_config",
     "load",

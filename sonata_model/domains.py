@@ -103,40 +103,45 @@ class InputTransform:
         box = torch.tensor(self.range_box, dtype=coord.dtype, device=coord.device)
         return ((coord >= box[:3]) & (coord <= box[3:])).all(dim=1)
 
-    def to_model(self, coord: Tensor, offset: Tensor) -> Tensor:
-        """Steps 2-4 on a batch of clouds (rows offset[b-1]:offset[b]) in metres -> model units."""
-        batch = offset_to_batch(offset, coord.shape[0])
+    def to_model(self, coord: Tensor, batch: Tensor, num_clouds: int, valid: Tensor | None = None) -> Tensor:
+        """Steps 2-4 on a batch of clouds (`batch` (N,): each point's cloud) in metres -> model units;
+        the per-cloud centre and radius are taken over the `valid` points (default: all)."""
         if self.unit_sphere:
-            centroid = _segment_mean(coord, batch, len(offset))
+            centroid = _segment_mean(coord, batch, num_clouds, valid)
             coord = coord - centroid[batch]
-            radius = torch.zeros(len(offset), dtype=coord.dtype, device=coord.device)
-            radius = radius.scatter_reduce(0, batch, coord.norm(dim=1), "amax", include_self=False)
+            norm = coord.norm(dim=1) if valid is None else torch.where(valid, coord.norm(dim=1), 0)
+            radius = torch.zeros(num_clouds, dtype=coord.dtype, device=coord.device)
+            radius = radius.scatter_reduce(0, batch, norm, "amax", include_self=False)
             coord = coord / radius.clamp_min(torch.finfo(coord.dtype).tiny)[batch, None]
         coord = coord * self.scale
         if self.centre == "xyz":
-            coord = coord - bounding_box_shift(coord, batch, len(offset), with_z=True)[batch]
+            coord = coord - bounding_box_shift(coord, batch, num_clouds, with_z=True, valid=valid)[batch]
         return coord
 
-    def after_grid(self, voxel_coord: Tensor, voxel_offset: Tensor) -> Tensor:
-        """Step 5's re-centring of the sampled voxels ("xy_after_grid"); identity otherwise."""
+    def after_grid_shift(self, voxel_coord: Tensor, voxel_offset: Tensor) -> Tensor:
+        """Step 5's (B, 3) per-cloud shift of the sampled voxels ("xy_after_grid": the x, y centre of their
+        bounding box); zeros for the other centres."""
         if self.centre != "xy_after_grid":
-            return voxel_coord
+            return voxel_coord.new_zeros((len(voxel_offset), 3))
         batch = offset_to_batch(voxel_offset, voxel_coord.shape[0])
-        return voxel_coord - bounding_box_shift(voxel_coord, batch, len(voxel_offset), with_z=False)[batch]
+        return bounding_box_shift(voxel_coord, batch, len(voxel_offset), with_z=False)
 
 
-def bounding_box_shift(coord: Tensor, batch: Tensor, clouds: int, with_z: bool) -> Tensor:
+def bounding_box_shift(coord: Tensor, batch: Tensor, clouds: int, with_z: bool, valid: Tensor | None = None) -> Tensor:
     """(B, 3) per cloud: x, y of the bounding-box centre, and z of its minimum (or 0 without z)."""
     index = batch.unsqueeze(1).expand_as(coord)
-    low = coord.new_full((clouds, 3), torch.inf).scatter_reduce(0, index, coord, "amin")
-    high = coord.new_full((clouds, 3), -torch.inf).scatter_reduce(0, index, coord, "amax")
+    low_values = coord if valid is None else torch.where(valid[:, None], coord, torch.inf)
+    high_values = coord if valid is None else torch.where(valid[:, None], coord, -torch.inf)
+    low = coord.new_full((clouds, 3), torch.inf).scatter_reduce(0, index, low_values, "amin")
+    high = coord.new_full((clouds, 3), -torch.inf).scatter_reduce(0, index, high_values, "amax")
     z = low[:, 2:] if with_z else torch.zeros_like(low[:, 2:])
     return torch.cat(((low[:, :2] + high[:, :2]) / 2, z), dim=1)
 
 
-def _segment_mean(coord: Tensor, batch: Tensor, clouds: int) -> Tensor:
-    total = coord.new_zeros((clouds, 3)).index_add_(0, batch, coord)
-    count = torch.bincount(batch, minlength=clouds).clamp_min(1).to(coord.dtype)
+def _segment_mean(coord: Tensor, batch: Tensor, clouds: int, valid: Tensor | None) -> Tensor:
+    weight = coord.new_ones(coord.shape[0]) if valid is None else valid.to(coord.dtype)
+    total = coord.new_zeros((clouds, 3)).index_add_(0, batch, coord * weight[:, None])
+    count = coord.new_zeros(clouds).index_add_(0, batch, weight).clamp_min(1)
     return total / count[:, None]
 
 

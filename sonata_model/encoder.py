@@ -2,8 +2,9 @@
 
 Module and parameter names reproduce the released checkpoints' state_dict keys
 (`embedding.stem.linear`, `enc.enc{s}.down.proj`, `enc.enc{s}.block{i}.cpe.0`, ...), so released
-weights load strictly. Blocks take `(feat, point)`: the feature tensor flows through the blocks while
-the level's shared structures (orders, neighbour map, patch layouts) stay on the `Point`.
+weights load strictly. The forward runs over a `FramePlan` (`sonata_model.plan`): every index a block
+needs (neighbour table, attention layout, pooling parents) is the plan's, so the forward is the maths
+only: no host sync, no Python branch on the data, fixed shapes per plan signature.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from torch.nn.init import trunc_normal_
 from .attention import SerializedAttention
 from .configs import EncoderConfig
 from .onednn import without_onednn
+from .plan import AttentionLayout, FramePlan, LevelPlan, build_plan
 from .point import Point
 from .pooling import GridPooling
-from .sparse_conv import SubMConv3d
+from .sparse_conv import SubMConv3d, default_backend
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -49,8 +51,6 @@ class Block(nn.Module):
         self,
         channels: int,
         num_heads: int,
-        patch_size: int,
-        order_index: int,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         qk_scale: float | None = None,
@@ -58,8 +58,6 @@ class Block(nn.Module):
         rope_base: float | None = None,
     ) -> None:
         super().__init__()
-        self.patch_size = patch_size
-        self.order_index = order_index
         self.drop_path = drop_path
         self.cpe = nn.ModuleList(
             [
@@ -73,11 +71,12 @@ class Block(nn.Module):
         self.norm2 = nn.Sequential(nn.LayerNorm(channels))
         self.mlp = nn.Sequential(MLP(channels, int(channels * mlp_ratio)))
 
-    def forward(self, feat: Tensor, point: Point) -> Tensor:
+    def forward(
+        self, feat: Tensor, level: LevelPlan, layout: AttentionLayout, rope_coord: Tensor | None, backend: str
+    ) -> Tensor:
         conv, linear, norm = self.cpe
-        feat = feat + norm(linear(conv(feat, point.geometry)))
-        layout = point.patch_layout(self.order_index, self.patch_size)
-        attended = self.attn(self.norm1(feat), layout, point.rope_coord)
+        feat = feat + norm(linear(conv(feat, level, backend)))
+        attended = self.attn(self.norm1(feat), layout, rope_coord)
         feat = feat + drop_path(attended, self.drop_path, self.training)
         return feat + drop_path(self.mlp(self.norm2(feat)), self.drop_path, self.training)
 
@@ -112,8 +111,6 @@ class Stage(nn.Module):
             block = Block(
                 channels,
                 config.enc_num_head[stage],
-                config.enc_patch_size[stage],
-                order_index=i % len(config.order),
                 mlp_ratio=config.mlp_ratio,
                 qkv_bias=config.qkv_bias,
                 qk_scale=config.qk_scale,
@@ -125,29 +122,30 @@ class Stage(nn.Module):
     def blocks(self) -> list[Block]:
         return [getattr(self, f"block{i}") for i in range(self.depth)]
 
-    def forward(self, level: Point, orders: tuple[str, ...]) -> Point:
-        """Pool (stages > 0), serialize along `orders`, run the blocks."""
+    def forward(
+        self, feat: Tensor, level: LevelPlan, orders: tuple[int, ...], rope_coord: Tensor | None, backend: str
+    ) -> Tensor:
+        """Pool (stages > 0), then the blocks; block i attends along the plan's order `orders[i % K]`."""
         if hasattr(self, "down"):
-            level = self.down(level)
-        level.serialize(orders)
-        feat = level.feat
-        for block in self.blocks():
-            feat = block(feat, level)
-        level.feat = feat
-        return level
+            feat = self.down(feat, level.parent, level.capacity)
+        for i, block in enumerate(self.blocks()):
+            feat = block(feat, level, level.layouts[orders[i % len(orders)]], rope_coord, backend)
+        return feat
 
 
 class SonataEncoder(nn.Module):
-    """PTv3 encoder: embedding, then stages of (grid pooling +) blocks.
+    """PTv3 encoder: embedding, then stages of (grid pooling +) blocks, over a `FramePlan`.
 
-    `forward` returns every level (finest first); `pooling.upcast` turns them into per-voxel features.
-    Inference is deterministic: the serialization orders are shuffled only in training mode.
+    `forward_plan(plan, feat)` returns every level's features (finest first, padding rows included);
+    `forward(point)` plans a batch of voxels, runs it and returns every level as a `Point` (real rows);
+    `pooling.upcast` turns levels into per-voxel features. Inference is deterministic: the serialization
+    orders are shuffled only in training mode.
     """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.sparse_backend: str | None = None  # None: chosen per device (sparse_conv.default_backend)
+        self.sparse_backend: str | None = None  # None: sparse_conv.default_backend()
         self.shuffle_orders = True
         self.meta: dict = {}  # provenance stored with the checkpoint (label set, training run)
         self.embedding = Embedding(config.in_channels, config.enc_channels[0], config.mask_token)
@@ -161,51 +159,65 @@ class SonataEncoder(nn.Module):
     def stages(self) -> list[Stage]:
         return [getattr(self.enc, f"enc{s}") for s in range(self.config.num_stages)]
 
-    def set_attention_kernel(self, kernel: str) -> None:
-        """ "sdpa" (default) or "flash" (flash_attn, CUDA half precision) for every block."""
-        for module in self.modules():
-            if isinstance(module, SerializedAttention):
-                module.kernel = kernel
-
-    def forward(self, point: Point) -> list[Point]:
-        with without_onednn(point.feat.device):
-            return self._forward(point)
-
-    def _forward(self, point: Point) -> list[Point]:
-        level = Point(
-            coord=point.coord,
-            grid_coord=point.grid_coord,
-            feat=self.embedding(point.feat, point.mask),
-            offset=point.offset,
+    def plan(self, point: Point, attention: str = "sdpa") -> FramePlan:
+        """The plan of a batch of distinct voxels (their rows stay level 0's rows)."""
+        return build_plan(
+            self.config,
+            point.coord,
+            point.grid_coord,
+            point.batch,
+            point.batch_size,
+            voxelize=False,
             origin_coord=point.origin_coord,
-            rope_scale=self._rope_scale(point.coord),
-            sparse_backend=self.sparse_backend,
+            attention=attention,
+            sparse_backend=self.sparse_backend or default_backend(),
         )
-        levels = []
-        for stage in self.stages():
-            level = stage(level, self._orders_for(stage))
-            levels.append(level)
-        return levels
 
-    def _rope_scale(self, coord: Tensor) -> Tensor | None:
+    def forward(self, point: Point, attention: str = "sdpa") -> list[Point]:
+        plan = self.plan(point, attention)
+        return plan.points(self.forward_plan(plan, point.feat, point.mask))
+
+    def forward_plan(self, plan: FramePlan, feat: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        """(C_0, in_channels) input features of level 0's rows (and the mask-token rows) -> the features
+        of every level, (C_s, enc_channels[s]); padding rows' values are unspecified."""
+        if torch.compiler.is_compiling():  # a compiled graph has fixed shapes: no oneDNN cache to outgrow
+            return self._forward_plan(plan, feat, mask)
+        with without_onednn(feat.device):
+            return self._forward_plan(plan, feat, mask)
+
+    def _forward_plan(self, plan: FramePlan, feat: Tensor, mask: Tensor | None) -> list[Tensor]:
+        if plan.orders != tuple(self.config.order):
+            raise ValueError(f"the plan has orders {plan.orders}, the encoder {tuple(self.config.order)}")
+        feat = self.embedding(feat, mask)
+        rope_scale = self.rope_scale(feat.device)
+        feats = []
+        for stage, level in zip(self.stages(), plan.levels, strict=True):
+            rope_coord = None
+            if self.config.rope_base is not None:
+                rope_coord = level.coord if rope_scale is None else level.coord * rope_scale
+            feat = stage(feat, level, self._orders(), rope_coord, plan.sparse_backend)
+            feats.append(feat)
+        return feats
+
+    def rope_scale(self, device: torch.device) -> Tensor | None:
         """Utonia's training augmentation of the RoPE coordinates only: a log-uniform factor per axis
         within [1/jitter, jitter] times a global one within [1/rescale, rescale]; none at inference."""
         jitter, rescale = self.config.jitter_coords, self.config.rescale_coords
         if not self.training or self.config.rope_base is None or not (jitter or rescale):
             return None
-        log_scale = torch.zeros(3, device=coord.device)
+        log_scale = torch.zeros(3, device=device)
         if jitter:
-            log_scale += torch.empty(3, device=coord.device).uniform_(-1, 1) * math.log(jitter)
+            log_scale += torch.empty(3, device=device).uniform_(-1, 1) * math.log(jitter)
         if rescale:
-            log_scale += torch.empty(1, device=coord.device).uniform_(-1, 1) * math.log(rescale)
-        return log_scale.exp().to(coord.dtype)
+            log_scale += torch.empty(1, device=device).uniform_(-1, 1) * math.log(rescale)
+        return log_scale.exp()
 
-    def _orders_for(self, stage: Stage) -> tuple[str, ...]:
-        """The curves a stage's blocks use: block i takes order i % K; training shuffles the K orders."""
-        orders = self.config.order
+    def _orders(self) -> tuple[int, ...]:
+        """The plan's curves in the order a stage's blocks take them (block i: i % K); training shuffles."""
+        count = len(self.config.order)
         if self.training and self.shuffle_orders:
-            orders = tuple(orders[i] for i in torch.randperm(len(orders)).tolist())
-        return orders[: min(stage.depth, len(orders))]
+            return tuple(torch.randperm(count).tolist())
+        return tuple(range(count))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -1,27 +1,25 @@
-"""Grid sampling (voxelization) on torch, CPU or CUDA: one representative point per voxel.
+"""Voxel grid arithmetic shared by the frame plan, the normals and pretraining: cells and packed keys.
 
 As the reference's GridSample, per cloud: grid = floor(coord / grid_size) minus the cloud's minimum.
-Voxels come out ordered by (cloud, x, y, z). The representative of a voxel is its lowest input index
-(deterministic, for inference) or a uniformly random member drawn from a seeded generator (training).
-`inverse` maps every input point to its voxel, which is how every input point gets a label.
+A voxel is named by one int64 key (`pack_keys`), ordered like (level, cloud, x, y, z): sorting keys
+sorts voxels the way the reference sorts unique rows, and adding `offset_keys(delta)` to a key moves
+it by a grid offset (coordinates carry a margin, so a step of a few cells never leaves its field).
+Everything here is a handful of tensor ops on all points, without a host sync.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 AXIS_LIMIT = 1 << 16  # serialization encodes grid coordinates below 2**16
-
-
-@dataclass
-class GridSample:
-    index: Tensor  # (M,) int64 representative input point of each voxel
-    inverse: Tensor  # (N,) int64 voxel of each input point
-    grid_coord: Tensor  # (M, 3) int64 per-cloud voxel coordinates >= 0
-    offset: Tensor  # (B,) int64 cumulative voxel counts
+AXIS_BITS = 17  # per axis in a key: coordinates < 2**16 plus a margin for neighbour offsets
+BATCH_BITS = 9  # clouds per batch < 2**9 (the largest cloud value marks padding rows)
+LEVEL_SHIFT = 3 * AXIS_BITS + BATCH_BITS  # 60: up to 7 levels below the sign bit
+MAX_CLOUDS = (1 << BATCH_BITS) - 1
+PAD_CLOUD = MAX_CLOUDS  # the cloud value of padding rows: sorts after every real cloud of a level
+_AXIS_MASK = (1 << AXIS_BITS) - 1
+_BATCH_MASK = (1 << BATCH_BITS) - 1
 
 
 def offset_to_batch(offset: Tensor, num_points: int | None = None) -> Tensor:
@@ -31,37 +29,39 @@ def offset_to_batch(offset: Tensor, num_points: int | None = None) -> Tensor:
     return torch.repeat_interleave(clouds, counts, output_size=num_points)
 
 
-def grid_sample(
-    coord: Tensor, offset: Tensor, grid_size: float, generator: torch.Generator | None = None
-) -> GridSample:
-    """Voxelize a batch of clouds (rows offset[b-1]:offset[b]) at `grid_size` (in the units of `coord`)."""
-    n = coord.shape[0]
-    batch = offset_to_batch(offset, n)
+def voxel_grid(coord: Tensor, batch: Tensor, num_clouds: int, grid_size: float, valid: Tensor | None = None) -> Tensor:
+    """(N, 3) int64 grid coordinates: floor(coord / grid_size) minus the minimum over each cloud's valid
+    points (rows with `valid` False get coordinates relative to their cloud too, but take no part)."""
     cell = torch.floor(coord / grid_size).long()
-    low = torch.full((len(offset), 3), torch.iinfo(torch.long).max, device=coord.device)
-    low = low.scatter_reduce(0, batch.unsqueeze(1).expand_as(cell), cell, "amin")
-    grid = cell - low[batch]
-    extent = grid.amax(dim=0)
-    if bool((extent >= AXIS_LIMIT).any()):
-        too_big = torch.zeros(len(offset), dtype=torch.long, device=coord.device).scatter_reduce(
-            0, batch, grid.amax(dim=1), "amax"
-        )
-        cloud = int(torch.argmax(too_big))
-        raise ValueError(
-            f"cloud {cloud} spans {int(too_big[cloud]) + 1} voxels of {grid_size:g} along an axis; "
-            f"at most {AXIS_LIMIT} fit: crop it or use a coarser grid"
-        )
-    key = (batch << 48) | (grid[:, 0] << 32) | (grid[:, 1] << 16) | grid[:, 2]
-    unique_keys, inverse = torch.unique(key, sorted=True, return_inverse=True)
-    m = unique_keys.shape[0]
-    if generator is None:
-        priority = torch.arange(n, device=coord.device)
-    else:
-        priority = torch.randperm(n, generator=generator, device=generator.device).to(coord.device)
-    best = torch.full((m,), n, dtype=torch.long, device=coord.device).scatter_reduce(0, inverse, priority, "amin")
-    point_of_priority = torch.empty_like(priority)
-    point_of_priority[priority] = torch.arange(n, device=coord.device)
-    index = point_of_priority[best]
-    voxel_batch = unique_keys >> 48
-    voxel_offset = torch.searchsorted(voxel_batch, torch.arange(len(offset), device=coord.device), right=True)
-    return GridSample(index=index, inverse=inverse, grid_coord=grid[index], offset=voxel_offset)
+    if valid is not None:
+        cell = torch.where(valid[:, None], cell, torch.iinfo(torch.long).max)
+    low = cell.new_full((num_clouds, 3), torch.iinfo(torch.long).max)
+    low = low.scatter_reduce(0, batch[:, None].expand_as(cell), cell, "amin")
+    return cell - low[batch]
+
+
+def pack_keys(grid: Tensor, batch: Tensor | int, level: Tensor | int = 0) -> Tensor:
+    """int64 key of (level, cloud, x, y, z); grid coordinates in [0, 2**17), cloud < 2**9, level < 8.
+
+    Broadcasts: `grid` (..., 3) with `batch` and `level` of its leading shape."""
+    weights = torch.tensor([1 << 2 * AXIS_BITS, 1 << AXIS_BITS, 1], dtype=torch.long, device=grid.device)
+    cloud_level = (torch.as_tensor(level, device=grid.device) << BATCH_BITS) + batch
+    return (grid * weights).sum(dim=-1) + (cloud_level << 3 * AXIS_BITS)
+
+
+def unpack_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of `pack_keys` without the level: (grid (..., 3) int64, cloud (...) int64)."""
+    shifts = torch.tensor([2 * AXIS_BITS, AXIS_BITS, 0], dtype=torch.long, device=keys.device)
+    grid = (keys.unsqueeze(-1) >> shifts) & _AXIS_MASK
+    return grid, (keys >> 3 * AXIS_BITS) & _BATCH_MASK
+
+
+def offset_keys(deltas: Tensor) -> Tensor:
+    """What adding each (K, 3) signed grid offset does to a `pack_keys` key (no field may leave its range)."""
+    return (deltas[:, 0] << 2 * AXIS_BITS) + (deltas[:, 1] << AXIS_BITS) + deltas[:, 2]
+
+
+def kernel_offsets(kernel_size: int, device: torch.device) -> Tensor:
+    """(K^3, 3) offsets in the order of a conv weight's (kx, ky, kz) axes."""
+    r = torch.arange(kernel_size, device=device) - kernel_size // 2
+    return torch.cartesian_prod(r, r, r)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .sparse_conv import offset_keys, pack_keys
+from .grid import offset_keys, pack_keys
 
 NORMAL_MODES = ("estimate", "zeros")
 MIN_NEIGHBOURS = 3

@@ -5,8 +5,9 @@ The input transform is the encoder family's reference transform for the chosen `
 missing modality where the domain allows; features concatenated in the checkpoint's `feature_keys`
 order), with the representative of each voxel chosen deterministically. Points outside the domain's
 range get label -1 (the node publishes 255, unknown). Everything after the host->device copy stays on
-the device; results are copied back on demand, so the large per-voxel embedding costs nothing unless
-it is read.
+the device: the frame plan (`sonata_model.plan`: voxels, levels, orders, patches, neighbours; the one
+host sync of a frame, to learn its sizes), the encoder forward over it, the head. Results are copied
+back on demand, so the large per-voxel embedding costs nothing unless it is read.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .attention import resolve_attention
 from .checkpoint import LinearHead
 from .configs import FEATURE_CHANNELS
 from .domains import InputTransform
 from .encoder import SonataEncoder
-from .grid import GridSample, grid_sample, offset_to_batch
+from .grid import voxel_grid
 from .normals import NORMAL_MODES, estimate_normals
+from .plan import EmptyCloudError, FramePlan, SizeBuckets, build_plan
 from .point import Point
 from .pooling import linear_upcast, upcast, upcast_rows
+from .sparse_conv import default_backend
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -51,13 +55,23 @@ class Cloud:
 class SegmentationResult:
     """Per-point labels and per-voxel embeddings of one cloud. Device tensors are copied on access."""
 
-    voxel_of_point: np.ndarray  # (N,) int64 index into the voxels; -1: outside the domain's range
-    voxel_index: np.ndarray  # (M,) int64 input point chosen to represent each voxel
     timings_ms: dict[str, float]
+    _voxel_of_point: Tensor = field(repr=False)  # (N,) this cloud's voxel of each point, -1 outside the range
+    _voxel_index: Tensor = field(repr=False)  # (M,) this cloud's point kept for each voxel
     _labels: Tensor | None = field(repr=False)
     _probability: Tensor | None = field(repr=False)
     _features: _Features = field(repr=False)  # the batch's encoder levels
     _voxels: slice = field(repr=False)  # this cloud's rows among the batch's voxels
+
+    @property
+    def voxel_of_point(self) -> np.ndarray:
+        """(N,) int64 index into the voxels of every input point; -1: outside the domain's range."""
+        return self._voxel_of_point.cpu().numpy()
+
+    @property
+    def voxel_index(self) -> np.ndarray:
+        """(M,) int64 input point chosen to represent each voxel (the lowest index in it)."""
+        return self._voxel_index.cpu().numpy()
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -88,6 +102,29 @@ class SegmentationResult:
         return self._features.rows(rows.to(self._features.device) + self._voxels.start)
 
 
+@dataclass
+class PreparedBatch:
+    """A batch of clouds ready for the encoder: its plan and level 0's input features, on the device."""
+
+    plan: FramePlan
+    feat: Tensor  # (C_0, in_channels) encoder input of level 0's rows
+    voxel_of_point: Tensor  # (N,) level-0 row of every input point (concatenated clouds); -1 outside the range
+    counts: list[int]  # input points per cloud
+
+    @property
+    def voxel_index(self) -> Tensor:
+        """(M,) input row (concatenated clouds) kept for each voxel: the lowest index in it."""
+        level = self.plan.levels[0]
+        return self.plan.representative[: level.num_voxels]
+
+    @property
+    def point(self) -> Point:
+        """The voxels (level 0's real rows) with their encoder input."""
+        level = self.plan.levels[0]
+        m = level.num_voxels
+        return Point(coord=level.coord[:m], grid_coord=level.grid_coord[:m], feat=self.feat[:m], offset=level.offset)
+
+
 class Segmenter:
     """Runs encoder (+ optional linear head) on numpy clouds, one label per input point.
 
@@ -95,7 +132,10 @@ class Segmenter:
     input transform; `transform` replaces it entirely. Feature keys come from the checkpoint.
     `normals`: what to feed checkpoints that need normals when a cloud has none ("estimate": PCA over
     neighbouring voxels on the device, facing the cloud's viewpoint; or "zeros"; default: "estimate"
-    indoors, "zeros" elsewhere).
+    indoors, "zeros" elsewhere). `attention`: "auto" (flash_attn on CUDA in half precision when
+    installed, else sdpa), "sdpa" or "flash". `buckets`: round every level's row count up to a shared
+    capacity (`plan.SizeBuckets`), so that frames of similar size share shapes (CUDA graphs, compiled
+    forwards); the padding rows change no output.
     """
 
     def __init__(
@@ -107,6 +147,8 @@ class Segmenter:
         normals: str | None = None,
         domain: str | None = None,
         transform: InputTransform | None = None,
+        attention: str = "auto",
+        buckets: SizeBuckets | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
@@ -120,10 +162,12 @@ class Segmenter:
             raise ValueError(
                 f"head reads {head.in_channels} channels but the encoder's upcast has {config.head_channels}"
             )
+        self.attention = resolve_attention(attention, self.device, precision)
         self.encoder = encoder.to(self.device).eval()
         self.head = None if head is None else head.to(self.device).eval()
         self.precision = precision
         self.normals = normals
+        self.buckets = buckets
         self.config = config
 
     @property
@@ -148,9 +192,9 @@ class Segmenter:
     def segment_batch(self, clouds: Sequence[Cloud]) -> list[SegmentationResult]:
         """Several clouds in one forward (e.g. several LiDARs); each result equals the cloud alone."""
         timer = StageTimer(self.device)
-        point, voxels, counts = self.prepare(clouds, timer)
+        prepared = self.prepare(clouds, timer)
         with self._autocast():
-            levels = self.encoder(point)
+            levels = self.encode(prepared)
             timer.mark("encoder")
             logits = None
             if self.head is not None:
@@ -159,78 +203,76 @@ class Segmenter:
         labels = probability = None
         if logits is not None:
             probability, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
-            inside = voxels.inverse >= 0
-            voxel = voxels.inverse.clamp(min=0)
+            inside = prepared.voxel_of_point >= 0
+            voxel = prepared.voxel_of_point.clamp(min=0)
             labels = torch.where(inside, labels[voxel], -1)
             probability = torch.where(inside, probability[voxel], 0.0)
         timer.mark("head")
-        return self._split(counts, voxels, labels, probability, features, timer.finish())
+        return self._split(prepared, labels, probability, features, timer.finish())
 
-    def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> tuple[Point, GridSample, list[int]]:
-        """The domain's input transform on the device: the encoder's input `Point` and the voxels.
+    def encode(self, prepared: PreparedBatch) -> list[Point]:
+        """The encoder's levels (real rows) for a prepared batch (call under `_autocast` and no grad)."""
+        return prepared.plan.points(self.encoder.forward_plan(prepared.plan, prepared.feat))
 
-        The voxels' `index` and `inverse` refer to the input rows (concatenated clouds); `inverse` is
-        -1 for points outside the domain's range.
-        """
+    def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> PreparedBatch:
+        """The domain's input transform and the frame plan, on the device (see `PreparedBatch`)."""
         timer = timer or StageTimer(self.device)
         coord, feat, counts = self._inputs(clouds)
         timer.mark("prepare")
         coord, feat = self._to_device(coord), self._to_device(feat)
-        rows, offset = self._inside(coord, counts)
-        model_coord = self.transform.to_model(coord[rows], offset)
-        voxels = grid_sample(model_coord, offset, self.transform.grid)
-        voxel_coord = self.transform.after_grid(model_coord[voxels.index], voxels.offset)
-        kept = rows[voxels.index]
-        other = feat[kept]
-        if self._estimates_normals(clouds):
-            other = self._with_estimated_normals(other, coord[kept], voxels, clouds)
-        point = Point(
-            coord=voxel_coord,
-            grid_coord=voxels.grid_coord,
-            feat=self._voxel_features(voxel_coord, other),
-            offset=voxels.offset,
+        num_clouds = len(counts)
+        batch = torch.repeat_interleave(
+            torch.arange(num_clouds, device=self.device),
+            self._to_device(np.array(counts, np.int64)),
+            output_size=coord.shape[0],
         )
-        inverse = torch.full((coord.shape[0],), -1, dtype=torch.long, device=coord.device)
-        inverse[rows] = voxels.inverse
+        inside = None if self.transform.range_box is None else self.transform.inside(coord)
+        model_coord = self.transform.to_model(coord, batch, num_clouds, inside)
+        grid = voxel_grid(model_coord, batch, num_clouds, self.transform.grid, inside)
+        try:
+            plan = build_plan(
+                self.config,
+                model_coord,
+                grid,
+                batch,
+                num_clouds,
+                voxelize=True,
+                valid=inside,
+                attention=self.attention,
+                sparse_backend=self.encoder.sparse_backend or default_backend(),
+                buckets=self.buckets,
+                grid_size=self.transform.grid,
+            )
+        except EmptyCloudError as error:
+            raise ValueError(
+                f"cloud(s) {error.clouds} have no point inside the {self.transform.domain} domain's range "
+                f"{self.transform.range_box} (metres, sensor frame): is the cloud in the right frame and unit?"
+            ) from None
+        level = plan.levels[0]
+        if self.transform.centre == "xy_after_grid":
+            plan.shift_coords(self.transform.after_grid_shift(level.coord[: level.num_voxels], level.offset))
+        other = feat[plan.representative]
+        if self._estimates_normals(clouds):
+            other = self._with_estimated_normals(other, coord[plan.representative], plan, clouds)
         timer.mark("voxelize")
-        return point, GridSample(kept, inverse, voxels.grid_coord, voxels.offset), counts
+        return PreparedBatch(plan, self._voxel_features(level.coord, other), plan.voxel_of_member, counts)
 
     def _estimates_normals(self, clouds: Sequence[Cloud]) -> bool:
         return "normal" in self.feature_keys and self.normals == "estimate" and any(c.normal is None for c in clouds)
 
-    def _with_estimated_normals(
-        self, other: Tensor, coord: Tensor, voxels: GridSample, clouds: Sequence[Cloud]
-    ) -> Tensor:
+    def _with_estimated_normals(self, other: Tensor, coord: Tensor, plan: FramePlan, clouds: Sequence[Cloud]) -> Tensor:
         """`other` with the normal columns of clouds given none replaced by normals estimated on the voxels."""
-        batch = offset_to_batch(voxels.offset, coord.shape[0])
+        level = plan.levels[0]
+        m = level.num_voxels
+        batch = level.batch[:m]
         viewpoint = np.stack([np.zeros(3) if c.viewpoint is None else np.asarray(c.viewpoint, float) for c in clouds])
-        normal = estimate_normals(coord, voxels.grid_coord, batch, self._to_device(viewpoint.astype(np.float32)))
+        normal = estimate_normals(coord[:m], level.grid_coord[:m], batch, self._to_device(viewpoint.astype(np.float32)))
         lacking = self._to_device(np.array([c.normal is None for c in clouds]))[batch]
         keys = [k for k in self.feature_keys if k != "coord"]
         column = sum(FEATURE_CHANNELS[k] for k in keys[: keys.index("normal")])
-        estimated = torch.where(lacking[:, None], normal, other[:, column : column + 3])
+        given = other[:, column : column + 3]
+        estimated = torch.cat((torch.where(lacking[:, None], normal, given[:m]), given[m:]))
         return torch.cat((other[:, :column], estimated, other[:, column + 3 :]), dim=1)
-
-    def _inside(self, coord: Tensor, counts: list[int]) -> tuple[Tensor, Tensor]:
-        """(rows of the points the domain segments, cumulative counts of them per cloud)."""
-        if self.transform.range_box is None:
-            return torch.arange(coord.shape[0], device=coord.device), torch.as_tensor(
-                np.cumsum(counts), device=coord.device
-            )
-        inside = self.transform.inside(coord)
-        cloud = torch.repeat_interleave(
-            torch.arange(len(counts), device=coord.device), torch.as_tensor(counts, device=coord.device)
-        )
-        offset = torch.cumsum(
-            torch.zeros(len(counts), dtype=torch.long, device=coord.device).index_add_(0, cloud, inside.long()), 0
-        )
-        rows = torch.nonzero(inside).squeeze(1)
-        if rows.numel() == 0 or bool((torch.diff(offset, prepend=offset.new_zeros(1)) == 0).any()):
-            raise ValueError(
-                f"a cloud has no point inside the {self.transform.domain} domain's range {self.transform.range_box} "
-                "(metres, sensor frame): is the cloud in the right frame and unit?"
-            )
-        return rows, offset
 
     def _inputs(self, clouds: Sequence[Cloud]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Concatenated coords and per-point features in the checkpoint's feature order."""
@@ -288,25 +330,23 @@ class Segmenter:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    def _split(self, counts, voxels, labels, probability, features, timings) -> list[SegmentationResult]:
-        point_ends = np.cumsum(counts)
-        voxel_ends = voxels.offset.cpu().numpy()
-        inverse = voxels.inverse.cpu().numpy()
-        index = voxels.index.cpu().numpy()
+    def _split(self, prepared: PreparedBatch, labels, probability, features, timings) -> list[SegmentationResult]:
+        level = prepared.plan.levels[0]
+        point_ends, voxel_ends = np.cumsum(prepared.counts), np.cumsum(level.counts)
         results = []
-        for b in range(len(counts)):
-            p0, p1 = point_ends[b] - counts[b], point_ends[b]
-            v0, v1 = (voxel_ends[b - 1] if b else 0), voxel_ends[b]
-            cloud_inverse = inverse[p0:p1]
+        for b, count in enumerate(prepared.counts):
+            p0, p1 = int(point_ends[b]) - count, int(point_ends[b])
+            v0, v1 = int(voxel_ends[b]) - level.counts[b], int(voxel_ends[b])
+            voxel = prepared.voxel_of_point[p0:p1]
             results.append(
                 SegmentationResult(
-                    voxel_of_point=np.where(cloud_inverse >= 0, cloud_inverse - v0, -1),
-                    voxel_index=index[v0:v1] - p0,
                     timings_ms=timings,
+                    _voxel_of_point=torch.where(voxel >= 0, voxel - v0, -1),
+                    _voxel_index=prepared.plan.representative[v0:v1] - p0,
                     _labels=None if labels is None else labels[p0:p1],
                     _probability=None if probability is None else probability[p0:p1],
                     _features=features,
-                    _voxels=slice(int(v0), int(v1)),
+                    _voxels=slice(v0, v1),
                 )
             )
         return results

@@ -181,16 +181,20 @@ def cloud_depths(grid_coord: Tensor, offset: Tensor) -> Tensor:
     """(B,) depth of each cloud: bit length of (its largest grid coordinate + 1), as the reference.
 
     Checked without a host sync: a depth above 16 (a coordinate of 2**16 - 1 or more) fails an
-    asynchronous assert (on CUDA a device-side assert; `grid.grid_sample` rejects such clouds earlier,
+    asynchronous assert (on CUDA a device-side assert; the frame plan rejects such clouds earlier,
     naming the cloud).
     """
-    return _depths(grid_coord, _batch_of(offset, grid_coord.shape[0]), len(offset))
+    counts = torch.diff(offset, prepend=offset.new_zeros(1))
+    batch = torch.repeat_interleave(
+        torch.arange(len(offset), device=offset.device), counts, output_size=len(grid_coord)
+    )
+    return _depths(grid_coord, batch, len(offset))
 
 
-def _depths(grid_coord: Tensor, batch: Tensor, clouds: int) -> Tensor:
+def _depths(grid_coord: Tensor, cloud: Tensor, clouds: int) -> Tensor:
     largest = grid_coord.long().amax(dim=1)
     cloud_max = torch.zeros(clouds, dtype=torch.long, device=grid_coord.device)
-    cloud_max = cloud_max.scatter_reduce(0, batch, largest, "amax")
+    cloud_max = cloud_max.scatter_reduce(0, cloud, largest, "amax")
     torch._assert_async(
         cloud_max.amax() < (1 << MAX_DEPTH) - 1,
         f"serialization: grid coordinates must be below {(1 << MAX_DEPTH) - 1} (depth <= {MAX_DEPTH}); "
@@ -200,26 +204,19 @@ def _depths(grid_coord: Tensor, batch: Tensor, clouds: int) -> Tensor:
     return ((cloud_max + 1).unsqueeze(1) >= powers).sum(dim=1)
 
 
-def _batch_of(offset: Tensor, n: int) -> Tensor:
-    counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts, output_size=n)
-
-
 @dataclass
 class Serialization:
     code: Tensor  # (K, N) int64: cloud << 48 | code
-    order: Tensor  # (K, N) int64: point at each position along curve k
-    inverse: Tensor  # (K, N) int64: position of each point along curve k
-    depth: Tensor  # (B,) per-cloud depth
+    order: Tensor  # (K, N) int64: row at each position along curve k
+    depth: Tensor  # (clouds,) per-cloud depth
 
 
-def serialize(grid_coord: Tensor, offset: Tensor, orders: Sequence[str]) -> Serialization:
-    """Codes, orders and inverse orders of a batch of clouds along each curve in `orders` (no host sync)."""
-    n = grid_coord.shape[0]
-    batch = _batch_of(offset, n)
-    depth = _depths(grid_coord, batch, len(offset))
-    code = (batch << BATCH_SHIFT) | encode_orders(grid_coord, depth[batch], orders)
-    order = torch.argsort(code, dim=1)
-    positions = torch.arange(n, device=grid_coord.device).expand(len(orders), n)
-    inverse = torch.empty_like(order).scatter_(1, order, positions)
-    return Serialization(code=code, order=order, inverse=inverse, depth=depth)
+def serialize(grid_coord: Tensor, cloud: Tensor, num_clouds: int, orders: Sequence[str]) -> Serialization:
+    """Codes and orders of rows along each curve in `orders`, cloud by cloud (no host sync).
+
+    `cloud` (N,) int64 < num_clouds < 2**15 groups the rows: each group is encoded at its own depth and
+    ordered as it would be alone, groups in increasing `cloud` along the order.
+    """
+    depth = _depths(grid_coord, cloud, num_clouds)
+    code = (cloud << BATCH_SHIFT) | encode_orders(grid_coord, depth[cloud], orders)
+    return Serialization(code=code, order=torch.argsort(code, dim=1), depth=depth)

@@ -45,14 +45,15 @@ def test_outdoor_keeps_the_sensor_frame_scaled_and_gridded():
     seg = segmenter_for("tiny", **lidar_tiny(grid_size=0.05, coord_scale=0.2))
     assert seg.transform == InputTransform("outdoor", 0.2, 0.05 * 0.2, "none", range_box=OUTDOOR_RANGE)
     strength = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
-    point, voxels, _ = seg.prepare([sm.Cloud(POINTS, strength=strength)])
+    prepared = seg.prepare([sm.Cloud(POINTS, strength=strength)])
+    point, inverse = prepared.point, prepared.voxel_of_point
     # floor(coord * 0.2 / 0.01) = floor(coord * 20), minus the per-axis minimum:
     # x 20.06 20.26 26.06 -60.26 -> 81 81 87 0; y 40.06 40.42 40.06 80.06 -> 0 0 0 40;
     # z -34.06 -34.02 -34.06 10.06 -> 0 0 0 45
     assert sorted(map(tuple, point.grid_coord.tolist())) == [(0, 40, 45), (81, 0, 0), (87, 0, 0)]
-    assert voxels.inverse[0] == voxels.inverse[1]  # the first two share a voxel ...
-    kept = voxels.index.tolist()
-    assert kept[voxels.inverse[1]] == 0  # ... represented by the lowest input index (deterministic)
+    assert inverse[0] == inverse[1]  # the first two share a voxel ...
+    kept = prepared.voxel_index.tolist()
+    assert kept[inverse[1]] == 0  # ... represented by the lowest input index (deterministic)
     np.testing.assert_allclose(point.feat[:, :3].numpy(), POINTS[kept] * 0.2, rtol=1e-6)  # no centre shift
     np.testing.assert_array_equal(point.feat[:, 3].numpy(), strength[kept])
 
@@ -61,10 +62,11 @@ def test_indoor_reference_transform_centres_x_y_and_puts_z_on_the_floor():
     seg = segmenter_for("tiny")  # released-style config: the family's indoor transform
     assert seg.transform == InputTransform("indoor", 1.0, 0.02, "xyz")
     colour = np.full((4, 3), 255, np.uint8)
-    point, voxels, _ = seg.prepare([sm.Cloud(POINTS, color=colour, normal=np.zeros((4, 3), np.float32))])
+    prepared = seg.prepare([sm.Cloud(POINTS, color=colour, normal=np.zeros((4, 3), np.float32))])
+    point = prepared.point
     # bbox x [-3.013, 1.303] -> centre -0.855; y [2.003, 4.003] -> 3.003; z minimum -1.703
     shifted = POINTS - np.array([-0.855, 3.003, -1.703], np.float32)
-    np.testing.assert_allclose(point.coord.numpy(), shifted[voxels.index.numpy()], atol=1e-6)
+    np.testing.assert_allclose(point.coord.numpy(), shifted[prepared.voxel_index.numpy()], atol=1e-6)
     assert point.num_points == 4  # 2 cm voxels separate the first two points
     np.testing.assert_allclose(point.feat[:, 3:6].numpy(), 1.0)  # colour / 255
 
@@ -81,7 +83,7 @@ def test_utonia_domains_scale_before_a_one_centimetre_grid():
 def test_object_domain_normalises_into_the_unit_sphere():
     transform = reference_transform("utonia", "object")
     coord = torch.tensor([[10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [11.0, 1.0, 0.0], [11.0, -1.0, 4.0]])
-    model = transform.to_model(coord, torch.tensor([4]))
+    model = transform.to_model(coord, torch.zeros(4, dtype=torch.long), 1)
     # centroid (11, 0, 1); radii: (1,0,-1) -> 1.414, (1,0,-1), (0,1,-1) -> 1.414, (0,-1,3) -> 3.162
     unit = (coord - torch.tensor([11.0, 0.0, 1.0])) / 10**0.5
     shift = torch.tensor([0.0, 0.0, unit[:, 2].min()])  # then CenterShift: x, y already centred
@@ -94,8 +96,8 @@ def test_concerto_demo_recentring_after_grid_sampling_moves_coordinates_not_voxe
         plain.encoder, plain.head, device="cpu", transform=plain.transform.replace(centre="xy_after_grid")
     )
     cloud = sm.Cloud(POINTS, color=np.zeros((4, 3), np.uint8), normal=np.zeros((4, 3), np.float32))
-    a, _, _ = plain.prepare([cloud])
-    b, _, _ = demo.prepare([cloud])
+    a = plain.prepare([cloud]).point
+    b = demo.prepare([cloud]).point
     assert torch.equal(a.grid_coord, b.grid_coord)
     # x, y of the sampled voxels' bounding box at 0 (x0.2): x [-0.6026, 0.2606] y [0.4006, 0.8006]; z kept
     torch.testing.assert_close(b.coord, a.coord - torch.tensor([-0.171, 0.6006, 0.0]))
@@ -103,7 +105,7 @@ def test_concerto_demo_recentring_after_grid_sampling_moves_coordinates_not_voxe
 
 def test_outdoor_fills_missing_colour_and_normals_with_zeros_indoor_does_not():
     outdoor = segmenter_for("tiny", run_domain="outdoor")
-    point, _, _ = outdoor.prepare([sm.Cloud(POINTS)])
+    point = outdoor.prepare([sm.Cloud(POINTS)]).point
     assert torch.count_nonzero(point.feat[:, 3:]) == 0
     with pytest.raises(ValueError, match="needs colour"):
         segmenter_for("tiny").prepare([sm.Cloud(POINTS)])
@@ -173,18 +175,33 @@ def test_utonia_tiny_runs_end_to_end_on_a_real_scan():
 
 
 def test_rope_coordinates_matter_and_are_augmented_only_in_training():
-    seg = segmenter_for("utonia_tiny", enc_depths=(1, 1, 1, 1, 1), enc_patch_size=(64,) * 5)
+    """Training scales the coordinates RoPE sees (and nothing else): a training forward equals an eval
+    forward on coordinates scaled by the drawn factors; inference draws none."""
+    seg = segmenter_for("utonia_tiny", enc_depths=(1, 1, 1, 1, 1), enc_patch_size=(64,) * 5, drop_path=0.0)
+    encoder = seg.encoder
+    with torch.no_grad():  # sharper attention than the initialisation's, so that positions matter
+        for name, param in encoder.named_parameters():
+            if name.endswith("attn.qkv.weight"):
+                param.mul_(30)
     scene = np.random.default_rng(1).uniform(-10, 10, (3000, 3)).astype(np.float32)
     scene[:, 2] = np.abs(scene[:, 2]) * 0.2 - 1.7
-    point, _, _ = seg.prepare([sm.Cloud(scene)])
+    point = seg.prepare([sm.Cloud(scene)]).point
+    assert encoder.rope_scale(point.coord.device) is None
     with torch.inference_mode():
-        base = seg.encoder(point)[-1].feat
-        assert base.shape[0] > 0
-        seg.encoder.train()
+        base = sm.upcast(encoder(point))
+        encoder.train()
+        encoder.shuffle_orders = False
         try:
             torch.manual_seed(0)
-            trained = seg.encoder(point)
-            assert trained[0].rope_scale is not None and not torch.all(trained[0].rope_scale == 1)
+            scale = encoder.rope_scale(point.coord.device)
+            torch.manual_seed(0)
+            trained = sm.upcast(encoder(point))
         finally:
-            seg.encoder.eval()
-        assert seg.encoder(point)[0].rope_scale is None
+            encoder.eval()
+            encoder.shuffle_orders = True
+        assert not torch.allclose(scale, torch.ones(3)) and torch.all((scale > 1 / 1.32) & (scale < 1.32))
+        scaled = sm.Point(point.coord * scale, point.grid_coord, point.feat, point.offset)
+        torch.testing.assert_close(trained, sm.upcast(encoder(scaled)), rtol=1e-3, atol=1e-3)
+        assert (trained - base).abs().max() > 0.05, (
+            (trained - base).abs().max()
+        )  # the scaled coordinates change the output

@@ -42,20 +42,21 @@ def reference_transform(coord, color, normal, grid_size):
 
 def test_input_transform_matches_the_reference(tiny):
     scene = room(2000)
-    point, voxels, _ = tiny.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])])
+    prepared = tiny.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])])
+    point, index, inverse_map = prepared.point, prepared.voxel_index, prepared.voxel_of_point
     grid, feat, first, inverse = reference_transform(scene["coord"], scene["color"], scene["normal"], 0.05)
     order = np.lexsort(point.grid_coord.numpy().T[::-1])  # compare voxel sets independent of order
     ref_order = np.lexsort(grid.T[::-1])
     assert np.array_equal(point.grid_coord.numpy()[order], grid[ref_order])
-    assert np.array_equal(voxels.index.numpy()[order], first[ref_order])
+    assert np.array_equal(index.numpy()[order], first[ref_order])
     np.testing.assert_allclose(point.feat.numpy()[order], feat[ref_order], rtol=0, atol=2e-6)
     # the inverse map sends each point to its own voxel
-    assert np.array_equal(point.grid_coord.numpy()[voxels.inverse.numpy()], grid[inverse])
+    assert np.array_equal(point.grid_coord.numpy()[inverse_map.numpy()], grid[inverse])
 
 
 def test_levels_have_configured_channels_and_shrink(tiny):
     scene = room(3000)
-    point, _, _ = tiny.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])])
+    point = tiny.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])]).point
     with torch.inference_mode():
         levels = tiny.encoder(point)
     config = tiny.config
@@ -157,13 +158,13 @@ def test_segmenter_estimates_normals_on_voxels_facing_the_cloud_viewpoint(tiny):
     rng = np.random.default_rng(1)
     floor = np.c_[rng.uniform(0, 2, (4000, 2)), np.zeros(4000)].astype(np.float32)
     colour = np.full((4000, 3), 128, np.uint8)
-    above, _, _ = tiny.prepare([sm.Cloud(floor, colour, viewpoint=np.array([1.0, 1.0, 1.5]))])
-    below, _, _ = tiny.prepare([sm.Cloud(floor, colour, viewpoint=np.array([1.0, 1.0, -1.5]))])
+    above = tiny.prepare([sm.Cloud(floor, colour, viewpoint=np.array([1.0, 1.0, 1.5]))]).point
+    below = tiny.prepare([sm.Cloud(floor, colour, viewpoint=np.array([1.0, 1.0, -1.5]))]).point
     np.testing.assert_allclose(above.feat[:, 8].numpy(), 1.0, atol=1e-3)  # normal z, feature columns 6:9
     np.testing.assert_allclose(below.feat[:, 8].numpy(), -1.0, atol=1e-3)
-    given, _, _ = tiny.prepare(
+    given = tiny.prepare(
         [sm.Cloud(floor, colour, normal=np.tile([0.0, 1.0, 0.0], (4000, 1))), sm.Cloud(floor, colour)]
-    )
+    ).point
     first = given.offset[0]
     assert (given.feat[:first, 7] == 1).all()  # a cloud that brings normals keeps them ...
     np.testing.assert_allclose(given.feat[first:, 8].numpy(), 1.0, atol=1e-3)  # ... the other gets estimates
@@ -171,11 +172,11 @@ def test_segmenter_estimates_normals_on_voxels_facing_the_cloud_viewpoint(tiny):
 
 def test_missing_normals_follow_the_normals_option(tiny):
     scene = room(6000, seed=5)
-    estimated, _, _ = tiny.prepare([sm.Cloud(scene["coord"], scene["color"])])
+    estimated = tiny.prepare([sm.Cloud(scene["coord"], scene["color"])]).point
     length = np.linalg.norm(estimated.feat[:, 6:].numpy(), axis=1)
     assert np.mean(np.abs(length - 1) < 1e-3) > 0.95  # unit vectors, but for isolated voxels (zeros)
     zeros = sm.Segmenter(tiny.encoder, tiny.head, device="cpu", normals="zeros")
-    point, _, _ = zeros.prepare([sm.Cloud(scene["coord"], scene["color"])])
+    point = zeros.prepare([sm.Cloud(scene["coord"], scene["color"])]).point
     assert not point.feat[:, 6:].any()
 
 
@@ -184,7 +185,7 @@ def test_train_mode_runs_with_gradients_to_every_parameter():
     encoder = sm.SonataEncoder(sm.get_config("tiny", grid_size=0.05, drop_path=0.2)).train()
     seg = sm.Segmenter(encoder, None, device="cpu")
     scene = room(2000)
-    point, _, _ = seg.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])])
+    point = seg.prepare([sm.Cloud(scene["coord"], scene["color"], scene["normal"])]).point
     encoder.train()
     point.mask = torch.rand(point.num_points) < 0.3
     upcast(encoder(point)).square().mean().backward()

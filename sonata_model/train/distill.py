@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from ..configs import EncoderConfig
 from ..encoder import SonataEncoder
+from ..grid import pack_keys
 from ..point import Point
-from ..pooling import pack_voxel_keys, upcast
+from ..pooling import upcast
 from .heads import PrototypeHead
 from .matching import match_points
 from .sinkhorn import sinkhorn_knopp
@@ -197,7 +198,7 @@ def cube_mask(coord: Tensor, offset: Tensor, size: float, ratio: float) -> Tenso
         0, batch.unsqueeze(1).expand_as(coord), coord, "amin"
     )
     cell = torch.div(coord - low[batch], size, rounding_mode="floor").long()
-    _, cluster = torch.unique(pack_voxel_keys(cell, batch), return_inverse=True)
+    _, cluster = torch.unique(pack_keys(cell, batch), return_inverse=True)
     num_cells = int(cluster.max()) + 1
     chosen = torch.randperm(num_cells, device=coord.device)[: int(num_cells * ratio)]
     return torch.isin(cluster, chosen)
@@ -228,7 +229,7 @@ def _masked_point(point: Point, mask: Tensor, jitter: float, grid: float) -> Poi
 def _resolve_collisions(moved: Tensor, original: Tensor, mask: Tensor, batch: Tensor) -> Tensor:
     grid = moved
     while True:
-        keys = pack_voxel_keys(grid, batch)
+        keys = pack_keys(grid, batch)
         _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
         clash = (counts[inverse] > 1) & mask & (grid != original).any(dim=1)
         if not bool(clash.any()):

@@ -46,10 +46,10 @@ def frame_cloud(frame: Frame) -> Cloud:
 @torch.inference_mode()
 def voxel_features(segmenter: Segmenter, frame: Frame) -> tuple[torch.Tensor, np.ndarray]:
     """(M, C) upcast features of a frame's voxels and the voxel labels (label of the kept point)."""
-    point, voxels, _ = segmenter.prepare([frame_cloud(frame)])
+    prepared = segmenter.prepare([frame_cloud(frame)])
     with segmenter._autocast():
-        feat = upcast(segmenter.encoder(point)).float()
-    return feat, frame.segment[voxels.index.cpu().numpy()]
+        feat = upcast(segmenter.encode(prepared)).float()
+    return feat, frame.segment[prepared.voxel_index.cpu().numpy()]
 
 
 def choose_frames(source: FrameSource, count: int, seed: int) -> list[int]:
