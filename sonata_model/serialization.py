@@ -177,21 +177,9 @@ def encode(grid_coord: Tensor, depth: int | Tensor, order: str) -> Tensor:
     return encode_orders(grid_coord, depth, (order,))[0]
 
 
-def cloud_depths(grid_coord: Tensor, offset: Tensor) -> Tensor:
-    """(B,) depth of each cloud: bit length of (its largest grid coordinate + 1), as the reference.
-
-    Checked without a host sync: a depth above 16 (a coordinate of 2**16 - 1 or more) fails an
-    asynchronous assert (on CUDA a device-side assert; the frame plan rejects such clouds earlier,
-    naming the cloud).
-    """
-    counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    batch = torch.repeat_interleave(
-        torch.arange(len(offset), device=offset.device), counts, output_size=len(grid_coord)
-    )
-    return _depths(grid_coord, batch, len(offset))
-
-
 def _depths(grid_coord: Tensor, cloud: Tensor, clouds: int) -> Tensor:
+    """(clouds,) depth of each cloud: bit length of (its largest grid coordinate + 1), as the reference;
+    checked without a host sync (a depth above 16 fails an asynchronous assert, on CUDA device-side)."""
     largest = grid_coord.long().amax(dim=1)
     cloud_max = torch.zeros(clouds, dtype=torch.long, device=grid_coord.device)
     cloud_max = cloud_max.scatter_reduce(0, cloud, largest, "amax")

@@ -1,14 +1,19 @@
-"""Serialized patch attention against a naive per-patch reference written from the padding rule."""
+"""Serialized patch attention over a frame plan's layouts against a naive per-patch reference written
+from the padding rule (the curve order taken from the serialization module)."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
+from plans import distinct_cells, stage_config, voxel_plan
 
-from sonata_model.attention import ATTENTION_KERNELS, PatchLayout, SerializedAttention
+from sonata_model.attention import SerializedAttention, resolve_attention
+from sonata_model.plan import SizeBuckets
+from sonata_model.serialization import serialize
 
 CHANNELS, HEADS, K = 12, 3, 8
 
@@ -70,7 +75,7 @@ def naive_attention(
     return torch.cat(outputs)[rows.argsort()]
 
 
-def naive_for(module: SerializedAttention, feat, order, counts, patch_size=K, scale=None):
+def naive_for(module: SerializedAttention, feat, order, counts, patch_size=K, scale=None, coord=None):
     return naive_attention(
         feat,
         order,
@@ -82,16 +87,25 @@ def naive_for(module: SerializedAttention, feat, order, counts, patch_size=K, sc
         module.proj.weight,
         module.proj.bias,
         scale,
+        coord=coord,
+        rope_base=None if module.rope is None else 10.0,
     )
 
 
-def random_batch(counts, seed=0, dtype=torch.float64):
-    """Features, and an order that visits each cloud's rows in a random sequence along the curve."""
-    generator = torch.Generator().manual_seed(seed)
-    feat = torch.randn(sum(counts), CHANNELS, generator=generator, dtype=dtype)
-    starts = torch.cumsum(torch.tensor([0, *counts[:-1]]), 0).tolist()
-    order = torch.cat([torch.randperm(n, generator=generator) + s for n, s in zip(counts, starts, strict=True)])
-    return feat, order, torch.tensor(counts).cumsum(0)
+def batch_of(
+    counts, seed=0, dtype=torch.float64, attention="sdpa", buckets=None, curve=0, channels=CHANNELS, heads=HEADS
+):
+    """Random voxel clouds of `counts` voxels: their features, the plan's layout along curve `curve`, the
+    curve order the serialization module gives, and the voxel coordinates."""
+    rng = np.random.default_rng(seed)
+    grids = [distinct_cells(n, 12, rng) for n in counts]
+    plan = voxel_plan(grids, stage_config(channels=channels, heads=heads), attention=attention, buckets=buckets)
+    grid = torch.from_numpy(np.concatenate(grids))
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    order = serialize(grid, batch, len(counts), plan.orders).order[curve]
+    level = plan.levels[0]
+    feat = torch.from_numpy(rng.normal(size=(level.capacity, channels))).to(dtype)
+    return feat, level.layouts[curve], order, level.coord.to(dtype)
 
 
 def make_module(seed=0, dtype=torch.float64, **kwargs) -> SerializedAttention:
@@ -104,110 +118,94 @@ def make_module(seed=0, dtype=torch.float64, **kwargs) -> SerializedAttention:
 
 
 def test_layout_pads_last_patch_with_the_points_before_it():
-    # clouds of 6, 0, 3, 4 and 2 points, K = 4: curve positions 0..5 | - | 6..8 | 9..12 | 13..14
-    order = torch.tensor([5, 3, 0, 1, 4, 2, 7, 8, 6, 9, 10, 11, 12, 14, 13])
-    layout = PatchLayout.build(order, torch.tensor([6, 6, 9, 13, 15]), 4)
-    assert layout.num_full_patches == 3
-    # cloud 0: positions 0-3, then 4, 5 and the 2 positions before them (2, 3); cloud 3: one patch of 4
-    full = [0, 1, 2, 3, 4, 5, 2, 3, 9, 10, 11, 12]
-    short = [6, 7, 8, 13, 14]  # clouds 2 and 4 are shorter than K: one sequence each
-    assert torch.equal(layout.index, order[full + short])
-    # every point reads its first slot: curve position p of cloud 0 sits at slot p
-    slot_of_position = [0, 1, 2, 3, 4, 5, 12, 13, 14, 8, 9, 10, 11, 15, 16]
-    expected_inverse = torch.empty(15, dtype=torch.long)
-    expected_inverse[order] = torch.tensor(slot_of_position)
-    assert torch.equal(layout.inverse, expected_inverse)
-    assert layout.cu_seqlens.dtype == torch.int32
-    assert layout.cu_seqlens.tolist() == [0, 4, 8, 12, 15, 17]
-    assert layout.max_seqlen == 4
-    assert layout.short_valid.tolist() == [[True, True, True], [True, True, False]]
-    assert torch.equal(layout.index[12:][layout.short_gather[layout.short_valid]], order[short])
-    assert layout.short_scatter.tolist() == [0, 1, 2, 3, 4]
+    # clouds of 13, 3, 8 and 2 voxels, K = 8: 13 = patches [0..7], [8..12 + 5, 6, 7]; the others one each
+    counts = [13, 3, 8, 2]
+    _, layout, order, _ = batch_of(counts, seed=1)
+    starts = np.cumsum([0, *counts[:-1]])
+    assert (layout.num_patches, layout.length) == (5, K)
+    positions = [list(range(8)), [8, 9, 10, 11, 12, 5, 6, 7]]  # cloud 0, curve positions
+    positions += [[13, 14, 15] + [15] * 5, list(range(16, 24)), [24, 25] + [25] * 6]  # short clouds: masked tails
+    keys = [8, 8, 3, 8, 2]
+    index = layout.index.view(5, K)
+    for p, (pos, n) in enumerate(zip(positions, keys, strict=True)):
+        assert torch.equal(index[p, :n], order[pos[:n]]), p
+        assert layout.bias[p, 0, 0, :n].eq(0).all() and layout.bias[p, 0, 0, n:].eq(-torch.inf).all()
+    # every voxel reads the slot of its own (first) curve position
+    own_slot = torch.tensor([*range(8), *range(8, 13), *range(16, 19), *range(24, 32), 32, 33])
+    expected = torch.empty(26, dtype=torch.long)
+    expected[order] = own_slot
+    assert torch.equal(layout.inverse, expected)
+    assert starts.tolist() == [0, 13, 16, 24]
 
 
-def test_layout_of_short_clouds_only_is_unpadded():
-    layout = PatchLayout.build(torch.arange(5), torch.tensor([3, 5]), 4)
-    assert layout.num_full_patches == 0
-    assert layout.index.tolist() == [0, 1, 2, 3, 4]
-    assert layout.inverse.tolist() == [0, 1, 2, 3, 4]
-    assert layout.cu_seqlens.tolist() == [0, 3, 5]
-    assert layout.max_seqlen == 3
+def test_layout_of_short_clouds_only_has_the_longest_cloud_as_patch_length():
+    _, layout, order, _ = batch_of([3, 5], seed=2)
+    assert (layout.num_patches, layout.length) == (2, 5)
+    assert torch.equal(layout.index.view(2, 5)[0, :3], order[:3]) and torch.equal(layout.index.view(2, 5)[1], order[3:])
+    assert layout.bias[0].flatten().tolist() == [0, 0, 0, -torch.inf, -torch.inf] and not layout.bias[1].any()
 
 
-def test_cu_seqlens_segments_reproduce_the_module():
-    """What the flash kernel computes from the layout (attention within each cu_seqlens segment of the
-    slots, read back through `inverse`) equals the sdpa path: the flash wiring, checked on CPU."""
-    counts = [21, 5, 8, 0, 1, 16, 3]
-    feat, order, offset = random_batch(counts, seed=10)
-    module = make_module(seed=10)
-    layout = PatchLayout.build(order, offset, K)
-    bounds = layout.cu_seqlens.tolist()
-    assert bounds[-1] == layout.num_slots
-    assert layout.max_seqlen == max(b - a for a, b in itertools.pairwise(bounds))
-    qkv = module.qkv(feat[layout.index]).view(layout.num_slots, 3, HEADS, -1)
-    segments = []
-    for start, end in itertools.pairwise(bounds):
-        q, k, v = qkv[start:end].permute(1, 2, 0, 3)  # (H, length, d) each
-        segments.append(torch.softmax(q @ k.transpose(1, 2) * module.scale, -1) @ v)
-    slots_out = torch.cat([s.transpose(0, 1).reshape(-1, CHANNELS) for s in segments])
-    expected = module.proj(slots_out[layout.inverse])
-    torch.testing.assert_close(module(feat, layout), expected, rtol=1e-10, atol=1e-10)
+def test_clouds_of_whole_patches_need_no_mask():
+    _, layout, _, _ = batch_of([16, 13], seed=3)
+    assert layout.bias is None and layout.num_patches == 4
 
 
 @pytest.mark.parametrize("n", [5, K, 3 * K, 2 * K + 5], ids=["n<K", "n=K", "n=3K", "n=2K+5"])
-def test_single_cloud_matches_naive(n):
-    feat, order, offset = random_batch([n], seed=n)
+@pytest.mark.parametrize("curve", [0, 2])
+def test_single_cloud_matches_naive(n, curve):
+    feat, layout, order, _ = batch_of([n], seed=n, curve=curve)
     module = make_module(seed=n)
-    out = module(feat, PatchLayout.build(order, offset, K))
+    out = module(feat, layout)
     torch.testing.assert_close(out, naive_for(module, feat, order, [n]), rtol=1e-10, atol=1e-10)
 
 
 def test_mixed_batch_matches_naive():
-    counts = [21, 5, 8, 0, 1, 16, 3, 13]
-    feat, order, offset = random_batch(counts, seed=1)
+    counts = [21, 5, 8, 1, 16, 3, 13]
+    feat, layout, order, _ = batch_of(counts, seed=1, curve=3)
     module = make_module(seed=1)
-    out = module(feat, PatchLayout.build(order, offset, K))
-    torch.testing.assert_close(out, naive_for(module, feat, order, counts), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(module(feat, layout), naive_for(module, feat, order, counts), rtol=1e-10, atol=1e-10)
 
 
 def test_custom_qk_scale_matches_naive():
     counts = [19, 6]
-    feat, order, offset = random_batch(counts, seed=2)
+    feat, layout, order, _ = batch_of(counts, seed=2)
     module = make_module(seed=2, qk_scale=0.9)
-    out = module(feat, PatchLayout.build(order, offset, K))
+    out = module(feat, layout)
     torch.testing.assert_close(out, naive_for(module, feat, order, counts, scale=0.9), rtol=1e-10, atol=1e-10)
 
 
-def test_batch_of_two_equals_each_alone():
-    counts = [19, 6]
-    feat, order, offset = random_batch(counts, seed=3)
-    module = make_module(seed=3)
-    together = module(feat, PatchLayout.build(order, offset, K))
-    first = module(feat[:19], PatchLayout.build(order[:19], torch.tensor([19]), K))
-    second = module(feat[19:], PatchLayout.build(order[19:] - 19, torch.tensor([6]), K))
-    torch.testing.assert_close(together, torch.cat([first, second]), rtol=1e-12, atol=1e-12)
+def test_padded_layout_gives_every_real_voxel_the_same_output():
+    """A bucketed plan (padding rows, spare patches, masked keys everywhere) equals the exact one."""
+    counts = [21, 5, 9]
+    feat, layout, order, _ = batch_of(counts, seed=4)
+    padded_feat, padded, padded_order, _ = batch_of(counts, seed=4, buckets=SizeBuckets(growth=1.5, minimum=48))
+    assert padded.inverse.shape[0] > sum(counts) and padded.num_patches > layout.num_patches
+    assert torch.equal(order, padded_order)
+    module = make_module(seed=4)
+    padded_feat[: sum(counts)] = feat[: sum(counts)]
+    out = module(padded_feat, padded)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[: sum(counts)], module(feat, layout), rtol=1e-12, atol=1e-12)
 
 
 def test_padding_copies_do_not_change_the_outputs_of_their_originals():
     n = 2 * K + 3
-    feat, order, offset = random_batch([n], seed=4)
+    feat, layout, order, _ = batch_of([n], seed=4)
     module = make_module(seed=4)
-    out = module(feat, PatchLayout.build(order, offset, K))
-    # the first 2K curve positions alone (no padding) give their points the same outputs
-    head = module(feat[order[: 2 * K]], PatchLayout.build(torch.arange(2 * K), torch.tensor([2 * K]), K))
-    torch.testing.assert_close(out[order[: 2 * K]], head, rtol=1e-12, atol=1e-12)
-    # the last 3 points attend over the cloud's last K points along the curve
-    tail = module(feat[order[-K:]], PatchLayout.build(torch.arange(K), torch.tensor([K]), K))
+    out = module(feat, layout)
+    naive = naive_for(module, feat, order, [n])
+    torch.testing.assert_close(out, naive, rtol=1e-12, atol=1e-12)
+    # the last 3 voxels attend over the cloud's last K voxels along the curve, the copies' outputs dropped
+    tail = naive_for(module, feat[order[-K:]], torch.arange(K), [K])
     torch.testing.assert_close(out[order[-3:]], tail[-3:], rtol=1e-12, atol=1e-12)
-    assert not torch.allclose(out[order[-K:-3]], tail[:-3])  # the padding copies' outputs were dropped
+    assert not torch.allclose(out[order[-K:-3]], tail[:-3])
 
 
 def test_gradients_match_naive():
     counts = [21, 5, 8]
-    feat, order, offset = random_batch(counts, seed=5)
+    feat, layout, order, _ = batch_of(counts, seed=5)
     weights = torch.randn(feat.shape, generator=torch.Generator().manual_seed(6), dtype=feat.dtype)
     module = make_module(seed=5)
-    layout = PatchLayout.build(order, offset, K)
 
     feat_module = feat.clone().requires_grad_()
     (module(feat_module, layout) * weights).sum().backward()
@@ -235,17 +233,15 @@ def test_reference_shaped_weights_load_and_give_the_reference_output():
     }
     module.load_state_dict(state, strict=True)
     counts = [13, 4]
-    feat, order, offset = random_batch(counts, seed=7)
+    feat, layout, order, _ = batch_of(counts, seed=7)
     expected = naive_attention(feat, order, counts, K, HEADS, *state.values())
-    out = module(feat, PatchLayout.build(order, offset, K))
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(module(feat, layout), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_dropout_acts_in_training_only():
     counts = [21, 5]
-    feat, order, offset = random_batch(counts, seed=8)
+    feat, layout, order, _ = batch_of(counts, seed=8)
     module = make_module(seed=8, attn_drop=0.5, proj_drop=0.5)
-    layout = PatchLayout.build(order, offset, K)
     torch.testing.assert_close(module(feat, layout), naive_for(module, feat, order, counts))
     module.train()
     torch.manual_seed(0)
@@ -254,71 +250,75 @@ def test_dropout_acts_in_training_only():
 
 def test_cpu_autocast_bf16_close_to_fp32():
     counts = [21, 5]
-    feat, order, offset = random_batch(counts, seed=9, dtype=torch.float32)
+    feat, layout, _, _ = batch_of(counts, seed=9, dtype=torch.float32)
     module = make_module(seed=9, dtype=torch.float32)
-    layout = PatchLayout.build(order, offset, K)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = module(feat, layout)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), module(feat, layout), rtol=0.05, atol=0.05)
 
 
-def test_bad_layout_input_is_rejected():
-    with pytest.raises(ValueError, match=r"offset\[-1\] = 6 but order has 5"):
-        PatchLayout.build(torch.arange(5), torch.tensor([2, 6]), 4)
-    with pytest.raises(ValueError, match="non-decreasing"):
-        PatchLayout.build(torch.arange(5), torch.tensor([3, 2, 5]), 4)
-    with pytest.raises(ValueError, match="permutation"):
-        PatchLayout.build(torch.tensor([0, 1, 1, 3]), torch.tensor([4]), 4)
-    with pytest.raises(ValueError, match="permutation"):
-        PatchLayout.build(torch.tensor([0, 1, 2, 4]), torch.tensor([4]), 4)
-    with pytest.raises(ValueError, match="patch_size"):
-        PatchLayout.build(torch.arange(4), torch.tensor([4]), 0)
-    with pytest.raises(ValueError, match="integer"):
-        PatchLayout.build(torch.arange(4.0), torch.tensor([4]), 4)
+def test_flash_layout_segments_reproduce_the_sdpa_output():
+    """What flash_attn computes from a flash layout (attention within each cu_seqlens segment of the
+    packed slots, read back through `inverse`) equals the sdpa path: the flash wiring, checked on CPU,
+    padded plans included (spare sequences are empty, spare tail slots belong to none)."""
+    counts = [21, 5, 8, 1, 16, 3]
+    for buckets in (None, SizeBuckets(growth=1.5, minimum=48)):
+        feat, flash, _, _ = batch_of(counts, seed=10, attention="flash", buckets=buckets)
+        _, sdpa, _, _ = batch_of(counts, seed=10, buckets=buckets)
+        module = make_module(seed=10)
+        bounds = flash.cu_seqlens.tolist()
+        assert flash.cu_seqlens.dtype == torch.int32 and len(bounds) == flash.num_patches + 1
+        assert max(b - a for a, b in itertools.pairwise(bounds)) <= flash.length
+        qkv = module.qkv(feat[flash.index]).view(-1, 3, HEADS, CHANNELS // HEADS)
+        slots = torch.full((qkv.shape[0], CHANNELS), torch.nan, dtype=feat.dtype)
+        for start, end in itertools.pairwise(bounds):
+            q, k, v = qkv[start:end].permute(1, 2, 0, 3)  # (H, length, d) each
+            slots[start:end] = (torch.softmax(q @ k.transpose(1, 2) * module.scale, -1) @ v).transpose(0, 1).flatten(1)
+        real = sum(counts)
+        expected = module.proj(slots[flash.inverse])[:real]
+        torch.testing.assert_close(expected, module(feat, sdpa)[:real], rtol=1e-10, atol=1e-10)
+
+
+def test_attention_choice_resolves_per_device():
+    cpu = torch.device("cpu")
+    assert resolve_attention("auto", cpu, "bf16") == "sdpa" and resolve_attention("sdpa", cpu, "fp32") == "sdpa"
+    with pytest.raises(ValueError, match="flash"):  # no flash_attn here, or no CUDA: named either way
+        resolve_attention("flash", cpu, "fp16")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        resolve_attention("xformers", cpu, "fp32")
 
 
 def test_bad_module_input_is_rejected():
     module = make_module()
-    layout = PatchLayout.build(torch.arange(6), torch.tensor([6]), 4)
-    with pytest.raises(ValueError, match="built for 6 points"):
-        module(torch.zeros(5, CHANNELS, dtype=torch.float64), layout)
+    feat, layout, _, _ = batch_of([6], seed=11)
+    with pytest.raises(ValueError, match="built for 6"):
+        module(feat[:5], layout)
     with pytest.raises(ValueError, match=r"\(N, 12\)"):
         module(torch.zeros(6, 4, dtype=torch.float64), layout)
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        module.kernel = "xformers"
-    assert ATTENTION_KERNELS == ("sdpa", "flash")
-    # flash needs flash_attn and CUDA: on this CPU run one of the two must refuse, by name
-    with pytest.raises(RuntimeError, match="flash"):
-        module.kernel = "flash"
-        module(torch.zeros(6, CHANNELS, dtype=torch.float64), layout)
 
 
 @pytest.mark.parametrize("counts", [[37], [20, 5, 9]])
 def test_rope_attention_matches_naive_rotation(counts):
-    """Utonia's attention: q and k rotated by the points' coordinates (head dim 18: chunks of 6)."""
+    """Utonia's attention: q and k rotated by the voxels' coordinates (head dim 18: chunks of 6); a
+    padding copy rotates by the coordinate of the voxel it copies."""
     torch.manual_seed(3)
     module = SerializedAttention(36, 2, rope_base=10.0).double().eval()
     with torch.no_grad():
         module.qkv.bias.normal_()
         module.proj.bias.normal_()
-    generator = torch.Generator().manual_seed(4)
-    feat = torch.randn(sum(counts), 36, generator=generator, dtype=torch.float64)
-    coord = torch.randn(sum(counts), 3, generator=generator, dtype=torch.float64) * 5
-    starts = torch.cumsum(torch.tensor([0, *counts[:-1]]), 0).tolist()
-    order = torch.cat([torch.randperm(n, generator=generator) + s for n, s in zip(counts, starts, strict=True)])
-    layout = PatchLayout.build(order, torch.tensor(counts).cumsum(0), K)
-    expected = naive_attention(
-        feat, order, counts, K, 2, module.qkv.weight, module.qkv.bias, module.proj.weight, module.proj.bias,
-        coord=coord, rope_base=10.0,
-    )  # fmt: skip
+    feat, layout, order, coord = batch_of(counts, seed=4, channels=36, heads=2)
+    coord = coord * 50  # angles of several radians
     with torch.no_grad():
         out = module(feat, layout, coord)
+        expected = naive_for(module, feat, order, counts, coord=coord)
     # (to 1e-6: the stored frequencies are float32, as in the released files)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
-    assert not torch.allclose(out, naive_for(module, feat, order, counts))  # the rotation matters
-    # q . k depends on coordinate differences only: a common shift leaves the output unchanged
+    plain = SerializedAttention(36, 2).double().eval()
+    plain.load_state_dict({k: v for k, v in module.state_dict().items() if "rope" not in k})
     with torch.no_grad():
+        assert not torch.allclose(out, plain(feat, layout))  # the rotation matters
+        # q . k depends on coordinate differences only: a common shift leaves the output unchanged
         torch.testing.assert_close(module(feat, layout, coord + torch.tensor([3.0, -7.0, 1.5])), out)
     expected_freq = torch.tensor([1.0, 10 ** (-1 / 3), 10 ** (-2 / 3)], dtype=torch.float64)
     assert torch.allclose(module.rope.inv_freq, expected_freq)
@@ -326,8 +326,8 @@ def test_rope_attention_matches_naive_rotation(counts):
 
 def test_rope_needs_coordinates_and_a_head_dim_of_six():
     module = SerializedAttention(36, 2, rope_base=10.0)
-    layout = PatchLayout.build(torch.arange(10), torch.tensor([10]), K)
+    feat, layout, _, _ = batch_of([10], seed=12, dtype=torch.float32, channels=36, heads=2)
     with pytest.raises(ValueError, match="needs the points' coordinates"):
-        module(torch.randn(10, 36), layout)
+        module(feat, layout)
     with pytest.raises(ValueError, match="multiple of 6"):
         SerializedAttention(32, 2, rope_base=10.0)

@@ -1,58 +1,86 @@
-"""Grid sampling: voxels, representatives and the inverse map are right, batched and seeded."""
+"""Grid sampling (the frame plan's level 0): voxels, representatives and the inverse map are right,
+batched, and only the valid points take part; voxel keys sort like (level, cloud, x, y, z)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from plans import stage_config
 
-from sonata_model.grid import grid_sample, offset_to_batch
+from sonata_model.grid import offset_to_batch, pack_keys, unpack_keys, voxel_grid
+from sonata_model.plan import EmptyCloudError, build_plan
 
 
 def cloud(n: int, seed: int, scale: float = 3.0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).uniform(-scale, scale, (n, 3)).astype(np.float32))
 
 
+def sample(coord: torch.Tensor, counts: list[int], grid_size: float, valid: torch.Tensor | None = None):
+    """(level 0 of the plan, voxel of every point) of clouds of `counts` points."""
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    grid = voxel_grid(coord, batch, len(counts), grid_size, valid)
+    plan = build_plan(stage_config(), coord, grid, batch, len(counts), voxelize=True, valid=valid, grid_size=grid_size)
+    return plan, plan.levels[0]
+
+
 def test_voxels_inverse_and_representatives_match_numpy():
     coord = cloud(5000, 0)
-    out = grid_sample(coord, torch.tensor([5000]), 0.25)
+    plan, level = sample(coord, [5000], 0.25)
     cell = np.floor(coord.numpy() / 0.25).astype(np.int64)
     grid = cell - cell.min(0)
     unique, first, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
-    assert out.grid_coord.shape[0] == len(unique) and out.offset.tolist() == [len(unique)]
-    assert np.array_equal(out.grid_coord.numpy(), unique)  # ordered by (x, y, z)
-    assert np.array_equal(out.inverse.numpy(), inverse.ravel())
-    assert np.array_equal(out.index.numpy(), first)  # lowest input index per voxel
-    assert np.array_equal(grid[out.index.numpy()], out.grid_coord.numpy())
-
-
-def test_random_representatives_are_members_seeded_and_uniform():
-    coord = torch.tensor([[0.01, 0.01, 0.01], [0.02, 0.02, 0.02], [0.03, 0.03, 0.03], [5.0, 5.0, 5.0]])
-    offset = torch.tensor([4])
-    picks = [int(grid_sample(coord, offset, 1.0, torch.Generator().manual_seed(s)).index[0]) for s in range(300)]
-    counts = np.bincount(picks, minlength=3)
-    assert set(picks) == {0, 1, 2} and counts.min() > 60  # each member ~100 times
-    again = [int(grid_sample(coord, offset, 1.0, torch.Generator().manual_seed(s)).index[0]) for s in range(300)]
-    assert picks == again
-    out = grid_sample(coord, offset, 1.0, torch.Generator().manual_seed(1))
-    assert int(out.index[1]) == 3 and out.inverse.tolist() == [0, 0, 0, 1]
+    assert level.num_voxels == level.capacity == len(unique) and level.offset.tolist() == [len(unique)]
+    assert np.array_equal(level.grid_coord.numpy(), unique)  # ordered by (x, y, z)
+    assert np.array_equal(plan.voxel_of_member.numpy(), inverse.ravel())
+    assert np.array_equal(plan.representative.numpy(), first)  # lowest input index per voxel
+    assert torch.equal(level.coord, coord[plan.representative])
 
 
 def test_batch_equals_each_cloud_alone():
     a, b = cloud(800, 1), cloud(500, 2, scale=10.0) + 100
-    both = grid_sample(torch.cat((a, b)), torch.tensor([800, 1300]), 0.5)
-    alone_a = grid_sample(a, torch.tensor([800]), 0.5)
-    alone_b = grid_sample(b, torch.tensor([500]), 0.5)
-    m = int(both.offset[0])
-    assert both.offset.tolist() == [m, m + alone_b.grid_coord.shape[0]]
-    assert torch.equal(both.grid_coord[:m], alone_a.grid_coord)
-    assert torch.equal(both.grid_coord[m:], alone_b.grid_coord)
-    assert torch.equal(both.index[m:], alone_b.index + 800)
-    assert torch.equal(both.inverse[800:], alone_b.inverse + m)
-    assert offset_to_batch(torch.tensor([2, 2, 5])).tolist() == [0, 0, 2, 2, 2]
+    both, level = sample(torch.cat((a, b)), [800, 500], 0.5)
+    _, level_a = sample(a, [800], 0.5)
+    alone_b, level_b = sample(b, [500], 0.5)
+    m = level.counts[0]
+    assert level.counts == (level_a.num_voxels, level_b.num_voxels)
+    assert level.offset.tolist() == [m, m + level_b.num_voxels]
+    assert torch.equal(level.grid_coord[:m], level_a.grid_coord)
+    assert torch.equal(level.grid_coord[m:], level_b.grid_coord)
+    assert torch.equal(both.representative[m:], alone_b.representative + 800)
+    assert torch.equal(both.voxel_of_member[800:], alone_b.voxel_of_member + m)
+    assert level.batch.tolist() == [0] * m + [1] * level_b.num_voxels
+
+
+def test_invalid_points_take_no_part():
+    coord = cloud(3000, 3)
+    valid = coord[:, 2] > -1.0
+    coord[~valid] -= 1000  # far below: they would move the grid's minimum if they took part
+    plan, level = sample(coord, [3000], 0.25, valid)
+    expected, expected_level = sample(coord[valid], [int(valid.sum())], 0.25)
+    assert torch.equal(level.grid_coord, expected_level.grid_coord)
+    assert (plan.voxel_of_member[~valid] == -1).all()
+    assert torch.equal(plan.voxel_of_member[valid], expected.voxel_of_member)
+    assert torch.equal(plan.representative, torch.nonzero(valid).squeeze(1)[expected.representative])
+    with pytest.raises(EmptyCloudError) as error:
+        sample(coord[:10], [5, 5], 0.25, torch.tensor([True] * 5 + [False] * 5))
+    assert error.value.clouds == [1]
 
 
 def test_clouds_too_large_for_the_grid_are_refused():
     coord = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [7000.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match=r"cloud 1 spans 70001 voxels of 0\.1 along"):
-        grid_sample(coord, torch.tensor([2, 4]), 0.1)
+        sample(coord, [2, 2], 0.1)
+
+
+def test_keys_sort_like_level_cloud_and_coordinates_and_unpack():
+    rng = np.random.default_rng(4)
+    grid = torch.from_numpy(rng.integers(0, 2**16, (500, 3)))
+    cloud_of = torch.from_numpy(rng.integers(0, 400, 500))
+    level = torch.from_numpy(rng.integers(0, 7, 500))
+    keys = pack_keys(grid, cloud_of, level)
+    rows = np.c_[level.numpy(), cloud_of.numpy(), grid.numpy()]
+    assert np.array_equal(np.argsort(keys.numpy(), kind="stable"), np.lexsort(rows.T[::-1]))
+    unpacked_grid, unpacked_cloud = unpack_keys(keys)
+    assert torch.equal(unpacked_grid, grid) and torch.equal(unpacked_cloud, cloud_of)
+    assert offset_to_batch(torch.tensor([2, 2, 5])).tolist() == [0, 0, 2, 2, 2]

@@ -1,77 +1,95 @@
-"""Grid pooling and upcast against plain numpy references."""
+"""Grid pooling (parents and coordinates from the plan, features here) and the upcast against numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from plans import distinct_cells, stage_config
 
-from sonata_model.point import Point
-from sonata_model.pooling import GridPooling, copy_down, linear_upcast, upcast
+from sonata_model.plan import build_plan
+from sonata_model.pooling import GridPooling, linear_upcast, upcast
 
 
-def random_level(counts, channels=5, extent=12, seed=0) -> Point:
-    """Clouds of distinct voxels (as grid sampling produces), random features and coordinates."""
+def random_clouds(counts, extent=12, seed=0):
+    """Clouds of distinct voxels (as grid sampling produces) with coordinates inside their voxels."""
     rng = np.random.default_rng(seed)
-    grids, coords = [], []
-    for n in counts:
-        cells = rng.choice(extent**3, size=n, replace=False)
-        grid = np.stack(np.unravel_index(cells, (extent,) * 3), axis=1)
-        grids.append(grid)
-        coords.append(grid * 0.1 + rng.uniform(0, 0.1, size=grid.shape))
-    grid = torch.as_tensor(np.concatenate(grids), dtype=torch.int64)
-    return Point(
-        coord=torch.as_tensor(np.concatenate(coords), dtype=torch.float32),
-        grid_coord=grid,
-        feat=torch.as_tensor(rng.normal(size=(len(grid), channels)), dtype=torch.float32),
-        offset=torch.as_tensor(np.cumsum(counts)),
-    )
+    grid = np.concatenate([distinct_cells(n, extent, rng) for n in counts])
+    coord = grid * 0.1 + rng.uniform(0, 0.1, size=grid.shape)
+    batch = np.repeat(np.arange(len(counts)), counts)
+    return torch.from_numpy(grid), torch.from_numpy(coord).float(), torch.from_numpy(batch)
 
 
-def test_grid_pooling_matches_numpy_reference():
-    torch.manual_seed(0)
-    level = random_level([300, 7, 180])
-    pool = GridPooling(5, 8)
-    pooled = pool(level)
+def plan_of(counts, stages=3, extent=12, seed=0, origin=False):
+    grid, coord, batch = random_clouds(counts, extent, seed)
+    origin_coord = coord * 2 + 1 if origin else None
+    config = stage_config(stages=stages)
+    plan = build_plan(config, coord, grid, batch, len(counts), voxelize=False, origin_coord=origin_coord)
+    return plan, grid, coord, batch
 
-    batch = level.batch.numpy()
-    parent = np.concatenate([batch[:, None], level.grid_coord.numpy() // 2], axis=1)
-    expected_rows, expected_inverse = np.unique(parent, axis=0, return_inverse=True)  # lexicographic rows
-    assert np.array_equal(pooled.batch.numpy(), expected_rows[:, 0])
-    assert np.array_equal(pooled.grid_coord.numpy(), expected_rows[:, 1:])
-    assert np.array_equal(pooled.pooling_inverse.numpy(), expected_inverse.ravel())
-    assert pooled.offset.tolist() == np.cumsum(np.bincount(expected_rows[:, 0])).tolist()
 
-    with torch.no_grad():
-        projected = pool.proj(level.feat).numpy()
-        maxed = np.full((len(expected_rows), 8), -np.inf, dtype=np.float32)
-        np.maximum.at(maxed, expected_inverse.ravel(), projected)
-        expected_feat = pool.act(pool.norm(torch.from_numpy(maxed))).numpy()
-    np.testing.assert_allclose(pooled.feat.detach().numpy(), expected_feat, rtol=1e-5, atol=1e-6)
-
-    sums = np.zeros((len(expected_rows), 3))
-    np.add.at(sums, expected_inverse.ravel(), level.coord.numpy())
-    means = sums / np.bincount(expected_inverse.ravel())[:, None]
+def test_pooled_levels_match_numpy_unique_and_means():
+    plan, grid, coord, batch = plan_of([300, 7, 180], origin=True)
+    level, pooled = plan.levels[0], plan.levels[1]
+    parent = np.concatenate([batch.numpy()[:, None], grid.numpy() // 2], axis=1)
+    rows, inverse = np.unique(parent, axis=0, return_inverse=True)  # lexicographic rows
+    inverse = inverse.ravel()
+    assert np.array_equal(pooled.batch.numpy(), rows[:, 0])
+    assert np.array_equal(pooled.grid_coord.numpy(), rows[:, 1:])
+    assert np.array_equal(pooled.parent.numpy(), inverse)
+    assert pooled.offset.tolist() == np.cumsum(np.bincount(rows[:, 0])).tolist()
+    assert pooled.counts == tuple(np.bincount(rows[:, 0]).tolist())
+    sums = np.zeros((len(rows), 3))
+    np.add.at(sums, inverse, coord.numpy())
+    means = sums / np.bincount(inverse)[:, None]
     np.testing.assert_allclose(pooled.coord.numpy(), means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled.origin_coord.numpy(), means * 2 + 1, rtol=1e-5, atol=1e-5)
+    assert torch.equal(level.coord, coord) and torch.equal(level.grid_coord, grid)
+    # one level further: the mean of the level-1 means (as the reference pools coordinates)
+    coarse = plan.levels[2]
+    inverse2 = coarse.parent.numpy()
+    sums2 = np.zeros((coarse.num_voxels, 3))
+    np.add.at(sums2, inverse2, means)
+    np.testing.assert_allclose(coarse.coord.numpy(), sums2 / np.bincount(inverse2)[:, None], rtol=1e-5, atol=1e-6)
+    assert torch.equal(coarse.grid_coord[coarse.parent], pooled.grid_coord // 2)
+
+
+def test_grid_pooling_takes_the_max_of_the_projected_children():
+    torch.manual_seed(0)
+    plan, grid, _, _ = plan_of([300, 7, 180])
+    pooled = plan.levels[1]
+    feat = torch.randn(len(grid), 5)
+    pool = GridPooling(5, 8)
+    out = pool(feat, pooled.parent, pooled.capacity)
+    with torch.no_grad():
+        projected = pool.proj(feat).numpy()
+        maxed = np.full((pooled.capacity, 8), -np.inf, dtype=np.float32)
+        np.maximum.at(maxed, pooled.parent.numpy(), projected)
+        expected = pool.act(pool.norm(torch.from_numpy(maxed))).numpy()
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_pooling_keeps_clouds_apart_and_gradients_flow():
-    level = random_level([50, 50], extent=4, seed=1)
-    level.grid_coord[50:] = level.grid_coord[:50]  # second cloud occupies the same voxels
-    level.feat.requires_grad_(True)
-    pooled = GridPooling(5, 4)(level)
-    first = int(pooled.offset[0])
+    grid, coord, _ = random_clouds([50], extent=4, seed=1)
+    grid, coord = torch.cat((grid, grid)), torch.cat((coord, coord))  # the second cloud: the same voxels
+    batch = torch.repeat_interleave(torch.arange(2), 50)
+    plan = build_plan(stage_config(stages=2), coord, grid, batch, 2, voxelize=False)
+    pooled = plan.levels[1]
+    first = pooled.counts[0]
     assert torch.equal(pooled.grid_coord[:first], pooled.grid_coord[first:])
-    pooled.feat.sum().backward()
-    assert level.feat.grad is not None and level.feat.grad.abs().sum() > 0
+    feat = torch.randn(100, 5, requires_grad=True)
+    GridPooling(5, 4)(feat, pooled.parent, pooled.capacity).sum().backward()
+    assert feat.grad is not None and feat.grad.abs().sum() > 0
+
+
+def plan_levels(counts, channels):
+    """Levels (Points) of a plan with random features of `channels` per level."""
+    plan, _, _, _ = plan_of(counts, stages=len(channels))
+    return plan.points([torch.randn(level.capacity, c) for level, c in zip(plan.levels, channels, strict=True)])
 
 
 def test_upcast_concatenates_levels_finest_first_through_the_pooling_indices():
     torch.manual_seed(0)
-    levels = [random_level([200], channels=3)]
-    for channels in (4, 6):
-        pooled = GridPooling(levels[-1].feat.shape[1], channels)(levels[-1])
-        pooled.feat = pooled.feat.detach()
-        levels.append(pooled)
+    levels = plan_levels([200], (3, 4, 6))
     feat = upcast(levels)
     assert feat.shape == (200, 3 + 4 + 6)
     inv1 = levels[1].pooling_inverse
@@ -81,16 +99,12 @@ def test_upcast_concatenates_levels_finest_first_through_the_pooling_indices():
     assert torch.equal(feat[:, 7:], levels[2].feat[inv2])
     stage1 = upcast(levels, start=1)
     assert stage1.shape == (levels[1].num_points, 10)
-    assert torch.equal(copy_down(stage1, levels, 1), feat[:, 3:])
+    assert torch.equal(stage1[inv1], feat[:, 3:])
 
 
 def test_linear_upcast_equals_a_linear_map_of_the_upcast():
     torch.manual_seed(1)
-    levels = [random_level([300, 120], channels=6)]
-    for channels in (8, 5):
-        pooled = GridPooling(levels[-1].feat.shape[1], channels)(levels[-1])
-        pooled.feat = pooled.feat.detach()
-        levels.append(pooled)
+    levels = plan_levels([300, 120], (6, 8, 5))
     weight, bias = torch.randn(4, 6 + 8 + 5), torch.randn(4)
     expected = upcast(levels) @ weight.t() + bias
     torch.testing.assert_close(linear_upcast(levels, weight, bias), expected, rtol=1e-5, atol=1e-5)

@@ -1,18 +1,19 @@
-"""Both sparse-conv backends equal a dense conv3d evaluated at the active voxels."""
+"""Both sparse-conv backends over a plan's level equal a dense conv3d evaluated at the active voxels;
+spconv builds one rulebook per stage; under bf16 autocast neither backend computes in fp16."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import spconv.pytorch as spconv
 import torch
 import torch.nn.functional as F
+from plans import distinct_cells, stage_config, voxel_plan
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from sonata_model.sparse_conv import BACKENDS, SparseGeometry, SubMConv3d, default_backend
-
-
-def random_voxels(count: int, extent: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    cells = torch.randperm(extent**3, generator=generator)[:count]
-    return torch.stack((cells // extent**2, cells // extent % extent, cells % extent), dim=1)
+import sonata_model as sm
+from sonata_model.plan import SPARSE_BACKENDS, SizeBuckets
+from sonata_model.sparse_conv import SubMConv3d, default_backend
 
 
 def dense_reference(feat: torch.Tensor, grid: torch.Tensor, conv: SubMConv3d) -> torch.Tensor:
@@ -34,6 +35,10 @@ def make_conv(c_in: int, c_out: int, seed: int = 0) -> SubMConv3d:
     return conv
 
 
+def level_of(grids, backend="torch", buckets=None):
+    return voxel_plan(grids, stage_config(), backend=backend, buckets=buckets).levels[0]
+
+
 @pytest.fixture(autouse=True)
 def two_threads():
     previous = torch.get_num_threads()
@@ -42,43 +47,69 @@ def two_threads():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def voxel_scene():
+    rng = np.random.default_rng(1)
+    grid = np.concatenate([distinct_cells(1500, 16, rng), [[30, 30, 30]]])  # an isolated voxel
+    block = np.stack(np.meshgrid(*(np.arange(20, 24),) * 3, indexing="ij"), -1).reshape(-1, 3)  # fully occupied
+    return torch.from_numpy(np.unique(np.concatenate([grid, block]), axis=0))
+
+
+@pytest.mark.parametrize("backend", SPARSE_BACKENDS)
 @pytest.mark.parametrize("training", [False, True])
 def test_matches_dense_convolution(backend, training):
-    grid = random_voxels(1500, 16, seed=1)
-    grid = torch.cat((grid, torch.tensor([[30, 30, 30]])))  # an isolated voxel
-    dense_block = torch.cartesian_prod(*(torch.arange(20, 24),) * 3)  # a fully occupied 4^3 block
-    grid = torch.unique(torch.cat((grid, dense_block)), dim=0)
+    grid = voxel_scene()
     feat = torch.randn(len(grid), 5)
     conv = make_conv(5, 7).train(training)
-    geometry = SparseGeometry.build(grid, torch.zeros(len(grid), dtype=torch.long), 1, backend=backend)
-    out = conv(feat, geometry)
+    out = conv(feat, level_of([grid.numpy()], backend), backend)
     torch.testing.assert_close(out, dense_reference(feat, grid, conv), rtol=1e-4, atol=1e-4)
     isolated = (grid == 30).all(dim=1).nonzero().item()
     expected = feat[isolated] @ conv.weight[:, 1, 1, 1].t() + conv.bias  # only the centre tap
     torch.testing.assert_close(out[isolated], expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def test_neighbour_table_names_each_offsets_voxel_or_the_zero_row():
+    grid = voxel_scene()
+    level = level_of([grid.numpy()])
+    table = level.neighbours
+    offsets = torch.cartesian_prod(*(torch.arange(-1, 2),) * 3)
+    for k in (0, 4, 13, 22, 26):
+        found = table[:, k] < level.capacity
+        assert torch.equal(grid[table[found, k]], grid[found] + offsets[k])
+        cells = {tuple(c) for c in grid.tolist()}
+        missing = [tuple(c) in cells for c in (grid[~found] + offsets[k]).tolist()]
+        assert not any(missing)
+    assert torch.equal(table[:, 13], torch.arange(len(grid)))  # the centre is the voxel itself
+
+
+def test_padding_rows_change_no_real_output():
+    grid = voxel_scene()
+    feat = torch.randn(len(grid), 5)
+    conv = make_conv(5, 7)
+    padded = level_of([grid.numpy()], buckets=SizeBuckets(minimum=64))
+    assert padded.capacity > len(grid)
+    padded_feat = torch.cat((feat, torch.randn(padded.capacity - len(grid), 5) * 1e3))  # loud padding rows
+    out = conv(padded_feat, padded)
+    torch.testing.assert_close(out[: len(grid)], conv(feat, level_of([grid.numpy()])), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", SPARSE_BACKENDS)
 def test_batched_clouds_do_not_see_each_other(backend):
-    a, b = random_voxels(400, 10, seed=2), random_voxels(300, 10, seed=3)
-    grid = torch.cat((a, b))
-    batch = torch.cat((torch.zeros(len(a)), torch.ones(len(b)))).long()
-    feat = torch.randn(len(grid), 4)
+    rng = np.random.default_rng(2)
+    a, b = distinct_cells(400, 10, rng), distinct_cells(300, 10, rng)
+    feat = torch.randn(700, 4)
     conv = make_conv(4, 4)
-    together = conv(feat, SparseGeometry.build(grid, batch, 2, backend=backend))
-    alone_a = conv(feat[: len(a)], SparseGeometry.build(a, torch.zeros(len(a)).long(), 1, backend=backend))
-    alone_b = conv(feat[len(a) :], SparseGeometry.build(b, torch.zeros(len(b)).long(), 1, backend=backend))
+    together = conv(feat, level_of([a, b], backend), backend)
+    alone_a = conv(feat[:400], level_of([a], backend), backend)
+    alone_b = conv(feat[400:], level_of([b], backend), backend)
     torch.testing.assert_close(together, torch.cat((alone_a, alone_b)), rtol=1e-5, atol=1e-5)
 
 
 def test_torch_backend_gradients_equal_the_dense_reference():
-    grid = random_voxels(500, 9, seed=4)
+    grid = torch.from_numpy(distinct_cells(500, 9, np.random.default_rng(4)))
     conv = make_conv(3, 6)
     feat = torch.randn(len(grid), 3, requires_grad=True)
-    geometry = SparseGeometry.build(grid, torch.zeros(len(grid)).long(), 1, backend="torch")
     upstream = torch.randn(len(grid), 6)
-    (conv(feat, geometry) * upstream).sum().backward()
+    (conv(feat, level_of([grid.numpy()])) * upstream).sum().backward()
     grads = [feat.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()]
     for tensor in (feat, conv.weight, conv.bias):
         tensor.grad = None
@@ -88,34 +119,102 @@ def test_torch_backend_gradients_equal_the_dense_reference():
 
 
 def test_backends_agree_and_are_deterministic():
-    grid = random_voxels(3000, 20, seed=5)
+    grid = distinct_cells(3000, 20, np.random.default_rng(5))
     feat = torch.randn(len(grid), 16)
     conv = make_conv(16, 16).eval()
-    batch = torch.zeros(len(grid)).long()
-    outs = {b: conv(feat, SparseGeometry.build(grid, batch, 1, backend=b)) for b in BACKENDS}
+    outs = {b: conv(feat, level_of([grid], b), b) for b in SPARSE_BACKENDS}
     torch.testing.assert_close(outs["torch"], outs["spconv"], rtol=1e-4, atol=1e-4)
-    again = conv(feat, SparseGeometry.build(grid, batch, 1, backend="torch"))
-    assert torch.equal(outs["torch"], again)
+    assert torch.equal(outs["torch"], conv(feat, level_of([grid])))
     assert torch.get_num_threads() == 2  # the spconv CPU guard restores the thread count
+
+
+def test_spconv_builds_one_rulebook_per_stage(monkeypatch):
+    """spconv keeps the pairs on its output tensor; the plan's level keeps them for the stage's next
+    blocks: a 3-stage encoder with 3 blocks per stage builds 3 rulebooks per frame, not 9."""
+    builds = []
+    original = spconv.conv.ops.get_indice_pairs
+
+    def counted(*args, **kwargs):
+        builds.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(spconv.conv.ops, "get_indice_pairs", counted)
+    config = stage_config(stages=3).replace(enc_depths=(3, 3, 3), drop_path=0.0)
+    encoder = sm.SonataEncoder(config).eval()
+    encoder.sparse_backend = "spconv"
+    rng = np.random.default_rng(6)
+    grid = torch.from_numpy(distinct_cells(600, 14, rng))
+    point = sm.Point(coord=grid * 0.1, grid_coord=grid, feat=torch.randn(600, 9), offset=torch.tensor([600]))
+    with torch.inference_mode():
+        levels = encoder(point)
+        assert builds == [level.num_points for level in levels]
+        encoder.sparse_backend = "torch"
+        reference = encoder(point)
+    for mine, theirs in zip(levels, reference, strict=True):
+        torch.testing.assert_close(mine.feat, theirs.feat, rtol=1e-4, atol=1e-4)
+
+
+class DtypeRecorder(TorchDispatchMode):
+    """The dtypes of every floating-point tensor an op reads or writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in (*args, out):
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                self.dtypes.add(value.dtype)
+        return out
+
+
+def test_under_bf16_autocast_the_torch_conv_runs_in_bf16_and_spconv_in_fp32(monkeypatch):
+    """Never fp16: spconv's custom_fwd would cast the un-normalised residual stream to fp16 under autocast."""
+    grid = distinct_cells(800, 12, np.random.default_rng(7))
+    feat = torch.randn(len(grid), 8) * 100
+    conv = make_conv(8, 8)
+    seen = {}
+    original = spconv.conv.Fsp.indice_subm_conv
+
+    def recorded(features, filters, *args, **kwargs):
+        seen["dtypes"] = (features.dtype, filters.dtype)
+        seen["autocast"] = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+        return original(features, filters, *args, **kwargs)
+
+    monkeypatch.setattr(spconv.conv.Fsp, "indice_subm_conv", recorded)
+    exact = conv(feat, level_of([grid]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recorder = DtypeRecorder()
+        with recorder:
+            low = conv(feat, level_of([grid]))
+        spconv_out = conv(feat, level_of([grid], "spconv"), "spconv")
+    assert low.dtype == torch.bfloat16 and torch.float16 not in recorder.dtypes
+    assert (low.float() - exact).abs().max() < 0.01 * exact.abs().max()  # bf16's 8 bits of mantissa
+    assert seen == {"dtypes": (torch.float32, torch.float32), "autocast": False}
+    torch.testing.assert_close(spconv_out, exact, rtol=1e-4, atol=1e-3)
 
 
 def test_state_dict_has_only_spconv_layout_weight_and_bias():
     conv = make_conv(4, 6)
-    conv(torch.randn(10, 4), SparseGeometry.build(random_voxels(10, 4, 0), torch.zeros(10).long(), 1, "spconv"))
+    grid = distinct_cells(10, 4, np.random.default_rng(0))
+    conv(torch.randn(10, 4), level_of([grid], "spconv"), "spconv")
     state = conv.state_dict()
     assert list(state) == ["weight", "bias"] and state["weight"].shape == (6, 3, 3, 3, 4)
 
 
 def test_backend_selection_and_errors(monkeypatch):
-    assert default_backend(torch.device("cpu")) == "torch"
+    assert default_backend() == "torch"
     monkeypatch.setenv("SONATA_SPARSE_BACKEND", "spconv")
-    assert default_backend(torch.device("cpu")) == "spconv"
+    assert default_backend() == "spconv"
     monkeypatch.setenv("SONATA_SPARSE_BACKEND", "cuda-magic")
     with pytest.raises(ValueError, match="SONATA_SPARSE_BACKEND"):
-        default_backend(torch.device("cpu"))
-    with pytest.raises(ValueError, match="unknown sparse-conv backend"):
-        SparseGeometry.build(torch.zeros(1, 3).long(), torch.zeros(1).long(), 1, backend="dense")
+        default_backend()
+    grid = distinct_cells(20, 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="sparse-conv backend must be one of"):
+        level_of([grid], "dense")
+    with pytest.raises(ValueError, match="size buckets need the torch sparse conv"):
+        level_of([grid], "spconv", SizeBuckets())
     conv = make_conv(4, 4)
-    geometry = SparseGeometry.build(torch.zeros(2, 3).long(), torch.zeros(2).long(), 1, backend="torch")
     with pytest.raises(ValueError, match="do not fit"):
-        conv(torch.randn(3, 4), geometry)
+        conv(torch.randn(3, 4), level_of([grid]))
