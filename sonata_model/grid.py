@@ -9,6 +9,8 @@ Everything here is a handful of tensor ops on all points, without a host sync.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -18,6 +20,7 @@ BATCH_BITS = 9  # clouds per batch < 2**9 (the largest cloud value marks padding
 LEVEL_SHIFT = 3 * AXIS_BITS + BATCH_BITS  # 60: up to 7 levels below the sign bit
 MAX_CLOUDS = (1 << BATCH_BITS) - 1
 PAD_CLOUD = MAX_CLOUDS  # the cloud value of padding rows: sorts after every real cloud of a level
+MARGIN_KEY = (1 << 2 * AXIS_BITS) + (1 << AXIS_BITS) + 1  # the key of grid (1, 1, 1): a one-cell margin
 _AXIS_MASK = (1 << AXIS_BITS) - 1
 _BATCH_MASK = (1 << BATCH_BITS) - 1
 
@@ -44,16 +47,24 @@ def pack_keys(grid: Tensor, batch: Tensor | int, level: Tensor | int = 0) -> Ten
     """int64 key of (level, cloud, x, y, z); grid coordinates in [0, 2**17), cloud < 2**9, level < 8.
 
     Broadcasts: `grid` (..., 3) with `batch` and `level` of its leading shape."""
-    weights = torch.tensor([1 << 2 * AXIS_BITS, 1 << AXIS_BITS, 1], dtype=torch.long, device=grid.device)
-    cloud_level = (torch.as_tensor(level, device=grid.device) << BATCH_BITS) + batch
-    return (grid * weights).sum(dim=-1) + (cloud_level << 3 * AXIS_BITS)
+    cloud_level = batch if isinstance(level, int) and level == 0 else (level << BATCH_BITS) + batch
+    return (grid * _constants(grid.device)[0]).sum(dim=-1) + (cloud_level << 3 * AXIS_BITS)
 
 
 def unpack_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of `pack_keys` without the level: (grid (..., 3) int64, cloud (...) int64)."""
-    shifts = torch.tensor([2 * AXIS_BITS, AXIS_BITS, 0], dtype=torch.long, device=keys.device)
-    grid = (keys.unsqueeze(-1) >> shifts) & _AXIS_MASK
-    return grid, (keys >> 3 * AXIS_BITS) & _BATCH_MASK
+    _, shifts, masks = _constants(keys.device)
+    fields = (keys.unsqueeze(-1) >> shifts) & masks
+    return fields[..., :3], fields[..., 3]
+
+
+@functools.cache
+def _constants(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(axis weights, field shifts, field masks) of the key layout, built once per device."""
+    weights = torch.tensor([1 << 2 * AXIS_BITS, 1 << AXIS_BITS, 1], dtype=torch.long, device=device)
+    shifts = torch.tensor([2 * AXIS_BITS, AXIS_BITS, 0, 3 * AXIS_BITS], dtype=torch.long, device=device)
+    masks = torch.tensor([_AXIS_MASK] * 3 + [_BATCH_MASK], dtype=torch.long, device=device)
+    return weights, shifts, masks
 
 
 def offset_keys(deltas: Tensor) -> Tensor:

@@ -37,7 +37,19 @@ import torch
 from torch import Tensor
 
 from .configs import EncoderConfig
-from .grid import AXIS_LIMIT, LEVEL_SHIFT, MAX_CLOUDS, PAD_CLOUD, kernel_offsets, offset_keys, pack_keys, unpack_keys
+from .grid import (
+    AXIS_BITS,
+    AXIS_LIMIT,
+    BATCH_BITS,
+    LEVEL_SHIFT,
+    MARGIN_KEY,
+    MAX_CLOUDS,
+    PAD_CLOUD,
+    kernel_offsets,
+    offset_keys,
+    pack_keys,
+    unpack_keys,
+)
 from .point import Point
 from .serialization import serialize
 
@@ -236,7 +248,7 @@ def build_plan(
     sorted_key, perm = torch.sort(key, dim=1)
     first = torch.nn.functional.pad(sorted_key[:, 1:] != sorted_key[:, :-1], (1, 0), value=True)
     rank = torch.cumsum(first, dim=1) - 1
-    cloud = (sorted_key >> 3 * 17) & PAD_CLOUD  # invalid members land in the padding cloud's column
+    cloud = (sorted_key >> 3 * AXIS_BITS) & PAD_CLOUD  # invalid members land in the padding cloud's column
     counts = torch.zeros((num_levels, PAD_CLOUD + 1), dtype=torch.long, device=device)
     counts.scatter_add_(1, cloud, first.long())
     extent = grid_coord if valid is None else torch.where(valid[:, None], grid_coord, 0)
@@ -247,7 +259,7 @@ def build_plan(
     _check(per_cloud, extents, n, voxelize, grid_size)
 
     sizes = _Sizes(per_cloud, n if not voxelize else None, buckets, config.enc_patch_size, num_clouds)
-    meta = _upload(sizes, device)
+    meta = _upload(sizes, extents, device)
     total = sizes.total_rows
 
     # Rows: each member's row at every level; keys, grid and cloud of every row; its lowest member.
@@ -257,9 +269,8 @@ def build_plan(
     if valid is not None:
         member_row = torch.where(valid, member_row, total)  # the dump row past the last level
     row_level = torch.repeat_interleave(meta["level"], meta["rows"], output_size=total + 1)
-    pad_key = pack_keys(torch.ones(3, dtype=torch.long, device=device), PAD_CLOUD, row_level)
-    row_key = pad_key.scatter(0, member_row.flatten(), key.flatten())[:total]
-    row_grid, row_cloud = unpack_keys(row_key)
+    row_key = meta["pad_key"][row_level].scatter_(0, member_row.flatten(), key.flatten())[:total]
+    row_grid, row_cloud = unpack_keys(row_key - MARGIN_KEY)
     rep = torch.zeros(total + 1, dtype=torch.long, device=device)
     rep.scatter_reduce_(
         0,
@@ -288,14 +299,13 @@ def build_plan(
     neighbours = None
     if sparse_backend == "torch":
         neighbours = _neighbours(row_key, row_level[:total], meta, sorted_key[0] if not voxelize else None, perm[0])
-    order = serialize(
-        row_grid - 1, row_level[:total] * (PAD_CLOUD + 1) + row_cloud, num_levels * (PAD_CLOUD + 1), config.order
-    ).order
+    cloud_of_row = (row_level[:total] << BATCH_BITS) + row_cloud
+    order = serialize(row_grid, cloud_of_row, num_levels << BATCH_BITS, config.order, meta["depth"]).order
     layouts = _layouts(order, meta, sizes, attention, total)
 
     parent_local = parent - meta["base"][up]
     split = sizes.capacity
-    rows = [torch.split(t, split) for t in (row_values[:total], row_grid - 1, row_cloud, parent_local)]
+    rows = [torch.split(t, split) for t in (row_values[:total], row_grid, row_cloud, parent_local)]
     tables = torch.split(neighbours, split) if neighbours is not None else [None] * num_levels
     offsets = meta["offset"].unbind(0)
     plan_levels = []
@@ -330,13 +340,13 @@ def build_plan(
 
 
 def _check(per_cloud: np.ndarray, extents: np.ndarray, members: int, voxelize: bool, grid_size: float | None) -> None:
-    too_big = np.flatnonzero(extents.max(axis=1) >= AXIS_LIMIT)
+    too_big = np.flatnonzero(extents.max(axis=1) >= AXIS_LIMIT - 1)  # serialization's depth is at most 16
     if too_big.size:
         cloud = int(too_big[0])
         unit = f" of {grid_size:g}" if grid_size else ""
         raise ValueError(
-            f"cloud {cloud} spans {int(extents[cloud].max()) + 1} voxels{unit} along an axis; at most {AXIS_LIMIT} "
-            "fit: crop it or use a coarser grid"
+            f"cloud {cloud} spans {int(extents[cloud].max()) + 1} voxels{unit} along an axis; at most "
+            f"{AXIS_LIMIT - 1} fit: crop it or use a coarser grid"
         )
     empty = np.flatnonzero(per_cloud[0] == 0).tolist()
     if empty:
@@ -404,7 +414,7 @@ _PATCH_FIELDS = (
 )
 
 
-def _upload(sizes: _Sizes, device: torch.device) -> dict[str, Tensor]:
+def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[str, Tensor]:
     """The sizes' per-level and per-patch numbers as device tensors (one host->device copy)."""
     num_levels = len(sizes.capacity)
     base = np.array(sizes.base, dtype=np.int64)
@@ -423,11 +433,18 @@ def _upload(sizes: _Sizes, device: torch.device) -> dict[str, Tensor]:
         packed_base[level == s] = ends - packed[level == s]
         cu_seqlens.append(np.concatenate([[0], ends]))
     per_patch = np.stack([level_first_slot + slot_base, *patches.T, slot_base, packed_base, base[level]])
+    levels = np.arange(num_levels + 1, dtype=np.int64)
+    pad_key = (levels << LEVEL_SHIFT) + (PAD_CLOUD << 3 * AXIS_BITS) + MARGIN_KEY
+    depth = np.ones((num_levels, PAD_CLOUD + 1), dtype=np.int64)  # padding rows (all at 0): depth 1
+    largest = extents.max(axis=1)[None, :] >> np.arange(num_levels)[:, None]  # (L, B) per cloud
+    depth[:, : len(extents)] = np.frexp(largest + 1.0)[1]  # the bit length of largest + 1
     parts = {
+        "pad_key": pad_key,
+        "depth": depth,
         "base": base,
         "capacity": np.array(sizes.capacity),
         "rows": np.append(sizes.capacity, 1),
-        "level": np.arange(num_levels + 1),
+        "level": levels,
         "pad_row": pad_row,
         "pad_parent": np.append(pad_row[1:], sizes.total_rows),
         "offset": np.cumsum(sizes.per_cloud, axis=1),

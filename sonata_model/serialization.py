@@ -111,9 +111,10 @@ def _start_for_depth(successor: np.ndarray, code: np.ndarray, depth: int) -> int
 @dataclass(frozen=True)
 class _Tables:
     spread: Tensor  # (2**16,) bit i of the index at bit 3i
-    axis_weights: Tensor  # (2, 3) z-order's (x, y, z) shifts as factors: plain and "-trans"
+    axis_weights: Tensor  # (2, 1, 3) z-order's (x, y, z) shifts as factors: plain and "-trans"
     hilbert_step: Tensor  # (S * 4096,) next state * 4096 << 12 | 12 code bits
     hilbert_start: Tensor  # (17,) start state * 4096 for each depth
+    chunk_shifts: Tensor  # (4,) where each lookup's 12 z-code bits start, top first
 
 
 @functools.cache
@@ -135,23 +136,24 @@ def _tables(device: torch.device) -> _Tables:
     step = (state << _STEP_BITS) << _STEP_BITS | bits
     return _Tables(
         spread=torch.from_numpy(spread).to(device),
-        axis_weights=torch.tensor([[4, 2, 1], [2, 4, 1]], dtype=torch.long, device=device),
+        axis_weights=torch.tensor([[[4, 2, 1]], [[2, 4, 1]]], dtype=torch.long, device=device),
         hilbert_step=torch.from_numpy(step).to(device),
         hilbert_start=torch.from_numpy(start << _STEP_BITS).to(device),
+        chunk_shifts=torch.arange(BATCH_SHIFT - _STEP_BITS, -1, -_STEP_BITS, device=device),
     )
 
 
 def _hilbert(zcode: Tensor, depth: Tensor | int, tables: _Tables) -> Tensor:
     """Hilbert codes from z-order codes: the state machine, 4 levels per lookup, top level first."""
+    chunks = ((zcode.unsqueeze(-1) >> tables.chunk_shifts) & _STEP_MASK).unbind(-1)
     base = tables.hilbert_start[depth]
-    code = None
-    for shift in range(BATCH_SHIFT - _STEP_BITS, -1, -_STEP_BITS):
-        entry = tables.hilbert_step[base | ((zcode >> shift) & _STEP_MASK)]
-        bits = entry & _STEP_MASK
-        code = bits if code is None else (code << _STEP_BITS) | bits
-        if shift:
-            base = entry >> _STEP_BITS
-    return code
+    entries = []
+    for step, chunk in enumerate(chunks):
+        entries.append(tables.hilbert_step[base + chunk])
+        if step < len(chunks) - 1:
+            base = entries[-1] >> _STEP_BITS
+    bits = torch.stack(entries, dim=-1) & _STEP_MASK
+    return (bits << tables.chunk_shifts).sum(dim=-1)
 
 
 def encode_orders(grid_coord: Tensor, depth: int | Tensor, orders: Sequence[str]) -> Tensor:
@@ -163,13 +165,11 @@ def encode_orders(grid_coord: Tensor, depth: int | Tensor, orders: Sequence[str]
     if unknown:
         raise ValueError(f"unknown serialization order {unknown[0]!r}; expected one of {ORDERS}")
     tables = _tables(grid_coord.device)
-    spread = tables.spread[grid_coord.long()]  # (N, 3)
-    zcodes = (spread.unsqueeze(0) * tables.axis_weights.unsqueeze(1)).sum(dim=2)  # (2, N): z, z-trans
-    codes = {"z": zcodes[0], "z-trans": zcodes[1]}
-    if any(o.startswith("hilbert") for o in orders):
-        hilbert = _hilbert(zcodes, depth, tables)
-        codes.update({"hilbert": hilbert[0], "hilbert-trans": hilbert[1]})
-    return torch.stack([codes[o] for o in orders])
+    zcodes = (tables.spread[grid_coord] * tables.axis_weights).sum(dim=2)  # (2, N): z, z-trans
+    if not any(o.startswith("hilbert") for o in orders):
+        return zcodes[[ORDERS.index(o) for o in orders]]
+    codes = torch.cat((zcodes, _hilbert(zcodes, depth, tables)))  # in ORDERS' order
+    return codes if tuple(orders) == ORDERS else codes[[ORDERS.index(o) for o in orders]]
 
 
 def encode(grid_coord: Tensor, depth: int | Tensor, order: str) -> Tensor:
@@ -199,12 +199,16 @@ class Serialization:
     depth: Tensor  # (clouds,) per-cloud depth
 
 
-def serialize(grid_coord: Tensor, cloud: Tensor, num_clouds: int, orders: Sequence[str]) -> Serialization:
+def serialize(
+    grid_coord: Tensor, cloud: Tensor, num_clouds: int, orders: Sequence[str], depth: Tensor | None = None
+) -> Serialization:
     """Codes and orders of rows along each curve in `orders`, cloud by cloud (no host sync).
 
     `cloud` (N,) int64 < num_clouds < 2**15 groups the rows: each group is encoded at its own depth and
-    ordered as it would be alone, groups in increasing `cloud` along the order.
+    ordered as it would be alone, groups in increasing `cloud` along the order. `depth` (num_clouds,)
+    when the caller knows it (the bit length of each cloud's largest coordinate + 1).
     """
-    depth = _depths(grid_coord, cloud, num_clouds)
+    if depth is None:
+        depth = _depths(grid_coord, cloud, num_clouds)
     code = (cloud << BATCH_SHIFT) | encode_orders(grid_coord, depth[cloud], orders)
     return Serialization(code=code, order=torch.argsort(code, dim=1), depth=depth)
