@@ -96,7 +96,7 @@ class SerializedAttention(nn.Module):
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(channels, channels * 3, bias=qkv_bias)
         self.proj = nn.Linear(channels, channels)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = proj_drop
         self.rope = None if rope_base is None else RotaryEmbedding3D(channels // num_heads, rope_base)
 
     def forward(self, feat: Tensor, layout: AttentionLayout, coord: Tensor | None = None) -> Tensor:
@@ -111,13 +111,14 @@ class SerializedAttention(nn.Module):
                 f"SerializedAttention: feat has {feat.shape[0]} rows but the layout was built for "
                 f"{layout.inverse.shape[0]}"
             )
-        qkv = self.qkv(feat[layout.index])  # (S, 3C), gathering C channels rather than 3C
+        qkv = self.qkv(feat.index_select(0, layout.index))  # (S, 3C), gathering C channels rather than 3C
         if self.rope is not None:
             if coord is None:
                 raise ValueError("SerializedAttention: RoPE attention needs the points' coordinates")
-            qkv = self._rotate(qkv, coord[layout.index])
+            qkv = self._rotate(qkv, coord.index_select(0, layout.index))
         attend = self._flash if layout.kernel == "flash" else self._sdpa
-        return self.proj_drop(self.proj(attend(qkv, layout)[layout.inverse]))
+        out = self.proj(attend(qkv, layout).index_select(0, layout.inverse))
+        return F.dropout(out, self.proj_drop, training=True) if self.training and self.proj_drop else out
 
     def _rotate(self, qkv: Tensor, coord: Tensor) -> Tensor:
         """RoPE on the q and k of every slot; v unchanged."""
@@ -128,7 +129,9 @@ class SerializedAttention(nn.Module):
         """All patches in one call, (P, H, L, C/H); the key mask only where a patch has non-key slots."""
         patches, length = layout.num_patches, layout.length
         q, k, v = qkv.view(patches, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        mask = None if layout.bias is None else layout.bias.to(q.dtype)
+        mask = layout.bias
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
         dropout = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
         return out.transpose(1, 2).reshape(patches * length, self.channels)

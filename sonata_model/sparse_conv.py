@@ -85,9 +85,9 @@ class SubMConv3d(nn.Module):
 
     def _torch_forward(self, feat: Tensor, level: LevelPlan) -> Tensor:
         work = compute_dtype(feat)
-        columns = F.pad(feat.to(work), (0, 0, 0, 1))[level.neighbours]  # (C, 27, C_in); row C is zeros
-        bias = None if self.bias is None else self.bias.to(work)
-        return F.linear(columns.flatten(1), self.weight.to(work).flatten(1), bias)
+        padded = F.pad(feat if feat.dtype == work else feat.to(work), (0, 0, 0, 1))  # row C: zeros, for no neighbour
+        columns = padded.index_select(0, level.neighbours.flatten()).view(level.capacity, -1)  # (C, 27 C_in)
+        return F.linear(columns, self.weight.flatten(1), self.bias)  # autocast casts the weight, not fp32 data
 
     def _spconv_forward(self, feat: Tensor, level: LevelPlan) -> Tensor:
         import spconv.pytorch as spconv
