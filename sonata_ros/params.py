@@ -33,6 +33,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("device", "auto", "auto | cpu | cuda ('auto' uses CUDA when available)."),
     Param("precision", "fp32", "fp32 | fp16 | bf16 (half precisions on CUDA)."),
     Param(
+        "attention",
+        "auto",
+        "auto | sdpa | flash: the attention kernel. auto uses flash_attn on CUDA in fp16 / bf16 when it is installed, "
+        "else torch's scaled_dot_product_attention.",
+    ),
+    Param(
         "domain",
         "",
         "indoor | outdoor | object: the encoder family's input transform (outdoor: LiDAR in the sensor frame, "

@@ -68,6 +68,7 @@ class PerceptionNode(Node):
             model.head,
             device=self.p["device"],
             precision=self.p["precision"],
+            attention=self.p["attention"],
             normals=self.p["normals"] or None,
             transform=_input_transform(encoder.config, self.p["domain"], self.p["grid_size"]),
         )
