@@ -10,8 +10,9 @@ Weights are random (speed does not depend on them). Median of --repeats runs aft
 
 After the timed runs, one more frame runs under `sonata_model.profiling.count_ops`: aten ops (a GPU
 launches a kernel for each that is not a view) and sync-shaped ops (each makes the host wait for a
-GPU), for the whole `Segmenter` call with the embedding read ("frame") and for the encoder forward
-alone ("forward").
+GPU), for the whole `Segmenter` call with the embedding read ("frame"), for the frame plan alone
+("plan", `sonata_model.plan.build_plan`), and for the encoder forward over it ("forward").
+`--buckets` plans with size buckets (padding rows; shapes shared by frames of similar size).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import sys
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,8 @@ import torch
 from common import emit, summarize
 
 import sonata_model as sm
+import sonata_model.segmenter as segmenter_module
 from sonata_model.profiling import OpCounts, count_ops
-from sonata_model.segmenter import PRECISIONS
 from sonata_model.synth.drive import generate_drive
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
@@ -61,18 +61,26 @@ def frame_inputs(scene: str, points: int, config: sm.EncoderConfig) -> dict[str,
 
 
 def count_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Ops of one whole frame (with the embedding read) and of the encoder forward alone."""
+    """Ops of one whole frame (with the embedding read), of its plan and of the encoder forward."""
     with count_ops() as frame:
         segmenter(**inputs).embedding_tensor  # noqa: B018  (computed on first access)
-    point, _, _ = segmenter.prepare([sm.Cloud(**inputs)])
-    autocast = (
-        torch.autocast(segmenter.device.type, dtype=PRECISIONS[segmenter.precision])
-        if segmenter.precision != "fp32"
-        else nullcontext()
-    )
-    with torch.inference_mode(), autocast, count_ops() as forward:
-        segmenter.encoder(point)
-    return {"frame": _ops_summary(frame), "forward": _ops_summary(forward)}
+    original, plan = segmenter_module.build_plan, {}
+
+    def counted(*args, **kwargs):
+        with count_ops() as counts:
+            result = original(*args, **kwargs)
+        plan["counts"] = counts
+        return result
+
+    segmenter_module.build_plan = counted
+    try:
+        with torch.inference_mode():
+            prepared = segmenter.prepare([sm.Cloud(**inputs)])
+    finally:
+        segmenter_module.build_plan = original
+    with torch.inference_mode(), segmenter._autocast(), count_ops() as forward:
+        segmenter.encoder.forward_plan(prepared.plan, prepared.feat)
+    return {"frame": _ops_summary(frame), "plan": _ops_summary(plan["counts"]), "forward": _ops_summary(forward)}
 
 
 def _ops_summary(counts: OpCounts) -> dict:
@@ -86,7 +94,6 @@ class StageClock:
         self.cuda = device.type == "cuda"
         self.current: dict[int, tuple] = {}
         self.samples: dict[int, list[float]] = defaultdict(list)
-        self.voxels: dict[int, int] = {}
         for index, stage in enumerate(encoder.stages()):
             stage.register_forward_pre_hook(self._start(index))
             stage.register_forward_hook(self._stop(index))
@@ -107,7 +114,6 @@ class StageClock:
     def _stop(self, index):
         def hook(module, args, output):
             self.current[index] = (self.current[index][0], self._stamp())
-            self.voxels[index] = output.num_points
 
         return hook
 
@@ -127,7 +133,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=120_000)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"])
+    parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash"])
+    parser.add_argument("--buckets", action="store_true", help="plan with size buckets (sm.SizeBuckets())")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -139,8 +146,15 @@ def main() -> None:
     device = torch.device(args.device)
     config = sm.get_config(args.config)
     encoder = sm.SonataEncoder(config).to(device).eval()
-    encoder.set_attention_kernel(args.attention)
-    segmenter = sm.Segmenter(encoder, None, device=device, precision=args.precision, normals="zeros")
+    segmenter = sm.Segmenter(
+        encoder,
+        None,
+        device=device,
+        precision=args.precision,
+        normals="zeros",
+        attention=args.attention,
+        buckets=sm.SizeBuckets() if args.buckets else None,
+    )
     inputs = frame_inputs(args.scene, args.points, config)
     clock = StageClock(encoder, device)
     totals, timings = [], defaultdict(list)
@@ -166,10 +180,14 @@ def main() -> None:
         "points": len(inputs["coord"]),
         "device": args.device,
         "precision": args.precision,
-        "attention": args.attention,
-        "voxels_per_stage": [clock.voxels[i] for i in sorted(clock.voxels)],
+        "attention": segmenter.attention,
+        "buckets": args.buckets,
+        "threads": torch.get_num_threads(),
+        "voxels_per_stage": [level.num_voxels for level in segmenter.prepare([sm.Cloud(**inputs)]).plan.levels],
         "stage_ms": [summarize(clock.samples[i])["median_ms"] for i in sorted(clock.samples)],
         "pipeline_ms": {name: summarize(values)["median_ms"] for name, values in timings.items()},
+        "plan_ms": summarize(timings["voxelize"])["median_ms"],  # the plan (grid sampling included), features
+        "forward_ms": summarize(timings["encoder"])["median_ms"],
         "total": summarize(totals),
         "ops": count_frame(segmenter, inputs),
     }

@@ -51,8 +51,9 @@ def input_only_scores(config: sm.EncoderConfig, probe: list, val: list, settings
     for source in probe:
         for index in choose_frames(source, settings.frames, settings.seed):
             frame = source[index]
-            point, voxels, _ = segmenter.prepare([frame_cloud(frame)])
-            label = frame.segment[voxels.index.numpy()]
+            prepared = segmenter.prepare([frame_cloud(frame)])
+            point = prepared.point
+            label = frame.segment[prepared.voxel_index.numpy()]
             keep = np.flatnonzero(label >= 0)
             if settings.points_per_frame and len(keep) > settings.points_per_frame:
                 keep = np.random.default_rng(settings.seed).choice(keep, settings.points_per_frame, replace=False)
@@ -64,9 +65,9 @@ def input_only_scores(config: sm.EncoderConfig, probe: list, val: list, settings
         for source in val:
             for index in range(len(source)):
                 frame = source[index]
-                point, voxels, _ = segmenter.prepare([frame_cloud(frame)])
-                inside = voxels.inverse >= 0
-                predicted = torch.where(inside, head(point.feat).argmax(1)[voxels.inverse.clamp(min=0)], -1)
+                prepared = segmenter.prepare([frame_cloud(frame)])
+                inverse = prepared.voxel_of_point
+                predicted = torch.where(inverse >= 0, head(prepared.point.feat).argmax(1)[inverse.clamp(min=0)], -1)
                 scores.add(frame.segment, predicted.numpy())
     return scores
 

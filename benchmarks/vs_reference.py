@@ -241,7 +241,7 @@ def main() -> None:
             "(benchmarks/reference_env); CPU spconv: Native algorithm, bias added after the conv, one thread; "
             "curve orders not shuffled",
         },
-        "ours": {**ours_summary, "sparse_backend": default_backend(torch.device(args.device))},
+        "ours": {**ours_summary, "sparse_backend": default_backend(), "attention": ours.segmenter.attention},
         "speedup": round(reference_summary["median_ms"] / ours_summary["median_ms"], 2),
         "feature_channels": ours_feat.shape[1],
         "max_abs_diff": float(difference.max()),
