@@ -161,7 +161,7 @@ class ProjectRunner:
     """This project's side: `Segmenter` and its all-level embedding, per input point."""
 
     def __init__(self, encoder: sm.SonataEncoder, cloud: dict[str, np.ndarray], device: str) -> None:
-        self.segmenter = sm.Segmenter(encoder, None, device=device)
+        self.segmenter = sm.Segmenter(encoder, None, device=device, domain="indoor")
         self.cloud = cloud
         self.voxels = 0
         self.feat: torch.Tensor | None = None
@@ -206,7 +206,7 @@ def main() -> None:
         work = Path(tmp)
         checkpoint = Path(args.checkpoint or random_checkpoint(args.config, work / "enc.pth", args.seed))
         encoder = sm.load(checkpoint)
-        cloud = indoor_cloud(args.points, encoder.config.grid_size, args.seed)
+        cloud = indoor_cloud(args.points, encoder.config.transform("indoor").grid, args.seed)
         cloud_file = work / "cloud.npz"
         np.savez(cloud_file, **cloud)
         loads = [os.getloadavg()[0]]

@@ -161,6 +161,7 @@ class SonataEncoder(nn.Module):
 
     def plan(self, point: Point, attention: str = "sdpa") -> FramePlan:
         """The plan of a batch of distinct voxels (their rows stay level 0's rows)."""
+        backend = self.sparse_backend or default_backend()
         return build_plan(
             self.config,
             point.coord,
@@ -170,7 +171,8 @@ class SonataEncoder(nn.Module):
             voxelize=False,
             origin_coord=point.origin_coord,
             attention=attention,
-            sparse_backend=self.sparse_backend or default_backend(),
+            sparse_backend=backend,
+            conv_pairs=backend == "torch" and point.grid_coord.device.type == "cpu",
         )
 
     def forward(self, point: Point, attention: str = "sdpa") -> list[Point]:

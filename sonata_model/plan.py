@@ -108,6 +108,18 @@ class AttentionLayout:
 
 
 @dataclass
+class ConvPairs:
+    """The neighbour table of a level compacted into pairs, for a CPU: the (row, neighbour) pairs of each
+    non-centre kernel offset, padded to whole chunks of `chunk` pairs, each chunk of one offset. A padding
+    pair reads the zero row (the level's capacity) into row 0."""
+
+    source: Tensor  # (Q * chunk,) neighbour row of each pair
+    target: Tensor  # (Q * chunk,) row it contributes to
+    offset: Tensor  # (Q,) kernel offset (weight tap, 0..26) of each chunk
+    chunk: int
+
+
+@dataclass
 class LevelPlan:
     """One level: `capacity` rows of which the first `num_voxels` are real (see the module docstring)."""
 
@@ -121,6 +133,7 @@ class LevelPlan:
     offset: Tensor  # (B,) int64 cumulative real voxel counts
     parent: Tensor | None  # (C of the finer level,) row here of each finer row (levels >= 1)
     neighbours: Tensor | None  # (C, 27) int64 row at each kernel offset, C (a zero row) where none (torch conv)
+    pairs: ConvPairs | None  # the table compacted (torch conv on a CPU, where it is cheaper)
     layouts: tuple[AttentionLayout, ...]  # one per order of the plan
     spatial_shape: tuple[int, int, int]  # grid extent (spconv)
     rulebook: dict = field(default_factory=dict, repr=False)  # spconv's pairs, built by the stage's first conv
@@ -152,7 +165,11 @@ class FramePlan:
             self.attention,
             self.sparse_backend,
             tuple(
-                (level.capacity, tuple((t.num_patches, t.length, t.bias is None) for t in level.layouts))
+                (
+                    level.capacity,
+                    None if level.pairs is None else (level.pairs.offset.shape[0], level.pairs.chunk),
+                    tuple((t.num_patches, t.length, t.bias is None) for t in level.layouts),
+                )
                 for level in self.levels
             ),
         )
@@ -162,6 +179,8 @@ class FramePlan:
         out = []
         for level in self.levels:
             out += [t for t in (level.coord, level.parent, level.neighbours) if t is not None]
+            if level.pairs is not None:
+                out += [level.pairs.source, level.pairs.target, level.pairs.offset]
             for layout in level.layouts:
                 out += [t for t in (layout.index, layout.inverse, layout.bias, layout.cu_seqlens) if t is not None]
         return out
@@ -218,6 +237,7 @@ def build_plan(
     sparse_backend: str = "torch",
     buckets: SizeBuckets | None = None,
     grid_size: float | None = None,
+    conv_pairs: bool = False,
 ) -> FramePlan:
     """The plan of `num_clouds` clouds for an encoder shaped like `config`.
 
@@ -225,12 +245,16 @@ def build_plan(
     cloud `batch` (N,). `voxelize`: level 0 is the distinct cells of the `valid` members, represented by
     their lowest member; otherwise the members are level 0's voxels (distinct cells), in their order.
     Raises ValueError naming the cloud when a cloud spans 2**16 voxels or more along an axis, and
-    `EmptyCloudError` when a cloud has no valid member. One host sync.
+    `EmptyCloudError` when a cloud has no valid member. One host sync. `conv_pairs` (CPU tensors only):
+    compact the neighbour table into `ConvPairs` on the levels where that saves work (a second read of
+    the host's own memory, no device to wait for).
     """
     if attention not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, got {attention!r}")
     if sparse_backend not in SPARSE_BACKENDS:
         raise ValueError(f"sparse-conv backend must be one of {SPARSE_BACKENDS}, got {sparse_backend!r}")
+    if conv_pairs and (grid_coord.device.type != "cpu" or buckets is not None or sparse_backend != "torch"):
+        raise ValueError("conv pairs are for the torch conv on CPU tensors without size buckets")
     if buckets is not None and sparse_backend == "spconv":
         raise ValueError("size buckets need the torch sparse conv (spconv builds its own pairs per frame)")
     if not 0 < num_clouds <= MAX_CLOUDS - 1:
@@ -307,6 +331,7 @@ def build_plan(
     split = sizes.capacity
     rows = [torch.split(t, split) for t in (row_values[:total], row_grid, row_cloud, parent_local)]
     tables = torch.split(neighbours, split) if neighbours is not None else [None] * num_levels
+    pairs = _pairs(neighbours, row_level[:total], meta, sizes) if conv_pairs else [None] * num_levels
     offsets = meta["offset"].unbind(0)
     plan_levels = []
     for s in range(num_levels):
@@ -323,6 +348,7 @@ def build_plan(
                 offset=offsets[s],
                 parent=rows[3][s - 1] if s else None,
                 neighbours=tables[s],
+                pairs=pairs[s],
                 layouts=layouts[s],
                 spatial_shape=tuple(int(v) for v in (extents.max(axis=0) >> s) + 1),
             )
@@ -477,6 +503,65 @@ def _neighbours(
         rows[: level0_perm.shape[0]] = level0_perm
         position = rows[position]
     return torch.where(hit, position - meta["base"][row_level][:, None], meta["capacity"][row_level][:, None])
+
+
+_WEIGHT_COPY_ROWS = 40  # a chunk's copy of its (C_in, C_out) weight costs about as much as 40 rows of matmul
+_CENTRE = 13  # the kernel offset (0, 0, 0): every row with itself, a plain matmul
+
+
+def _pairs(neighbours: Tensor, row_level: Tensor, meta: dict[str, Tensor], sizes: _Sizes) -> list[ConvPairs | None]:
+    """`ConvPairs` for the levels where chunked pairs cost fewer matmul rows than the 27-tap table."""
+    num_levels = len(sizes.capacity)
+    found = neighbours < meta["capacity"][row_level][:, None]
+    found[:, _CENTRE] = False
+    counts = torch.zeros((num_levels, 27), dtype=torch.long).index_add_(0, row_level, found.long()).tolist()
+    chunks = [_chunk_size(level, rows) for level, rows in zip(counts, sizes.capacity, strict=True)]
+    offsets, bases, level_slots, total = [], np.zeros((num_levels, 27), dtype=np.int64), [], 0
+    for s, (level_counts, chunk) in enumerate(zip(counts, chunks, strict=True)):
+        start = total
+        for k, n in enumerate(level_counts):
+            bases[s, k] = total
+            if chunk and n:
+                offsets += [k] * -(-n // chunk)
+                total += -(-n // chunk) * chunk
+        level_slots.append((start, total))
+    # each found pair's slot: its level's and offset's base + its rank among them (rows in level order)
+    rank = torch.cumsum(found, dim=0) - found.long()
+    rank = rank - rank[torch.tensor(sizes.base)][row_level]
+    slot = torch.from_numpy(bases)[row_level] + rank
+    use = torch.tensor([bool(c) for c in chunks])[row_level][:, None] & found
+    slot = torch.where(use, slot, total)
+    rows = torch.arange(neighbours.shape[0]) - torch.tensor(sizes.base)[row_level]
+    spans = [end - start for start, end in level_slots]
+    zero_row = torch.from_numpy(np.repeat(np.array(sizes.capacity, dtype=np.int64), spans))  # padding pairs
+    source = torch.cat((zero_row, zero_row.new_zeros(1))).scatter_(0, slot.flatten(), neighbours.flatten())
+    target = torch.zeros(total + 1, dtype=torch.long)
+    target.scatter_(0, slot.flatten(), rows[:, None].expand_as(slot).flatten())
+    offset = torch.tensor(offsets, dtype=torch.long)
+    out, chunk_start = [], 0
+    for (start, end), chunk in zip(level_slots, chunks, strict=True):
+        if not chunk:
+            out.append(None)
+            continue
+        used = slice(start, end)
+        count = (end - start) // chunk
+        out.append(ConvPairs(source[used], target[used], offset[chunk_start : chunk_start + count], chunk))
+        chunk_start += count
+    return out
+
+
+def _chunk_size(counts: list[int], rows: int) -> int:
+    """The chunk size (a power of two) that costs the fewest matmul rows for these per-offset pair counts,
+    or 0 when the 27-tap table costs less (`_WEIGHT_COPY_ROWS` per chunk for its weight copy)."""
+    best, best_cost = 0, 27 * rows
+    chunk = 16
+    while chunk <= max(16, 2 * rows):
+        chunks = sum(-(-n // chunk) for n in counts)
+        cost = rows + chunks * (chunk + _WEIGHT_COPY_ROWS)
+        if cost < 0.8 * best_cost if not best else cost < best_cost:
+            best, best_cost = chunk, cost
+        chunk *= 2
+    return best
 
 
 _DELTAS: dict[torch.device, Tensor] = {}

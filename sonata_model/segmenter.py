@@ -229,6 +229,7 @@ class Segmenter:
         inside = None if self.transform.range_box is None else self.transform.inside(coord)
         model_coord = self.transform.to_model(coord, batch, num_clouds, inside)
         grid = voxel_grid(model_coord, batch, num_clouds, self.transform.grid, inside)
+        backend = self.encoder.sparse_backend or default_backend()
         try:
             plan = build_plan(
                 self.config,
@@ -239,9 +240,10 @@ class Segmenter:
                 voxelize=True,
                 valid=inside,
                 attention=self.attention,
-                sparse_backend=self.encoder.sparse_backend or default_backend(),
+                sparse_backend=backend,
                 buckets=self.buckets,
                 grid_size=self.transform.grid,
+                conv_pairs=self.device.type == "cpu" and self.buckets is None and backend == "torch",
             )
         except EmptyCloudError as error:
             raise ValueError(

@@ -38,6 +38,7 @@ def voxel_plan(
     attention: str = "sdpa",
     buckets: SizeBuckets | None = None,
     backend: str = "torch",
+    conv_pairs: bool = False,
 ) -> FramePlan:
     """The plan of clouds of distinct voxels `grids` (level 0 keeps their rows), coordinates at the
     voxel centres of a 10 cm grid."""
@@ -54,4 +55,5 @@ def voxel_plan(
         attention=attention,
         sparse_backend=backend,
         buckets=buckets,
+        conv_pairs=conv_pairs,
     )

@@ -1,5 +1,6 @@
-"""Both sparse-conv backends over a plan's level equal a dense conv3d evaluated at the active voxels;
-spconv builds one rulebook per stage; under bf16 autocast neither backend computes in fp16."""
+"""The sparse conv over a plan's level (the torch conv through the 27-tap table or through the CPU's
+chunked pairs, and spconv) equals a dense conv3d evaluated at the active voxels; spconv builds one
+rulebook per stage; under bf16 autocast nothing computes in fp16."""
 
 from __future__ import annotations
 
@@ -35,8 +36,19 @@ def make_conv(c_in: int, c_out: int, seed: int = 0) -> SubMConv3d:
     return conv
 
 
-def level_of(grids, backend="torch", buckets=None):
-    return voxel_plan(grids, stage_config(), backend=backend, buckets=buckets).levels[0]
+LAYOUTS = ("table", "pairs", "spconv")
+
+
+def level_of(grids, layout="table", buckets=None):
+    """Level 0 of the plan of `grids` for a conv layout (table / pairs: the torch backend)."""
+    backend = "spconv" if layout == "spconv" else layout if layout in SPARSE_BACKENDS else "torch"
+    level = voxel_plan(grids, stage_config(), backend=backend, buckets=buckets, conv_pairs=layout == "pairs").levels[0]
+    assert (level.pairs is not None) == (layout == "pairs")  # the scenes here are sparse enough for pairs
+    return level
+
+
+def backend_of(layout: str) -> str:
+    return "spconv" if layout == "spconv" else "torch"
 
 
 @pytest.fixture(autouse=True)
@@ -54,13 +66,13 @@ def voxel_scene():
     return torch.from_numpy(np.unique(np.concatenate([grid, block]), axis=0))
 
 
-@pytest.mark.parametrize("backend", SPARSE_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("training", [False, True])
-def test_matches_dense_convolution(backend, training):
+def test_matches_dense_convolution(layout, training):
     grid = voxel_scene()
     feat = torch.randn(len(grid), 5)
     conv = make_conv(5, 7).train(training)
-    out = conv(feat, level_of([grid.numpy()], backend), backend)
+    out = conv(feat, level_of([grid.numpy()], layout), backend_of(layout))
     torch.testing.assert_close(out, dense_reference(feat, grid, conv), rtol=1e-4, atol=1e-4)
     isolated = (grid == 30).all(dim=1).nonzero().item()
     expected = feat[isolated] @ conv.weight[:, 1, 1, 1].t() + conv.bias  # only the centre tap
@@ -92,24 +104,26 @@ def test_padding_rows_change_no_real_output():
     torch.testing.assert_close(out[: len(grid)], conv(feat, level_of([grid.numpy()])), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", SPARSE_BACKENDS)
-def test_batched_clouds_do_not_see_each_other(backend):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_batched_clouds_do_not_see_each_other(layout):
     rng = np.random.default_rng(2)
     a, b = distinct_cells(400, 10, rng), distinct_cells(300, 10, rng)
     feat = torch.randn(700, 4)
     conv = make_conv(4, 4)
-    together = conv(feat, level_of([a, b], backend), backend)
-    alone_a = conv(feat[:400], level_of([a], backend), backend)
-    alone_b = conv(feat[400:], level_of([b], backend), backend)
+    backend = backend_of(layout)
+    together = conv(feat, level_of([a, b], layout), backend)
+    alone_a = conv(feat[:400], level_of([a], layout), backend)
+    alone_b = conv(feat[400:], level_of([b], layout), backend)
     torch.testing.assert_close(together, torch.cat((alone_a, alone_b)), rtol=1e-5, atol=1e-5)
 
 
-def test_torch_backend_gradients_equal_the_dense_reference():
-    grid = torch.from_numpy(distinct_cells(500, 9, np.random.default_rng(4)))
+@pytest.mark.parametrize("layout", ["table", "pairs"])
+def test_torch_backend_gradients_equal_the_dense_reference(layout):
+    grid = torch.from_numpy(distinct_cells(500, 12, np.random.default_rng(4)))
     conv = make_conv(3, 6)
     feat = torch.randn(len(grid), 3, requires_grad=True)
     upstream = torch.randn(len(grid), 6)
-    (conv(feat, level_of([grid.numpy()])) * upstream).sum().backward()
+    (conv(feat, level_of([grid.numpy()], layout)) * upstream).sum().backward()
     grads = [feat.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()]
     for tensor in (feat, conv.weight, conv.bias):
         tensor.grad = None
@@ -122,9 +136,11 @@ def test_backends_agree_and_are_deterministic():
     grid = distinct_cells(3000, 20, np.random.default_rng(5))
     feat = torch.randn(len(grid), 16)
     conv = make_conv(16, 16).eval()
-    outs = {b: conv(feat, level_of([grid], b), b) for b in SPARSE_BACKENDS}
-    torch.testing.assert_close(outs["torch"], outs["spconv"], rtol=1e-4, atol=1e-4)
-    assert torch.equal(outs["torch"], conv(feat, level_of([grid])))
+    outs = {layout: conv(feat, level_of([grid], layout), backend_of(layout)) for layout in LAYOUTS}
+    torch.testing.assert_close(outs["table"], outs["spconv"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs["pairs"], outs["spconv"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(outs["table"], conv(feat, level_of([grid])))
+    assert torch.equal(outs["pairs"], conv(feat, level_of([grid], "pairs")))
     assert torch.get_num_threads() == 2  # the spconv CPU guard restores the thread count
 
 
@@ -188,9 +204,11 @@ def test_under_bf16_autocast_the_torch_conv_runs_in_bf16_and_spconv_in_fp32(monk
         recorder = DtypeRecorder()
         with recorder:
             low = conv(feat, level_of([grid]))
+            low_pairs = conv(feat, level_of([grid], "pairs"))
         spconv_out = conv(feat, level_of([grid], "spconv"), "spconv")
-    assert low.dtype == torch.bfloat16 and torch.float16 not in recorder.dtypes
-    assert (low.float() - exact).abs().max() < 0.01 * exact.abs().max()  # bf16's 8 bits of mantissa
+    assert low.dtype == torch.bfloat16 and torch.bfloat16 in recorder.dtypes and torch.float16 not in recorder.dtypes
+    for out in (low, low_pairs):
+        assert (out.float() - exact).abs().max() < 0.01 * exact.abs().max()  # bf16's 8 bits of mantissa
     assert seen == {"dtypes": (torch.float32, torch.float32), "autocast": False}
     torch.testing.assert_close(spconv_out, exact, rtol=1e-4, atol=1e-3)
 
@@ -212,9 +230,11 @@ def test_backend_selection_and_errors(monkeypatch):
         default_backend()
     grid = distinct_cells(20, 4, np.random.default_rng(0))
     with pytest.raises(ValueError, match="sparse-conv backend must be one of"):
-        level_of([grid], "dense")
+        voxel_plan([grid], stage_config(), backend="dense")
     with pytest.raises(ValueError, match="size buckets need the torch sparse conv"):
-        level_of([grid], "spconv", SizeBuckets())
+        voxel_plan([grid], stage_config(), backend="spconv", buckets=SizeBuckets())
+    with pytest.raises(ValueError, match="conv pairs are for the torch conv on CPU tensors without size buckets"):
+        voxel_plan([grid], stage_config(), buckets=SizeBuckets(), conv_pairs=True)
     conv = make_conv(4, 4)
     with pytest.raises(ValueError, match="do not fit"):
         conv(torch.randn(3, 4), level_of([grid]))
