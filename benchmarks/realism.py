@@ -21,7 +21,7 @@ z = -4 m). Points within 1 m of the sensor are left out of them all (the nuScene
 no-return placeholders and roof returns there) and counted as `near_fraction`. Each distribution gets
 quantiles and the Wasserstein-1 distance and KS statistic real vs synthetic; the mount height is
 estimated as minus the median z of ground points (within 0.15 m of the local ground) 4-20 m away.
-For hdl64 the labelled scan also gives per-class strength and the road height near the car.
+For hdl64 the labelled scan also gives per-class strength, the class mix and the road height near the car.
 `--record` writes benchmarks/results/realism.json and docs/realism.png (histograms real vs synthetic).
 """
 
@@ -251,6 +251,19 @@ def per_class_strength(real: Points, synthetic: Points) -> dict[str, dict[str, f
     return out
 
 
+def class_shares(real: Points, synthetic: Points) -> dict[str, Any]:
+    """Share of the labelled points per class (the scene mix), and the total variation between them."""
+    shares = []
+    for points in (real, synthetic):
+        labelled = points.segment[points.segment >= 0]
+        shares.append(np.bincount(labelled, minlength=len(CLASS_NAMES)) / max(len(labelled), 1))
+    return {
+        "real": {n: _round(float(v)) for n, v in zip(CLASS_NAMES, shares[0], strict=True)},
+        "synthetic": {n: _round(float(v)) for n, v in zip(CLASS_NAMES, shares[1], strict=True)},
+        "total_variation": _round(0.5 * float(np.abs(shares[0] - shares[1]).sum())),
+    }
+
+
 def road_height(points: Points) -> float | None:
     """Median z of road points 4-10 m away: minus the mount height on flat ground."""
     if points.segment is None:
@@ -302,6 +315,7 @@ def summary(comparison: Comparison, real_scans: list[Scan], seeds: list[int]) ->
         if real_labelled.strength is not None:
             result["per_class_strength"] = per_class_strength(real_labelled, synthetic)
         result["road_z_4_to_10m"] = {"real": road_height(real_labelled), "synthetic": road_height(synthetic)}
+        result["class_shares"] = class_shares(real_labelled, synthetic)
     return result, (real, synthetic, shares)
 
 
@@ -352,12 +366,15 @@ def plot(panels: dict[str, tuple], path: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--sensors", nargs="+", help="only these sensors (default: every one compared)")
     parser.add_argument("--real", type=Path, default=REAL_ROOT, help="folder of the real scans (shared/real)")
     parser.add_argument("--name", default="realism", help="result name (benchmarks/results/NAME.json, docs/NAME.png)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     results, panels = {}, {}
     for comparison in comparisons():
+        if args.sensors and comparison.sensor not in args.sensors:
+            continue
         try:
             real_scans = comparison.load(args.real)
         except RealDataMissing as exc:
