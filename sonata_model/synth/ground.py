@@ -17,6 +17,7 @@ import numpy as np
 from .classes import ROAD, SIDEWALK, TERRAIN
 
 KERB_RAMP = 0.02  # m over which the terrain steps up to sidewalk level beyond the sidewalk
+_CHUNK = 8192  # rays per vectorised block of the ground intersection
 
 
 @dataclass
@@ -115,28 +116,39 @@ class Ground:
         The clearance f(t) = z(t) - H(x(t), y(t)) is linear between the ray's knot crossings: it is
         evaluated at the sorted crossings, and the first drop below 0 (floor) or below the sidewalk
         height (sidewalk top, kept only where the hit lies on a sidewalk) is interpolated linearly.
+        Only the stretch of each ray between the highest and the lowest ground in reach is searched.
         """
         t_hit = np.full(len(origin), np.inf)
         label = np.full(len(origin), TERRAIN, np.int32)
-        knots_y, _ = self.cross_section()
         reach = (origin[:, 0].min() - t_max, origin[:, 0].max() + t_max)
         knots_x = self.profile[(self.profile[:, 0] > reach[0]) & (self.profile[:, 0] < reach[1]), 0]
         lowest, highest = self._height_bounds(reach)
+        ceiling = highest + self.sidewalk_height + 0.01
         # a ray that stays above every ground point in reach cannot hit it
-        ceiling = highest + self.sidewalk_height
         rays = np.flatnonzero(np.minimum(origin[:, 2], origin[:, 2] + t_max * direction[:, 2]) <= ceiling)
-        o, d = origin[rays], direction[rays]
+        for chunk in np.array_split(rays, max(1, len(rays) // _CHUNK)):  # loop over ~10k-ray chunks (cache)
+            t_hit[chunk], label[chunk] = self._first_hit(
+                origin[chunk], direction[chunk], t_max, knots_x, lowest, ceiling
+            )
+        return t_hit, label
+
+    def _first_hit(
+        self, o: np.ndarray, d: np.ndarray, t_max: float, knots_x: np.ndarray, lowest: float, ceiling: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        knots_y, _ = self.cross_section()
+        descending = d[:, 2] < 0
         with np.errstate(divide="ignore", invalid="ignore"):
             crossings = np.concatenate(
                 [(knots_x[None, :] - o[:, :1]) / d[:, :1], (knots_y[None, :] - o[:, 1:2]) / d[:, 1:2]], 1
             )
-            # below the lowest ground in reach the ray has hit it already
-            exit_t = np.where(d[:, 2] < 0, (o[:, 2] - lowest) / -d[:, 2], t_max)
-        end = np.minimum(exit_t, t_max)[:, None] + 1e-6
-        crossings = np.where((crossings > 0) & (crossings < end), crossings, end)
+            # above the highest ground the ray cannot have hit it yet; below the lowest it has
+            start = np.where(descending, np.maximum((o[:, 2] - ceiling) / -d[:, 2], 0.0), 0.0)
+            end = np.where(descending, (o[:, 2] - lowest) / -d[:, 2], t_max)
+        start, end = np.minimum(start, t_max)[:, None], np.minimum(end, t_max)[:, None] + 1e-6
+        crossings = np.where((crossings > start) & (crossings < end), crossings, end)
         crossings.sort(axis=1)
         crossings = crossings[:, : int((crossings < end).sum(axis=1).max(initial=0))]  # drop all-`end` columns
-        t = np.concatenate([np.zeros((len(o), 1)), crossings, end], axis=1)
+        t = np.concatenate([start, crossings, end], axis=1)
         x, y = o[:, :1] + t * d[:, :1], o[:, 1:2] + t * d[:, 1:2]
         clearance = o[:, 2:3] + t * d[:, 2:3] - self.height(x, y)
         floor = _first_crossing(t, clearance, 0.0)
@@ -145,9 +157,8 @@ class Ground:
         on_top = np.isfinite(top) & self.is_sidewalk(top_point[:, 0], top_point[:, 1])
         floor_point = o + d * np.where(np.isfinite(floor), floor, 0)[:, None]
         hit = np.where(on_top, top, floor)
-        t_hit[rays] = np.where(hit <= t_max, hit, np.inf)
-        label[rays] = np.where(on_top, SIDEWALK, self.label(floor_point[:, 0], floor_point[:, 1]))
-        return t_hit, label
+        label = np.where(on_top, SIDEWALK, self.label(floor_point[:, 0], floor_point[:, 1]))
+        return np.where(hit <= t_max, hit, np.inf), label
 
     def _height_bounds(self, reach: tuple[float, float]) -> tuple[float, float]:
         """Lowest and highest H for x in `reach` (extremes of a piecewise-linear H are at its knots)."""

@@ -188,34 +188,33 @@ def _candidate_pairs(
 ):
     """Yield (ray index, primitive index) chunks: each primitive with the rays that can reach it.
 
-    Culling works on world bearings and elevations; a sensor tilted by `tilt` sees a beam at most
-    `tilt` off its nominal elevation and `tilt * tan(elevation)` off its nominal azimuth: margins."""
+    Culling works in the sensor frame: each primitive's vertical bounding cylinder, tilted there by the
+    sensor's tilt, is bounded by a vertical one (wider by half its height times the tilt's sine, taller
+    by its radius times it; both grown by the sensor's motion during the sweep), whose azimuth and
+    elevation span gives the columns and beams."""
     columns = sensor.columns
-    yaw = float(np.arctan2(rotation[1, 0], rotation[0, 0]))
-    tilt = float(np.arccos(np.clip(rotation[2, 2], -1.0, 1.0)))
-    steepest = float(np.abs(sensor.elevations()).max()) + tilt
-    relative = centers[:, :2] - position[:2]
-    distance = np.hypot(relative[:, 0], relative[:, 1])
-    radius = prims.bounding_radius() + motion + 0.05
+    sin_tilt = float(np.sqrt(max(0.0, 1.0 - rotation[2, 2] ** 2)))
+    local = (centers - position) @ rotation  # sensor frame
+    half_height = prims.half_height()
+    distance = np.hypot(local[:, 0], local[:, 1])
+    radius = prims.bounding_radius() + half_height * sin_tilt + motion + 0.05
     near = distance - radius < sensor.max_range
     inside = distance <= radius
     half = np.where(inside, np.pi, np.arcsin(np.clip(radius / np.maximum(distance, _EPS), 0, 1)))
-    half = np.minimum(half + tilt * np.tan(min(steepest, 1.4)), np.pi)
     step = 2 * np.pi / columns
-    bearing = np.mod(np.arctan2(relative[:, 1], relative[:, 0]) - yaw, 2 * np.pi)
+    bearing = np.mod(np.arctan2(local[:, 1], local[:, 0]), 2 * np.pi)
     first_column = np.floor((bearing - half) / step).astype(np.int64)
     num_columns = np.minimum(np.ceil((bearing + half) / step).astype(np.int64) - first_column + 1, columns)
 
-    z_low, z_high = prims.z_range(centers)
-    z_low = z_low - position[2] - motion
-    z_high = z_high - position[2] + motion
+    reach = half_height + prims.bounding_radius() * sin_tilt + motion
+    z_low, z_high = local[:, 2] - reach, local[:, 2] + reach
     d_near = np.maximum(distance - radius, 0.05)
     d_far = distance + radius
     e_low = np.minimum(np.arctan2(z_low, d_near), np.arctan2(z_low, d_far))
     e_high = np.maximum(np.arctan2(z_high, d_near), np.arctan2(z_high, d_far))
     beam_order = np.argsort(sensor.elevations())
     sorted_elevation = sensor.elevations()[beam_order]
-    margin = np.deg2rad(0.05) + tilt
+    margin = np.deg2rad(0.05)
     first_beam = np.searchsorted(sorted_elevation, e_low - margin)
     num_beams = np.searchsorted(sorted_elevation, e_high + margin, side="right") - first_beam
     count = np.where(near, num_columns * num_beams, 0)

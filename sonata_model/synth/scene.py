@@ -255,7 +255,7 @@ class Builder:
                 finish=np.array(cols[8], np.int64),
             )
             _stand_on_ground(prims, self.ground)
-            out.append(prims)
+            out.append(_split_long_boxes(prims) if kind == "box" else prims)
         return out
 
 
@@ -290,6 +290,42 @@ def _stand_on_ground(prims: Primitives, ground: Ground) -> None:
         prims.size[:, 2] = half
     else:  # ellipsoids (crowns, heads, bushes) keep their shape: lifted only
         prims.center[:, 2] = base + (low + high) / 2
+
+
+def _split_long_boxes(prims: Primitives, longest: float = 4.0, thin: float = 1.0) -> Primitives:
+    """Cut static thin boxes (fences, walls, hedges) longer than `longest` into pieces with the same
+    surfaces: one next to the sensor is then culled piece by piece (a few rays each), not as one wide
+    cylinder. (Cutting buildings would add hidden interior pieces: more work, not less.)"""
+    thin_static = (prims.size[:, :2].min(axis=1) <= thin) & ~np.any(prims.velocity != 0, axis=1)
+    pieces = np.where(thin_static[:, None], np.ceil(2 * prims.size[:, :2] / longest), 1).astype(np.int64)
+    count = pieces[:, 0] * pieces[:, 1]
+    if np.all(count == 1):
+        return prims
+    index = np.repeat(np.arange(len(prims)), count)
+    within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    nx, ny = pieces[index, 0], pieces[index, 1]
+    size = prims.size[index].copy()
+    size[:, 0] /= nx
+    size[:, 1] /= ny
+    # piece centres along the box's own axes, then rotated by its yaw
+    u = (2 * (within % nx) + 1 - nx) * size[:, 0]
+    v = (2 * (within // nx) + 1 - ny) * size[:, 1]
+    c, s = np.cos(prims.yaw[index]), np.sin(prims.yaw[index])
+    center = prims.center[index].copy()
+    center[:, 0] += c * u - s * v
+    center[:, 1] += s * u + c * v
+    return Primitives(
+        kind=prims.kind,
+        center=center,
+        size=size,
+        yaw=prims.yaw[index],
+        semantic=prims.semantic[index],
+        instance=prims.instance[index],
+        reflectivity=prims.reflectivity[index],
+        roughness=prims.roughness[index],
+        velocity=prims.velocity[index],
+        finish=prims.finish[index],
+    )
 
 
 def generate_scene(seed: int, x_start: float, x_end: float) -> Scene:
