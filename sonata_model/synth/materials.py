@@ -24,7 +24,7 @@ FINISH_MULTIPATH = {DIFFUSE: 1.0, GLOSSY: 10.0, GLASS: 20.0, WET: 30.0, RETRO: 1
 MATERIALS = {
     BUILDING: (0.20, 0.08, 0.05, DIFFUSE),
     FENCE: (0.22, 0.10, 0.06, DIFFUSE),
-    VEGETATION: (0.30, 0.06, 0.10, DIFFUSE),
+    VEGETATION: (0.30, 0.06, 0.14, DIFFUSE),
     TRUNK: (0.33, 0.06, 0.07, DIFFUSE),
     POLE: (0.12, 0.06, 0.05, DIFFUSE),
     SIGN: (0.25, 0.08, 0.04, RETRO),  # a retro-reflective face reads high; the back and edges diffuse

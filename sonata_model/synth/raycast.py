@@ -164,7 +164,7 @@ def _ground_material(
     terrain = mask & (semantic == TERRAIN)
     reflectivity[terrain] = g.terrain_reflectivity
     spread[mask] = 0.04
-    spread[terrain] = 0.1
+    spread[terrain] = 0.14
     roughness[terrain] = 0.03
     finish[road & g.is_wet(point[:, 0], point[:, 1])] = WET
 

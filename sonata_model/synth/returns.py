@@ -5,7 +5,7 @@
   grows as the square root of the effective reflectivity, from `range_at_10pct` at 10 %. Dark surfaces
   at grazing incidence far away are the first to go, as in real scans.
 - Strength: the sensor's `Response` of the effective reflectivity (reflectivity * incidence term,
-  with a relative noise); retro-reflective faces read high; KITTI-style remission reads 0 on glossy
+  with a log-normal noise); retro-reflective faces read high; KITTI-style remission reads 0 on glossy
   paint and on weak far returns.
 - Multipath: a few returns (many more off glass, wet or glossy surfaces) travel an extra bounce, so
   the point lands further along the beam, under the road for downward beams; they carry no label.
@@ -43,7 +43,7 @@ def strength(
 ) -> np.ndarray:
     """Strength in [0, 1] as the sensor's driver reports it, quantised to its step."""
     response = sensor.response
-    noisy = np.maximum(rho * (1.0 + response.noise * rng.standard_normal(len(rho))), 0.0)
+    noisy = rho * np.exp(response.noise * rng.standard_normal(len(rho)))  # log-normal: a long bright tail
     if response.kind == "remission":
         value = response.gain * np.sqrt(noisy)
         zero = rng.random(len(rho)) < np.where(finish == GLOSSY, response.glossy_zero, response.zero)

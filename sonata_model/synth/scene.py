@@ -105,16 +105,16 @@ def draw_layout(rng: np.random.Generator) -> Layout:
     if style == "urban":
         return Layout(
             style,
-            int(rng.integers(1, 3)),
-            float(rng.uniform(3.0, 3.7)),
-            parking=rng.random() < 0.7,
+            1 + int(rng.random() < 0.3),
+            float(rng.uniform(3.0, 3.6)),
+            parking=rng.random() < 0.6,
             parked_density=float(rng.uniform(0.2, 0.7)),
             traffic_gap=(15.0, 50.0),
             sidewalk_width=float(rng.uniform(2.5, 5.0)),
             verge=float(rng.uniform(0.0, 2.0)),
             setback=(0.0, 3.0),
             building_chance=0.9,
-            tree_gap=(6.0, 15.0),
+            tree_gap=(5.0, 12.0),
             max_grade=float(rng.uniform(0.0, 0.03)),
         )
     if style == "suburban":
@@ -122,14 +122,14 @@ def draw_layout(rng: np.random.Generator) -> Layout:
             style,
             1,
             float(rng.uniform(2.75, 3.2)),
-            parking=rng.random() < 0.4,
+            parking=rng.random() < 0.3,
             parked_density=float(rng.uniform(0.1, 0.4)),
             traffic_gap=(30.0, 100.0),
             sidewalk_width=float(rng.uniform(1.8, 4.0)),
             verge=float(rng.uniform(1.5, 6.0)),
-            setback=(3.0, 12.0),
-            building_chance=0.6,
-            tree_gap=(4.0, 12.0),
+            setback=(3.0, 10.0),
+            building_chance=0.75,
+            tree_gap=(3.0, 9.0),
             max_grade=float(rng.uniform(0.0, 0.05)),
         )
     return Layout(

@@ -39,15 +39,15 @@ class Response:
       beyond about `far_zero_range` (for a 10 % surface; further for brighter ones).
     - "calibrated" (Velodyne / Ouster calibrated reflectivity, 0-100 diffuse, 101-255 retro-reflective,
       divided by 255 as drivers and the node do): strength = gain * reflectivity, quantised to 1/255.
-    The reflectivity is the surface's times (1 - incidence + incidence * cos(angle of incidence)), with
-    a relative noise `noise`. Retro-reflectors (signs, plates) read between `retro` and 1.
+    The reflectivity is the surface's times (1 - incidence + incidence * cos(angle of incidence)), times
+    a log-normal noise exp(N(0, `noise`)). Retro-reflectors (signs, plates) read between `retro` and 1.
     """
 
     kind: str = "calibrated"
     gain: float = 100 / 255
     step: float = 1 / 255
     incidence: float = 0.7
-    noise: float = 0.3
+    noise: float = 0.5
     zero: float = 0.0
     glossy_zero: float = 0.0
     retro: float = 101 / 255
@@ -142,7 +142,7 @@ SENSORS: dict[str, LidarModel] = {
         range_noise=0.02,
         mount_height=1.84,
         multipath=1e-3,
-        ego=EgoBody(length=2.0, width=1.74, height=1.43, self_return=0.5),
+        ego=EgoBody(length=2.0, width=1.2, height=1.43, self_return=0.5),
     ),
     # KITTI: HDL-64E at 1.73 m on a VW Passat wagon's roof rack; KITTI keeps returns within 80 m
     "hdl64": LidarModel(

@@ -32,8 +32,8 @@ def street_side(b: Builder, side: float, x0: float, x1: float) -> None:
 
 def _buildings(b: Builder, side: float, front: float, x0: float, x1: float) -> None:
     rng, layout = b.rng, b.layout
-    low, high = {"urban": (6.0, 25.0), "suburban": (4.0, 10.0), "open": (3.0, 9.0)}[layout.style]
-    gap = {"urban": (0.0, 6.0), "suburban": (3.0, 15.0), "open": (10.0, 60.0)}[layout.style]
+    low, high = {"urban": (6.0, 25.0), "suburban": (5.0, 12.0), "open": (3.0, 9.0)}[layout.style]
+    gap = {"urban": (0.0, 6.0), "suburban": (2.0, 10.0), "open": (10.0, 60.0)}[layout.style]
     x = x0
     while x < x1:
         length = rng.uniform(8, 30 if layout.style == "urban" else 20)
@@ -111,7 +111,7 @@ def _verge_vegetation(b: Builder, side: float, kerb: float, front: float, x0: fl
         x = x0
         while x < x1:
             length = rng.uniform(4, 30)
-            if b.free(x + length / 2, length / 2 + 1) and rng.random() < 0.5:
+            if b.free(x + length / 2, length / 2 + 1) and rng.random() < 0.6:
                 height, depth = rng.uniform(0.4, 1.6), rng.uniform(0.5, 1.5)
                 y = side * (kerb + rng.uniform(0.3, max(0.4, verge - depth)) + depth / 2)
                 b.add("box", (x + length / 2, y, height / 2), (length / 2, depth / 2, height / 2), VEGETATION)
@@ -131,7 +131,7 @@ def _yards_and_fields(b: Builder, side: float, front: float, x0: float, x1: floa
     """Front yards (suburban) or open land (open): bushes, conifers and deciduous trees in clumps and lines."""
     rng, layout = b.rng, b.layout
     depth = layout.setback[1] + (5.0 if layout.style == "suburban" else 80.0)
-    count = int((x1 - x0) * depth / (60.0 if layout.style == "suburban" else 150.0))
+    count = int((x1 - x0) * depth / (40.0 if layout.style == "suburban" else 150.0))
     xs = rng.uniform(x0, x1, count)
     ys = side * (front + 1.0 + rng.uniform(0, depth, count))
     kinds = rng.random(count)
@@ -156,7 +156,7 @@ def _tree(b: Builder, x: float, y: float) -> None:
     rng = b.rng
     trunk_h, radius = rng.uniform(1.5, 4.0), rng.uniform(0.1, 0.35)
     b.add("cylinder", (x, y, trunk_h / 2), (radius, trunk_h / 2, 0.0), TRUNK)
-    crown = rng.uniform(1.2, 4.0)
+    crown = rng.uniform(1.5, 4.5)
     material = b.material(VEGETATION)
     for _ in range(int(rng.integers(3, 7))):
         offset = rng.normal(0, crown / 2.5, 3)
