@@ -1,6 +1,6 @@
 """How real is the synthetic LiDAR world? Its drives against real scans of the same beam count, per sensor.
 
-    python benchmarks/realism.py [--seeds 0 1 2 3 4 5] [--real DIR] [--record]
+    python benchmarks/realism.py [--seeds 0 1 2 3 4 5] [--sensors hdl64 ...] [--real DIR] [--record]
 
 Needs the real scans of `<repo>/../shared/real/` (or --real DIR) and stops with a clear message
 without them. Each synthetic sensor (one frame from each seed: different streets) is compared with:
@@ -22,7 +22,8 @@ no-return placeholders and roof returns there) and counted as `near_fraction`. E
 quantiles and the Wasserstein-1 distance and KS statistic real vs synthetic; the mount height is
 estimated as minus the median z of ground points (within 0.15 m of the local ground) 4-20 m away.
 For hdl64 the labelled scan also gives per-class strength, the class mix and the road height near the car.
-`--record` writes benchmarks/results/realism.json and docs/realism.png (histograms real vs synthetic).
+`--record` writes benchmarks/results/realism.json and docs/realism.png (histograms real vs synthetic;
+values beyond a panel's range are counted in its edge bins).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class Primitives:
     reflectivity: np.ndarray  # (P, 2) mean, spread within the primitive
     roughness: np.ndarray  # (P,)
     velocity: np.ndarray  # (P, 2) m/s in x, y
-    finish: np.ndarray = None  # (P,) int, materials.DIFFUSE ... RETRO; None: all diffuse
+    finish: np.ndarray | None = None  # (P,) int, materials.DIFFUSE ... RETRO; None: all diffuse
 
     def __post_init__(self) -> None:
         if self.finish is None:
@@ -263,33 +263,23 @@ def _stand_on_ground(prims: Primitives, ground: Ground) -> None:
     """Lift primitives onto the ground under their centre; sink standing ones below their footprint."""
     x, y = prims.center[:, 0], prims.center[:, 1]
     base = ground.height(x, y)
+    if prims.kind == "ellipsoid":  # crowns, heads, bushes keep their shape: lifted only
+        prims.center[:, 2] += base
+        return
     low, high = prims.z_range()
-    standing = low <= GROUNDED
-    if prims.kind == "box":
+    under = base
+    if prims.kind == "box":  # the lowest ground under the four corners
         c, s = np.cos(prims.yaw), np.sin(prims.yaw)
-        corners = [(sx, sy) for sx in (-1, 1) for sy in (-1, 1)]
-        under = np.min(
-            [
-                ground.height(
-                    x + c * sx * prims.size[:, 0] - s * sy * prims.size[:, 1],
-                    y + s * sx * prims.size[:, 0] + c * sy * prims.size[:, 1],
-                )
-                for sx, sy in corners
-            ],
-            axis=0,
-        )
-    else:
-        under = base
+        ex, ey = prims.size[:, 0], prims.size[:, 1]
+        corners = [
+            ground.height(x + c * i * ex - s * j * ey, y + s * i * ex + c * j * ey) for i in (-1, 1) for j in (-1, 1)
+        ]
+        under = np.min(corners, axis=0)
+    standing = low <= GROUNDED
     bottom = np.where(standing, np.minimum(under, base) + np.minimum(low, 0.0) - FOOTING, base + low)
     top = base + high
     prims.center[:, 2] = (bottom + top) / 2
-    half = (top - bottom) / 2
-    if prims.kind == "cylinder":
-        prims.size[:, 1] = half
-    elif prims.kind == "box":
-        prims.size[:, 2] = half
-    else:  # ellipsoids (crowns, heads, bushes) keep their shape: lifted only
-        prims.center[:, 2] = base + (low + high) / 2
+    prims.size[:, 1 if prims.kind == "cylinder" else 2] = (top - bottom) / 2
 
 
 def _split_long_boxes(prims: Primitives, longest: float = 4.0, thin: float = 1.0) -> Primitives:
