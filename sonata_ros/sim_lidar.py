@@ -47,7 +47,7 @@ GROUND_TRUTH_FIELDS = [
     FieldSpec("rgb", 16, FLOAT32),
 ]
 PARAMETERS = {
-    "sensor": ("vlp16", "Synthetic sensor model: vlp16 | hdl32 | hdl64 | os128."),
+    "sensor": ("vlp16", "Synthetic sensor model: vlp16 | hdl32 | hdl64 | os128 | vls128."),
     "seed": (0, "Seed of the synthetic world."),
     "frames": (20, "Frames of the synthetic drive, published in a loop."),
     "rate_hz": (10.0, "Publishing rate."),
@@ -86,7 +86,7 @@ class SimLidar(Node):
 
     def _drive(self, sensor: str, frames: int, seed: int) -> list[tuple[PointCloud2, PointCloud2 | None]]:
         model = get_sensor(sensor)
-        colors = load_label_set("synthetic").colors
+        palette = load_label_set("synthetic").palette()  # unlabelled points (-1 -> 255): grey
         messages = []
         for frame in generate_drive(model, frames=frames, seed=seed):
             arrays, height = frame_arrays(frame, model.layout)
@@ -96,12 +96,13 @@ class SimLidar(Node):
                 PointField,
                 Header(),
             )
+            class_id = frame.segment.astype(np.uint8)
             truth = {
                 "x": frame.coord[:, 0],
                 "y": frame.coord[:, 1],
                 "z": frame.coord[:, 2],
-                "class_id": frame.segment.astype(np.uint8),
-                "rgb": pack_rgb(colors[frame.segment]),
+                "class_id": class_id,
+                "rgb": pack_rgb(palette[class_id]),
             }
             if height > 1:  # organized: labels follow the same (ring, column) grid, 255 where nothing returned
                 truth = _organized_truth(frame, truth, height)
