@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sonata_model.io.frame import IGNORE_LABEL
-from sonata_model.io.labels import load_label_set
-from sonata_model.synth import CLASS_NAMES
+from sonata_model.io.datasets import read_kitti_scan, read_nuscenes_scan
+from sonata_model.io.labels import LabelSet, load_label_set
+from sonata_model.io.pcd import read_pcd
 
 REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "real"  # <repo>/../shared/real
 
@@ -61,11 +61,10 @@ def require(root: Path, *parts: str) -> Path:
     return path
 
 
-def _kitti_bin(path: Path) -> np.ndarray:
-    points = np.fromfile(path, np.float32)
-    if points.size % 4:
-        raise ValueError(f"{path}: {points.size * 4} bytes is not a whole number of KITTI points (x, y, z, remission)")
-    return points.reshape(-1, 4).astype(np.float64)
+def _kitti_scan(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(coord float64, remission) of a KITTI `.bin`, in the file's (laser by laser) order."""
+    frame = read_kitti_scan(path)
+    return frame.coord.astype(np.float64), frame.strength
 
 
 def rings_from_scan_order(coord: np.ndarray, min_points: int = 100) -> np.ndarray:
@@ -101,59 +100,36 @@ def _by_elevation(coord: np.ndarray, ring: np.ndarray) -> np.ndarray:
     return rank[ring]
 
 
-def semantic_kitti(root: Path = REAL_ROOT) -> Scan:
-    """The labelled HDL-64E scan; SemanticKITTI classes the synthetic world lacks become IGNORE_LABEL."""
-    points = _kitti_bin(require(root, SEMANTIC_KITTI, "velodyne", "000000.bin"))
+def semantic_kitti(root: Path = REAL_ROOT, labels: LabelSet | None = None) -> Scan:
+    """The labelled HDL-64E scan, its classes mapped by name onto `labels` (default: the synthetic
+    world's); classes `labels` lacks become its ignore index."""
+    coord, remission = _kitti_scan(require(root, SEMANTIC_KITTI, "velodyne", "000000.bin"))
     raw = np.fromfile(require(root, SEMANTIC_KITTI, "labels", "000000.label"), np.uint32) & 0xFFFF
-    if len(raw) != len(points):
-        raise ValueError(f"{SEMANTIC_KITTI}: {len(raw)} labels for {len(points)} points")
+    if len(raw) != len(coord):
+        raise ValueError(f"{SEMANTIC_KITTI}: {len(raw)} labels for {len(coord)} points")
     kitti = load_label_set("semantic_kitti")
-    by_name = np.array([CLASS_NAMES.index(n) if n in CLASS_NAMES else IGNORE_LABEL for n in kitti.names])
-    train = kitti.map_raw(raw)
-    segment = np.where(train >= 0, by_name[np.maximum(train, 0)], IGNORE_LABEL)
-    coord = points[:, :3]
-    return Scan(f"{SEMANTIC_KITTI}/000000", coord, points[:, 3], rings_from_scan_order(coord), segment)
+    segment = kitti.translate(kitti.map_raw(raw), labels or load_label_set("synthetic"))
+    return Scan(f"{SEMANTIC_KITTI}/000000", coord, remission, rings_from_scan_order(coord), segment)
 
 
 def kitti_odometry(root: Path = REAL_ROOT) -> list[Scan]:
     scans = []
     for stem in ("000000", "000001"):
-        points = _kitti_bin(require(root, KITTI_ODOMETRY, "velodyne", f"{stem}.bin"))
-        coord = points[:, :3]
-        scans.append(Scan(f"{KITTI_ODOMETRY}/{stem}", coord, points[:, 3], rings_from_scan_order(coord)))
+        coord, remission = _kitti_scan(require(root, KITTI_ODOMETRY, "velodyne", f"{stem}.bin"))
+        scans.append(Scan(f"{KITTI_ODOMETRY}/{stem}", coord, remission, rings_from_scan_order(coord)))
     return scans
 
 
 def nuscenes(root: Path = REAL_ROOT) -> Scan:
     """The nuScenes HDL-32E sweep, rotated from its x-right / y-forward frame to x-forward."""
-    points = np.fromfile(require(root, NUSCENES, NUSCENES_SWEEP), np.float32).reshape(-1, 5).astype(np.float64)
-    coord = np.c_[points[:, 1], -points[:, 0], points[:, 2]]
-    return Scan(f"{NUSCENES}/LIDAR_TOP", coord, points[:, 3] / 255.0, points[:, 4].astype(np.int64))
-
-
-def read_binary_pcd_xyz(path: Path) -> np.ndarray:
-    """x, y, z (float64) of a binary PCD whose x, y, z fields are float32 (the Nebula fixtures)."""
-    data = path.read_bytes()
-    marker = b"DATA binary\n"
-    end = data.find(marker)
-    if end < 0:
-        raise ValueError(f"{path}: not a binary PCD")
-    header = dict(line.split(maxsplit=1) for line in data[:end].decode("ascii").splitlines() if line[:1] != "#")
-    names, sizes, types = header["FIELDS"].split(), header["SIZE"].split(), header["TYPE"].split()
-    counts = header.get("COUNT", " ".join("1" * len(names))).split()
-    if any(c != "1" for c in counts):
-        raise ValueError(f"{path}: fields with COUNT > 1 are not supported here")
-    kinds = {("F", "4"): "<f4", ("F", "8"): "<f8", ("U", "1"): "u1", ("U", "2"): "<u2", ("U", "4"): "<u4"}
-    kinds |= {("I", "1"): "i1", ("I", "2"): "<i2", ("I", "4"): "<i4"}
-    dtype = np.dtype([(n, kinds[(t, s)]) for n, s, t in zip(names, sizes, types, strict=True)])
-    count = int(header["POINTS"])
-    body = np.frombuffer(data, dtype, count=count, offset=end + len(marker))
-    return np.stack([body[a].astype(np.float64) for a in "xyz"], axis=1)
+    frame = read_nuscenes_scan(require(root, NUSCENES, NUSCENES_SWEEP))
+    x, y, z = frame.coord.astype(np.float64).T
+    return Scan(f"{NUSCENES}/LIDAR_TOP", np.c_[y, -x, z], frame.strength, frame.extra["ring"].astype(np.int64))
 
 
 def vls128(root: Path = REAL_ROOT) -> Scan:
     """The outdoor Velodyne VLS-128 frame (x, y, z only: no intensity in the fixture)."""
-    coord = read_binary_pcd_xyz(require(root, NEBULA, "pcd", VLS128_PCD))
+    coord = read_pcd(require(root, NEBULA, "pcd", VLS128_PCD)).coord.astype(np.float64)
     return Scan(f"{NEBULA}/{VLS128_PCD}", coord, None, rings_from_elevation(coord))
 
 

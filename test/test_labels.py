@@ -105,3 +105,12 @@ def test_installed_share_dirs_are_searched_after_the_source_tree(tmp_path, monke
     assert load_label_set("from_ament").names == ("thing",)
     assert load_label_set("synthetic").num_classes == 13  # the source tree comes first
     assert {"from_prefix", "from_ament", "synthetic"} <= set(available_label_sets())
+
+
+def test_translate_maps_classes_by_name_and_ignores_the_rest():
+    kitti, synthetic = load_label_set("semantic_kitti"), load_label_set("synthetic")
+    train = np.array([kitti.names.index(n) for n in ("road", "bicycle", "car", "trunk")] + [kitti.ignore_index])
+    mapped = kitti.translate(train, synthetic)
+    assert mapped.tolist() == [synthetic.names.index("road"), -1, synthetic.names.index("car"), 6, -1]
+    shared = [n for n in kitti.names if n in synthetic.names]
+    assert len(shared) == 13  # every synthetic class has its SemanticKITTI namesake

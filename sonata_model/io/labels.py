@@ -77,6 +77,14 @@ class LabelSet:
             raise ValueError(f"label set {self.name!r}: raw ids must be >= 0, got {raw.min()}")
         return self._to_train[np.minimum(raw, len(self._to_train) - 1)]
 
+    def translate(self, train: np.ndarray, target: LabelSet) -> np.ndarray:
+        """Train ids of this set -> train ids of `target`, class by class name (int32); classes `target`
+        lacks, and ignored points, become `target.ignore_index` (e.g. SemanticKITTI -> synthetic)."""
+        table = np.array([target.names.index(n) if n in target.names else target.ignore_index for n in self.names])
+        train = np.asarray(train)
+        known = (train >= 0) & (train < self.num_classes)
+        return np.where(known, table[np.where(known, train, 0)], target.ignore_index).astype(np.int32)
+
     def raw_ids(self, train: np.ndarray) -> np.ndarray:
         """Train ids (ignore_index allowed) -> raw ids that `map_raw` maps back to them (uint32).
 
