@@ -40,7 +40,9 @@ def node(model_files):
         [
             "--params-file",
             "config/perception.yaml",
-            *node_parameters(encoder, head, frame_id="lidar", max_points=150000, pca_frames=1),
+            *node_parameters(
+                encoder, head, frame_id="lidar", max_points=150000, pca_frames=1, missing_intensity="reject"
+            ),
             "-r",
             "~/input/pointcloud:=/test/points",
         ],
