@@ -23,7 +23,7 @@ import torch
 
 import sonata_model as sm
 from sonata_model.io.bags import frame_arrays
-from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, encode, to_message
+from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, pack_points, to_message
 from sonata_model.synth.drive import generate_drive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +51,8 @@ def drive_messages(sensor: str, frames: int, with_color: bool, seed: int = 0) ->
         if with_color:
             frame.color = np.zeros((frame.num_points, 3), np.uint8)
         arrays, height = frame_arrays(frame, "velodyne")
-        encoded = encode(LAYOUTS["velodyne"], arrays, height=height, point_step=LAYOUT_POINT_STEP["velodyne"])
-        messages.append(to_message(encoded, PointCloud2, PointField, Header()))
+        packed = pack_points(LAYOUTS["velodyne"], arrays, height=height, point_step=LAYOUT_POINT_STEP["velodyne"])
+        messages.append(to_message(packed, PointCloud2, PointField, Header()))
     return messages
 
 
