@@ -358,7 +358,9 @@ class Perception:
                 self.health.input_skipped(spec.name, "missing")
             elif self.multi and newest - _stamp_ns(msg) > stale_ns:
                 late_ms = (newest - _stamp_ns(msg)) / 1e6
-                self.health.input_skipped(spec.name, "stale", f"stamped {late_ms:.0f} ms before the newest input")
+                self.health.input_skipped(
+                    spec.name, "stale", f"{spec.prefix}stamped {late_ms:.0f} ms before the newest"
+                )
             else:
                 try:
                     sensors.append(decode_input(msg, spec, self.needs, self.crop, self.get_logger()))
