@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.srv import GetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
 from sensor_msgs.msg import PointCloud2
@@ -340,4 +341,39 @@ def test_three_sim_lidars_then_one_goes_silent(client, model_files):
                 sim.stop(signal.SIGINT)
         if node.process.poll() is None:
             assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
+
+
+def test_the_shipped_two_lidar_params_file_configures_the_node(client, model_files):
+    """config/multi_lidar.yaml (nested sensors.<name>.* keys) over perception.yaml, as multi_lidar.launch.py
+    gives them: two subscriptions, two per-input outputs, the extrinsics as written."""
+    encoder, head = model_files
+    params = [*("--params-file", "config/perception.yaml", "--params-file", "config/multi_lidar.yaml")]
+    node = NodeProcess(
+        "sonata_ros.perception_node", [*params, *node_parameters(encoder, head), "-r", "__node:=shipped_fleet"]
+    )
+    drivers = {name: client.create_publisher(PointCloud2, f"/{name}_lidar/points", RELIABLE) for name in TWO}
+    getter = client.create_client(GetParameters, "/shipped_fleet/get_parameters")
+    try:
+        assert "2 inputs merged in base_link" in node.wait_for_line("ready:")
+        spin_until(client, lambda: all(p.get_subscription_count() == 1 for p in drivers.values()), 30, "subscriptions")
+        assert getter.wait_for_service(timeout_sec=30)
+        names = ["sensors.rear.rotation", "sensors.rear.translation", "sensors.front.frame_id"]
+        future = getter.call_async(GetParameters.Request(names=names))
+        spin_until(client, future.done, 30, "the parameters")
+        rotation, translation, frame_id = future.result().values
+        assert list(rotation.double_array_value) == [0.0, 0.0, 1.0, 0.0]
+        assert list(translation.double_array_value) == [-1.0, 0.0, 0.6]
+        assert frame_id.string_value == "front_lidar"
+        spin_until(
+            client,
+            lambda: "/shipped_fleet/output/rear/segmentation" in dict(client.get_topic_names_and_types()),
+            30,
+            "the per-input output",
+        )
+    finally:
+        client.destroy_client(getter)
+        for publisher in drivers.values():
+            client.destroy_publisher(publisher)
+        assert node.stop(signal.SIGINT) == 0
     assert "Traceback" not in node.output
