@@ -154,7 +154,31 @@ class Perception:
             raise ValueError(f"input_reliability must be best_effort or reliable, got {p['input_reliability']!r}")
         if p["sync_timeout_ms"] < 0 or p["stale_after_ms"] <= 0:
             raise ValueError("sync_timeout_ms must be >= 0 and stale_after_ms > 0")
-        limits = _health_limits(p)
+        self.health = Health(_health_limits(p), inputs=tuple(spec.name for spec in self.inputs) if self.multi else ())
+        self._load_model(p)
+        # Serialization encodes grid coordinates below AXIS_LIMIT: points farther out cannot be segmented.
+        reach = (AXIS_LIMIT - 2) * self.segmenter.transform.voxel_size / 2
+        self.crop = Crop(p["min_range"], p["max_range"], np.asarray(p["crop_box"], np.float64), reach)
+        keys = self.segmenter.feature_keys
+        self.needs = Needs(
+            "strength" in keys,
+            p["missing_intensity"] == "reject",
+            "color" in keys and self.segmenter.transform.needs_colour,
+        )
+        self._qos_in = QoSProfile(
+            depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability[p["input_reliability"]]
+        )
+        self._create_publishers()
+        intensity = "" if "strength" in keys else " (intensity is not an input of this model)"
+        merged = f", {len(self.inputs)} inputs merged in {p['base_frame']}" if self.multi else ""
+        self.get_logger().info(
+            f"ready: {self.model_description} on {self.segmenter.device} ({p['precision']}), "
+            f"{self.segmenter.transform.describe()}, features {','.join(keys)}{intensity}, labels {self.labels.name}"
+            f"{merged}"
+        )
+
+    def _load_model(self, p: dict) -> None:
+        """The segmenter on its device, warmed up, its forwards counted; labels and embedding PCA."""
         model = load_model(p["checkpoint"], p["head"], p["label_set"])
         if model.warning:
             self.get_logger().warning(model.warning)
@@ -178,37 +202,19 @@ class Perception:
         self.palette = packed_palette(self.labels.colors)
         self.pca = EmbeddingPCA.from_meta(encoder.meta)
         self._pca_samples: list[torch.Tensor] = []
-        self.health = Health(limits, inputs=tuple(spec.name for spec in self.inputs) if self.multi else ())
-        # Serialization encodes grid coordinates below AXIS_LIMIT: points farther out cannot be segmented.
-        reach = (AXIS_LIMIT - 2) * self.segmenter.transform.voxel_size / 2
-        self.crop = Crop(p["min_range"], p["max_range"], np.asarray(p["crop_box"], np.float64), reach)
-        keys = self.segmenter.feature_keys
-        self.needs = Needs(
-            "strength" in keys,
-            p["missing_intensity"] == "reject",
-            "color" in keys and self.segmenter.transform.needs_colour,
-        )
         self.model_description = model.description
-        self._qos_in = QoSProfile(
-            depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability[p["input_reliability"]]
-        )
-        qos_out = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        self.out_segmentation = self.create_publisher(PointCloud2, "~/output/segmentation", qos_out)
+
+    def _create_publishers(self) -> None:
+        qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self.out_segmentation = self.create_publisher(PointCloud2, "~/output/segmentation", qos)
         self.out_inputs = (
-            {spec.name: self.create_publisher(PointCloud2, spec.output_topic, qos_out) for spec in self.inputs}
+            {spec.name: self.create_publisher(PointCloud2, spec.output_topic, qos) for spec in self.inputs}
             if self.multi
             else {}
         )
-        self.out_embeddings = self.create_publisher(PointCloud2, "~/output/embeddings", qos_out)
-        self.out_embedding_rgb = self.create_publisher(PointCloud2, "~/output/embedding_rgb", qos_out)
+        self.out_embeddings = self.create_publisher(PointCloud2, "~/output/embeddings", qos)
+        self.out_embedding_rgb = self.create_publisher(PointCloud2, "~/output/embedding_rgb", qos)
         self.out_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        intensity = "" if "strength" in keys else " (intensity is not an input of this model)"
-        merged = f", {len(self.inputs)} inputs merged in {p['base_frame']}" if self.multi else ""
-        self.get_logger().info(
-            f"ready: {self.model_description} on {self.segmenter.device} ({p['precision']}), "
-            f"{self.segmenter.transform.describe()}, features {','.join(keys)}{intensity}, labels {self.labels.name}"
-            f"{merged}"
-        )
 
     def _activate(self) -> None:
         """Subscribe to the inputs and start the worker and the reporting timers."""
@@ -219,7 +225,7 @@ class Perception:
             )
             for index, spec in enumerate(self.inputs)
         ]
-        self._timers = [
+        self._report_timers = [
             self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics),
             self.create_timer(self.p["log_period_s"], self._log_status),
         ]
@@ -237,9 +243,9 @@ class Perception:
         self._worker.join(timeout=WORKER_JOIN_S)
         if self._worker.is_alive():
             self.get_logger().error(f"the frame in flight did not finish within {WORKER_JOIN_S:g} s")
-        for timer in self._timers:
+        for timer in self._report_timers:
             self.destroy_timer(timer)
-        self._timers = []
+        self._report_timers = []
 
     def _release(self) -> None:
         """Drop the model and the publishers; the device memory goes back to the driver."""
@@ -512,61 +518,63 @@ class ManagedPerceptionNode(Perception, LifecycleNode):
     def __init__(self, **kwargs) -> None:
         LifecycleNode.__init__(self, NODE_NAME, **kwargs)
         self.fatal = None
-        self.state = "unconfigured"  # unconfigured | inactive | active | finalized
+        self.lifecycle_state = "unconfigured"  # unconfigured | inactive | active | finalized
         self._read_parameters()
         self.add_on_set_parameters_callback(self._only_while_unconfigured)
 
     def _only_while_unconfigured(self, parameters: list[Parameter]) -> SetParametersResult:
-        if self.state == "unconfigured":
+        if self.lifecycle_state == "unconfigured":
             return SetParametersResult(successful=True)
         return SetParametersResult(
-            successful=False, reason=f"parameters are read at configure; the node is {self.state}: clean it up first"
+            successful=False,
+            reason=f"parameters are read at configure; the node is {self.lifecycle_state}: clean it up first",
         )
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._configure()
-        except CONFIGURE_ERRORS as exc:
-            self.get_logger().error(f"configure failed: {exc}")
+        except Exception as exc:  # any reason at all: the manager gets FAILURE, the log says why
+            reason = str(exc) if isinstance(exc, CONFIGURE_ERRORS) else f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed: {reason}")
             self._release()
             return TransitionCallbackReturn.FAILURE
-        self.state = "inactive"
+        self.lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._activate()
-        self.state = "active"
+        self.lifecycle_state = "active"
         self.get_logger().info("active: taking clouds")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate()
-        self.state = "inactive"
+        self.lifecycle_state = "inactive"
         self.get_logger().info("inactive: no clouds taken")
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
-        self.state = "unconfigured"
+        self.lifecycle_state = "unconfigured"
         self.get_logger().info("unconfigured: model released")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop()
-        self.state = "finalized"
+        self.lifecycle_state = "finalized"
         self.get_logger().info("finalized")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop()
-        self.state = "unconfigured"
+        self.lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def stop(self) -> None:
         """Whatever the state: deactivate and release what is there."""
-        if self.state == "active":
+        if self.lifecycle_state == "active":
             self._deactivate()
-        if self.state in ("active", "inactive"):
+        if self.lifecycle_state in ("active", "inactive"):
             self._release()
 
 
