@@ -4,7 +4,8 @@ Subscription callbacks only store a message in its input's depth-1 slot; a messa
 worker took it is dropped (and counted by the caller), so nothing queues and latency stays bounded when
 inference is slower than the sensors. A set is ready when every input has a fresh message, or
 `timeout_s` after the first fresh one arrived: a silent input delays the others by at most that, never
-forever. With one input a set is ready as soon as its message is there.
+forever. With one input a set is ready as soon as its message is there. Once closed, what is pending is
+handed out at once (a message received is processed, not lost), then nothing.
 """
 
 from __future__ import annotations
@@ -39,22 +40,23 @@ class FrameSync(Generic[T]):
 
     def take(self, timeout: float | None = None) -> list[T | None] | None:
         """The fresh message of each input (None where an input has none) once a set is ready, waiting up
-        to `timeout`; None when closed or timed out."""
+        to `timeout`; None when timed out, or closed with nothing pending."""
         deadline = None if timeout is None else self._clock() + timeout
         with self._changed:
-            while not self._closed:
+            while True:
                 wait = self._until_ready()
-                if wait <= 0:
+                if wait <= 0 or (self._closed and self._first is not None):
                     taken, self._fresh = self._fresh, [None] * len(self._fresh)
                     self._first = None
                     return taken
+                if self._closed:
+                    return None
                 if deadline is not None:
                     left = deadline - self._clock()
                     if left <= 0:
                         return None
                     wait = min(wait, left)
                 self._changed.wait(None if wait == float("inf") else wait)
-            return None
 
     def _until_ready(self) -> float:
         """Seconds until the current set is ready: 0 when it is, inf while nothing is fresh."""

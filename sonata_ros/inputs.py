@@ -115,6 +115,7 @@ def decode_input(msg, spec: InputSpec, needs: Needs, crop: Crop, logger) -> Sens
     """Check, decode, move to the base frame and crop one cloud; InputRejected when nothing can be used."""
     if spec.frame_id and msg.header.frame_id != spec.frame_id:
         raise InputRejected("wrong_frame", f"{spec.prefix}frame_id {msg.header.frame_id!r}, expected {spec.frame_id!r}")
+    rejection = None
     try:
         cloud = decode(
             msg,
@@ -123,9 +124,11 @@ def decode_input(msg, spec: InputSpec, needs: Needs, crop: Crop, logger) -> Sens
             need_color=needs.colour,
         )
     except MissingFieldError as exc:
-        raise InputRejected("missing_field", f"{spec.prefix}{exc}") from None
+        rejection = InputRejected("missing_field", f"{spec.prefix}{exc}")
     except PointCloudError as exc:
-        raise InputRejected("malformed", f"{spec.prefix}{exc}") from None
+        rejection = InputRejected("malformed", f"{spec.prefix}{exc}")
+    if rejection is not None:  # raised out here: a raise inside `except` would tie the message into a cycle
+        raise rejection
     if cloud.num_input_points == 0:
         raise InputRejected("empty", f"{spec.prefix}cloud has no points")
     if len(cloud.coord) == 0:
@@ -149,7 +152,8 @@ def decode_input(msg, spec: InputSpec, needs: Needs, crop: Crop, logger) -> Sens
             "values are above the scale and saturate: set intensity_scale (README: driver layouts)",
             throttle_duration_sec=WARN_EVERY_S,
         )
-    selected = np.flatnonzero(in_reach & crop.keep(cloud.coord, base))
+    with np.errstate(over="ignore", invalid="ignore"):  # distances of huge coordinates overflow: out of reach
+        selected = np.flatnonzero(in_reach & crop.keep(cloud.coord, base))
     return SensorCloud(spec, msg, cloud, base, selected)
 
 
@@ -166,7 +170,7 @@ def merge(sensors: list[SensorCloud], max_points: int, logger) -> MergedCloud:
     """One cloud of all inputs' valid points; at most `max_points` of them selected (every k-th)."""
     counts = [len(s.base) for s in sensors]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    selected = np.concatenate([start + s.selected for start, s in zip(starts, sensors, strict=False)])
+    selected = _join([s.selected + start if start else s.selected for start, s in zip(starts, sensors, strict=False)])
     if len(selected) > max_points:
         logger.warning(
             f"{len(selected)} points over max_points={max_points}: subsampled", throttle_duration_sec=WARN_EVERY_S
@@ -177,12 +181,12 @@ def merge(sensors: list[SensorCloud], max_points: int, logger) -> MergedCloud:
         None if d.normal is None else d.normal @ s.spec.rotation.T for d, s in zip(decoded, sensors, strict=True)
     ]
     cloud = DecodedCloud(
-        coord=np.concatenate([s.base for s in sensors]),
+        coord=_join([s.base for s in sensors]),
         strength=_concatenate([d.strength for d in decoded], counts, (), np.float32),
         strength_field=None,
         strength_clipped=sum(d.strength_clipped for d in decoded),
         color=_concatenate([d.color for d in decoded], counts, (3,), np.uint8),
-        normal=np.concatenate(normals) if all(n is not None for n in normals) else None,
+        normal=_join(normals) if all(n is not None for n in normals) else None,
         valid=np.ones(int(starts[-1]), bool),
         num_input_points=int(starts[-1]),
     )
@@ -193,6 +197,9 @@ def _concatenate(parts: list[np.ndarray | None], counts: list[int], shape: tuple
     """The inputs' values one after the other, zeros for an input without them; None when none has them."""
     if all(p is None for p in parts):
         return None
-    return np.concatenate(
-        [np.zeros((n, *shape), dtype) if p is None else p for p, n in zip(parts, counts, strict=True)]
-    )
+    return _join([np.zeros((n, *shape), dtype) if p is None else p for p, n in zip(parts, counts, strict=True)])
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenated; one input's array as it is (a single cloud is not copied)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

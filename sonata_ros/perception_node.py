@@ -234,7 +234,7 @@ class Perception:
         self._worker.start()
 
     def _deactivate(self) -> None:
-        """Take no more clouds; the frame in flight is finished and published before this returns."""
+        """Take no more clouds; the clouds received are finished and published before this returns."""
         for subscription in self.input_subscriptions:
             self.destroy_subscription(subscription)
         self.input_subscriptions = []
@@ -298,9 +298,11 @@ class Perception:
             self.health.frame_dropped()
 
     def _work(self) -> None:
-        while not self._stop.is_set():
+        while True:
             clouds = self.sync.take(timeout=0.5)
             if clouds is None:
+                if self._stop.is_set():  # deactivated, and what was received is done
+                    return
                 continue
             failure = self._attempt(clouds)
             del clouds
@@ -358,7 +360,8 @@ class Perception:
         skipped and counted; when none is left the set is rejected with the first input's reason."""
         newest = max(_stamp_ns(msg) for msg in clouds if msg is not None)
         stale_ns = self.p["stale_after_ms"] * 1e6
-        sensors, rejections = [], []
+        sensors: list[SensorCloud] = []
+        rejections: list[tuple[InputSpec, str, str]] = []  # strings only: no exception outlives its handler
         for spec, msg in zip(self.inputs, clouds, strict=True):
             if msg is None:
                 self.health.input_skipped(spec.name, "missing")
@@ -371,12 +374,12 @@ class Perception:
                 try:
                     sensors.append(decode_input(msg, spec, self.needs, self.crop, self.get_logger()))
                 except InputRejected as exc:
-                    rejections.append((spec, exc))
+                    rejections.append((spec, exc.reason, exc.detail))
         if not sensors:
-            raise rejections[0][1]
-        for spec, exc in rejections:  # the set goes on with the other inputs
-            self.health.input_skipped(spec.name, "rejected", str(exc))
-            self.get_logger().warning(f"input skipped ({exc.reason}): {exc.detail}", throttle_duration_sec=WARN_EVERY_S)
+            raise InputRejected(*rejections[0][1:])
+        for spec, reason, detail in rejections:  # the set goes on with the other inputs
+            self.health.input_skipped(spec.name, "rejected", f"{reason}: {detail}")
+            self.get_logger().warning(f"input skipped ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
         return sensors
 
     def _segment(

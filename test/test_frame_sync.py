@@ -60,3 +60,11 @@ def test_close_wakes_a_waiting_worker():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="at least one input"):
         FrameSync(0, timeout_s=0.1)
+
+
+def test_closing_hands_out_what_was_received_then_nothing():
+    sync: FrameSync[str] = FrameSync(2, timeout_s=20.0)
+    sync.put(0, "front")
+    sync.close()
+    assert sync.take(timeout=5.0) == ["front", None]  # received before the close: not lost
+    assert sync.take(timeout=5.0) is None

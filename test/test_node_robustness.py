@@ -89,7 +89,14 @@ def test_thousands_of_malformed_messages_leave_the_node_up_correct_and_lean(clie
     node = NodeProcess(
         "sonata_ros.perception_node",
         [
-            *node_parameters(encoder, head, frame_id="lidar", diagnostics_period_s=0.01, grid_size=GRID),
+            *node_parameters(
+                encoder,
+                head,
+                frame_id="lidar",
+                diagnostics_period_s=0.01,
+                grid_size=GRID,
+                missing_intensity="reject",  # the schedule expects clouds without intensity refused
+            ),
             *("-r", f"__node:={NAME}", "-r", f"~/input/pointcloud:=/{NAME}/points"),
         ],
     )
