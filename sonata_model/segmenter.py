@@ -36,8 +36,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 class Cloud:
     """Per-point inputs of one cloud (numpy); only `coord` is required.
 
-    `viewpoint`: the sensor's position in the cloud's frame (default: its origin), which estimated
-    normals face.
+    `viewpoint`: the sensor's position in the cloud's frame, (3,) or one per point (N, 3) for clouds
+    merged from several sensors (default: the origin), which estimated normals face.
     """
 
     coord: np.ndarray
@@ -183,7 +183,7 @@ class Segmenter:
         kept = rows[voxels.index]
         other = feat[kept]
         if self._estimates_normals(clouds):
-            other = self._with_estimated_normals(other, coord[kept], voxels, clouds)
+            other = self._with_estimated_normals(other, coord, kept, voxels, clouds)
         point = Point(
             coord=voxel_coord,
             grid_coord=voxels.grid_coord,
@@ -199,12 +199,20 @@ class Segmenter:
         return "normal" in self.feature_keys and self.normals == "estimate" and any(c.normal is None for c in clouds)
 
     def _with_estimated_normals(
-        self, other: Tensor, coord: Tensor, voxels: GridSample, clouds: Sequence[Cloud]
+        self, other: Tensor, coord: Tensor, kept: Tensor, voxels: GridSample, clouds: Sequence[Cloud]
     ) -> Tensor:
-        """`other` with the normal columns of clouds given none replaced by normals estimated on the voxels."""
-        batch = offset_to_batch(voxels.offset, coord.shape[0])
-        viewpoint = np.stack([np.zeros(3) if c.viewpoint is None else np.asarray(c.viewpoint, float) for c in clouds])
-        normal = estimate_normals(coord, voxels.grid_coord, batch, self._to_device(viewpoint.astype(np.float32)))
+        """`other` with the normal columns of clouds given none replaced by normals estimated on the voxels
+        (`kept`: the input row representing each voxel)."""
+        batch = offset_to_batch(voxels.offset, kept.shape[0])
+        viewpoint = self._to_device(
+            np.concatenate(
+                [
+                    np.broadcast_to(np.zeros(3) if c.viewpoint is None else c.viewpoint, (len(c.coord), 3))
+                    for c in clouds
+                ]
+            ).astype(np.float32)
+        )[kept]
+        normal = estimate_normals(coord[kept], voxels.grid_coord, batch, viewpoint)
         lacking = self._to_device(np.array([c.normal is None for c in clouds]))[batch]
         keys = [k for k in self.feature_keys if k != "coord"]
         column = sum(FEATURE_CHANNELS[k] for k in keys[: keys.index("normal")])

@@ -16,7 +16,7 @@ from test_node import Conversation, cloud
 
 import sonata_model as sm
 from sonata_model.io.frame import Frame
-from sonata_model.io.pointcloud2 import decode, encode, structured_view, to_message
+from sonata_model.io.pointcloud2 import decode, pack_points, structured_view, to_message
 from sonata_model.synth.drive import generate_drive
 
 CLASSES = 13
@@ -98,7 +98,7 @@ def test_a_cloud_without_intensity_is_labelled_with_zero_strength_by_default(tmp
         spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 30, "the node's subscription")
         frame = next(iter(generate_drive("vlp16", frames=1, seed=4)))
         xyz = {axis: frame.coord[:, i] for i, axis in enumerate("xyz")}
-        msg = to_message(encode(None, xyz), PointCloud2, PointField, Header())
+        msg = to_message(pack_points(None, xyz), PointCloud2, PointField, Header())
         answer = structured_view(talk.ask(msg)).reshape(-1)
         segmenter = sm.Segmenter(sm.load(encoder), sm.load_head(head), device="cpu")
         expected = segmenter(frame.coord, strength=np.zeros(frame.num_points, np.float32)).labels
