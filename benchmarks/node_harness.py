@@ -115,6 +115,30 @@ class NodeClient:
             if time.monotonic() > deadline or self.node_process.poll() is not None:
                 raise SystemExit(f"the node does not answer; see {self.log}")
 
+    def stream(self, msgs: list, rate_hz: float, settle_s: float = 2.0) -> tuple[list[float], int]:
+        """Publish `msgs` at `rate_hz` as a driver does (no waiting for answers), each freshly stamped;
+        (latencies of the answered ones in ms, how many were never answered: dropped by the node's
+        depth-1 input or lost on the way)."""
+        from std_msgs.msg import Header
+
+        period, start, sent = 1.0 / rate_hz, time.monotonic(), []
+        for index, msg in enumerate(msgs):
+            while time.monotonic() < start + index * period:  # spin between publishes: answers arrive meanwhile
+                self.rclpy.spin_once(
+                    self.client, timeout_sec=max(0.0, min(0.005, start + index * period - time.monotonic()))
+                )
+            stamp_ns = time.time_ns()
+            msg.header = Header(frame_id="lidar")
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+            self.publishers[0].publish(msg)
+            sent.append(stamp_ns)
+        self.spin_for(settle_s)
+        keys = [divmod(stamp, 10**9) for stamp in sent]
+        latencies = [
+            (self.answers.pop(k) - stamp) / 1e6 for k, stamp in zip(keys, sent, strict=True) if k in self.answers
+        ]
+        return latencies, len(sent) - len(latencies)
+
     def rss_mb(self) -> float:
         return self.process.memory_info().rss / 2**20
 

@@ -6,7 +6,9 @@
 
 Each frame of a 64-beam synthetic drive is published (reliable QoS), freshly stamped, and the next one
 only after the node's answer arrived, so the figure is the node's latency, not queueing behind a slow
-node. Latency = arrival time of the segmentation - header stamp (same clock, same machine). Per-stage
+node. With --rate-hz R the frames are published at R Hz as a driver does instead: the figure then
+includes waiting behind the frame in flight, and frames the node's depth-1 input replaced are counted
+as dropped. Latency = arrival time of the segmentation - header stamp (same clock, same machine). Per-stage
 times are the node's own (from /diagnostics). Weights are random: speed does not depend on them.
 
 --sensors N: N LiDARs around the vehicle (yaw 360/N apart, 150 degree fields of view, one synthetic
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--sensors", type=int, default=1, help="N > 1: one merged forward vs N sequential ones")
+    parser.add_argument("--rate-hz", type=float, default=0.0, help="publish at this rate (0: one frame at a time)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
 
@@ -63,11 +66,16 @@ def main() -> None:
         return
     color = "color" in sm.get_config(args.config).feature_keys
     messages = drive_messages(args.sensor, min(args.frames, 20), with_color=color)
+    dropped = 0
     with running_node(workdir, parameters) as node:
-        latencies = [node.ask(messages[i % len(messages)]) for i in range(args.warmup + args.frames)]
+        for i in range(args.warmup):
+            node.ask(messages[i % len(messages)])
+        if args.rate_hz > 0:
+            latencies, dropped = node.stream([messages[i % len(messages)] for i in range(args.frames)], args.rate_hz)
+        else:
+            latencies = [node.ask(messages[i % len(messages)]) for i in range(args.frames)]
         node.spin_for(1.5)
         stages = node.stage_means_ms()
-    latencies = latencies[args.warmup :]
     emit(
         f"node_latency_{args.config}_{args.device}",
         {
@@ -76,7 +84,9 @@ def main() -> None:
             "points_per_frame": int(np.mean([m.width * m.height for m in messages])),
             "device": args.device,
             "precision": args.precision,
-            "frames": len(latencies),
+            "frames": args.frames,
+            "rate_hz": args.rate_hz or "one at a time",
+            "dropped": dropped,
             "latency_ms": {**summarize(latencies), "p99_ms": round(float(np.percentile(latencies, 99)), 3)},
             "stage_mean_ms": stages,
         },
