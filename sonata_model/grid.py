@@ -1,6 +1,9 @@
 """Grid sampling (voxelization) on torch, CPU or CUDA: one representative point per voxel.
 
-As the reference's GridSample, per cloud: grid = floor(coord / grid_size) minus the cloud's minimum.
+As the reference's GridSample, per cloud: grid = floor(coord / grid_size) minus the cloud's minimum,
+or minus a fixed `origin` cell (outdoor domains anchor the grid on their range box, so that a voxel's
+grid coordinate, hence its place along the serialization curves, does not depend on what else is in
+the scan: cropping a scan or one far return no longer regroups every attention patch).
 Voxels come out ordered by (cloud, x, y, z). The representative of a voxel is its lowest input index
 (deterministic, for inference) or a uniformly random member drawn from a seeded generator (training).
 `inverse` maps every input point to its voxel, which is how every input point gets a label.
@@ -32,15 +35,26 @@ def offset_to_batch(offset: Tensor, num_points: int | None = None) -> Tensor:
 
 
 def grid_sample(
-    coord: Tensor, offset: Tensor, grid_size: float, generator: torch.Generator | None = None
+    coord: Tensor,
+    offset: Tensor,
+    grid_size: float,
+    generator: torch.Generator | None = None,
+    origin: tuple[float, float, float] | None = None,
 ) -> GridSample:
-    """Voxelize a batch of clouds (rows offset[b-1]:offset[b]) at `grid_size` (in the units of `coord`)."""
+    """Voxelize a batch of clouds (rows offset[b-1]:offset[b]) at `grid_size` (in the units of `coord`).
+
+    `origin`: a corner no point lies below (units of `coord`); grid coordinates then count from its
+    cell in every cloud instead of from each cloud's minimum.
+    """
     n = coord.shape[0]
     batch = offset_to_batch(offset, n)
     cell = torch.floor(coord / grid_size).long()
-    low = torch.full((len(offset), 3), torch.iinfo(torch.long).max, device=coord.device)
-    low = low.scatter_reduce(0, batch.unsqueeze(1).expand_as(cell), cell, "amin")
-    grid = cell - low[batch]
+    if origin is None:
+        low = torch.full((len(offset), 3), torch.iinfo(torch.long).max, device=coord.device)
+        low = low.scatter_reduce(0, batch.unsqueeze(1).expand_as(cell), cell, "amin")[batch]
+    else:
+        low = torch.floor(torch.tensor(origin, dtype=torch.float64) / grid_size).long().to(coord.device)
+    grid = cell - low
     extent = grid.amax(dim=0)
     if bool((extent >= AXIS_LIMIT).any()):
         too_big = torch.zeros(len(offset), dtype=torch.long, device=coord.device).scatter_reduce(

@@ -178,7 +178,7 @@ class Segmenter:
         coord, feat = self._to_device(coord), self._to_device(feat)
         rows, offset = self._inside(coord, counts)
         model_coord = self.transform.to_model(coord[rows], offset)
-        voxels = grid_sample(model_coord, offset, self.transform.grid)
+        voxels = grid_sample(model_coord, offset, self.transform.grid, origin=self.transform.grid_origin)
         voxel_coord = self.transform.after_grid(model_coord[voxels.index], voxels.offset)
         kept = rows[voxels.index]
         other = feat[kept]

@@ -56,3 +56,17 @@ def test_clouds_too_large_for_the_grid_are_refused():
     coord = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [7000.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match=r"cloud 1 spans 70001 voxels of 0\.1 along"):
         grid_sample(coord, torch.tensor([2, 4]), 0.1)
+
+
+def test_a_fixed_origin_makes_a_voxels_grid_coordinate_independent_of_the_other_points():
+    """With `origin`, a point's grid coordinate is floor(coord / g) - floor(origin / g) in every cloud,
+    whatever else the cloud holds (without it, the cloud's minimum moves every coordinate)."""
+    coord = torch.tensor([[0.26, 1.0, -0.05], [3.0, -2.0, 0.5], [-7.3, 0.4, 0.1]])
+    origin = (-10.0, -10.0, -1.0)
+    full = grid_sample(coord, torch.tensor([3]), 0.5, origin=origin)
+    alone = grid_sample(coord[:2], torch.tensor([2]), 0.5, origin=origin)
+    expected = torch.tensor([[20, 22, 1], [26, 16, 3]])  # floor(c / 0.5) - (-20, -20, -2)
+    assert torch.equal(alone.grid_coord, expected)
+    assert torch.equal(full.grid_coord[full.inverse[:2]], expected)
+    moved = grid_sample(coord[:2], torch.tensor([2]), 0.5)
+    assert not torch.equal(moved.grid_coord, expected)  # each cloud's minimum: (0, 6, 0), (6, 0, 2)
