@@ -32,4 +32,4 @@ lint: $(STAMP)
 
 # Rebuilds sonata_ros/models/demo_*.pth from seeds (about 40 min on a 2-core CPU); see README.
 demo-model: $(STAMP)
-	BIN=$(VENV)/bin scripts/build_demo_model.sh
+	PY=$(PY) scripts/build_demo_model.sh

@@ -18,7 +18,7 @@ from common import emit, summarize
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
-from sonata_model.io.pointcloud2 import LAYOUTS, decode, encode, structured_view, to_message
+from sonata_model.io.pointcloud2 import LAYOUTS, decode, pack_points, structured_view, to_message
 from sonata_ros.messages import packed_palette, segmentation_cloud
 
 
@@ -38,7 +38,7 @@ def velodyne_frame(points: int) -> PointCloud2:
     }
     arrays["x"][rng.random(len(azimuth)) < 0.02] = np.nan
     header = Header(frame_id="velodyne")
-    return to_message(encode(LAYOUTS["velodyne"], arrays, point_step=22), PointCloud2, PointField, header)
+    return to_message(pack_points(LAYOUTS["velodyne"], arrays, point_step=22), PointCloud2, PointField, header)
 
 
 def time_ms(fn, repeats: int, warmup: int = 3) -> list[float]:

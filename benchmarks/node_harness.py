@@ -2,7 +2,8 @@
 
 Shared by the node benchmarks (latency, soak): a model (random weights of a named config, or a given
 checkpoint), synthetic driver-layout messages, and `ask(msg)`, which stamps, publishes (resending
-until discovery completes) and returns the latency of the node's answer.
+until discovery completes) and returns the latency of the node's answer; `ask_set(msgs)` does the same
+for one cloud per input of a multi-LiDAR node.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import torch
 
 import sonata_model as sm
 from sonata_model.io.bags import frame_arrays
-from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, encode, to_message
+from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, pack_points, to_message
 from sonata_model.synth.drive import generate_drive
 
 ROOT = Path(__file__).resolve().parents[1]
+# one isolated domain for this benchmark's nodes and clients, chosen once
+os.environ.update(ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
 
 
 def model_files(config_name: str, checkpoint: str | None, workdir: Path, **overrides) -> tuple[str, str]:
@@ -51,15 +54,15 @@ def drive_messages(sensor: str, frames: int, with_color: bool, seed: int = 0) ->
         if with_color:
             frame.color = np.zeros((frame.num_points, 3), np.uint8)
         arrays, height = frame_arrays(frame, "velodyne")
-        encoded = encode(LAYOUTS["velodyne"], arrays, height=height, point_step=LAYOUT_POINT_STEP["velodyne"])
-        messages.append(to_message(encoded, PointCloud2, PointField, Header()))
+        packed = pack_points(LAYOUTS["velodyne"], arrays, height=height, point_step=LAYOUT_POINT_STEP["velodyne"])
+        messages.append(to_message(packed, PointCloud2, PointField, Header()))
     return messages
 
 
 class NodeClient:
     """Publishes to the node under test and records when each stamped answer arrives."""
 
-    def __init__(self, node_process: subprocess.Popen, log: Path) -> None:
+    def __init__(self, node_process: subprocess.Popen, log: Path, input_topics: tuple[str, ...], name: str) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -67,34 +70,43 @@ class NodeClient:
 
         self.rclpy, self.node_process, self.log = rclpy, node_process, log
         self.process = psutil.Process(node_process.pid)
-        rclpy.init()
-        self.client = rclpy.create_node("benchmark_client")
+        self.owns_context = not rclpy.ok()  # several nodes under test share this process's context
+        if self.owns_context:
+            rclpy.init()
+        self.name = name
+        self.client = rclpy.create_node(f"benchmark_client_{name}")
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.answers: dict[tuple[int, int], int] = {}
         self.diagnostics: dict[str, str] = {}
-        self.client.create_subscription(PointCloud2, "/sonata_perception/output/segmentation", self._on_answer, qos)
+        self.client.create_subscription(PointCloud2, f"/{name}/output/segmentation", self._on_answer, qos)
         self.client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.publisher = self.client.create_publisher(PointCloud2, "/bench/points", qos)
+        self.publishers = [self.client.create_publisher(PointCloud2, topic, qos) for topic in input_topics]
 
     def _on_answer(self, msg) -> None:
         self.answers[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.time_ns()
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.name.startswith("sonata_perception"):
+            if status.name == f"{self.name}: segmentation":
                 self.diagnostics.update({kv.key: kv.value for kv in status.values})
 
     def ask(self, msg, timeout_s: float = 300.0) -> float:
         """Publish `msg` freshly stamped until the node answers it; the latency in ms."""
+        return self.ask_set([msg], timeout_s)
+
+    def ask_set(self, msgs: list, timeout_s: float = 300.0) -> float:
+        """Publish one cloud per input, stamped alike, until the node answers them (one merged answer
+        for several inputs); the latency in ms."""
         from std_msgs.msg import Header
 
         deadline = time.monotonic() + timeout_s
         while True:
             stamp_ns = time.time_ns()
-            msg.header = Header(frame_id="lidar")
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
-            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-            self.publisher.publish(msg)
+            for msg, publisher in zip(msgs, self.publishers, strict=True):
+                msg.header = Header(frame_id="lidar")
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+                publisher.publish(msg)
+            key = divmod(stamp_ns, 10**9)
             resend = time.monotonic() + 5
             while key not in self.answers and time.monotonic() < resend:
                 self.rclpy.spin_once(self.client, timeout_sec=0.01)
@@ -102,6 +114,30 @@ class NodeClient:
                 return (self.answers.pop(key) - stamp_ns) / 1e6
             if time.monotonic() > deadline or self.node_process.poll() is not None:
                 raise SystemExit(f"the node does not answer; see {self.log}")
+
+    def stream(self, msgs: list, rate_hz: float, settle_s: float = 2.0) -> tuple[list[float], int]:
+        """Publish `msgs` at `rate_hz` as a driver does (no waiting for answers), each freshly stamped;
+        (latencies of the answered ones in ms, how many were never answered: dropped by the node's
+        depth-1 input or lost on the way)."""
+        from std_msgs.msg import Header
+
+        period, start, sent = 1.0 / rate_hz, time.monotonic(), []
+        for index, msg in enumerate(msgs):
+            while time.monotonic() < start + index * period:  # spin between publishes: answers arrive meanwhile
+                self.rclpy.spin_once(
+                    self.client, timeout_sec=max(0.0, min(0.005, start + index * period - time.monotonic()))
+                )
+            stamp_ns = time.time_ns()
+            msg.header = Header(frame_id="lidar")
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+            self.publishers[0].publish(msg)
+            sent.append(stamp_ns)
+        self.spin_for(settle_s)
+        keys = [divmod(stamp, 10**9) for stamp in sent]
+        latencies = [
+            (self.answers.pop(k) - stamp) / 1e6 for k, stamp in zip(keys, sent, strict=True) if k in self.answers
+        ]
+        return latencies, len(sent) - len(latencies)
 
     def rss_mb(self) -> float:
         return self.process.memory_info().rss / 2**20
@@ -121,11 +157,16 @@ class NodeClient:
 
 
 @contextmanager
-def running_node(workdir: Path, parameters: dict[str, object]) -> Iterator[NodeClient]:
-    """Start the perception node (params file + `parameters`, input on /bench/points) and a client."""
-    os.environ.update(ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    args = [arg for name, value in parameters.items() for arg in ("-p", f"{name}:={value}")]
-    log = workdir / "node.log"
+def running_node(
+    workdir: Path,
+    parameters: dict[str, object],
+    input_topics: tuple[str, ...] = ("/bench/points",),
+    name: str = "sonata_perception",
+) -> Iterator[NodeClient]:
+    """Start the perception node `name` (params file + `parameters`, input on /bench/points) and a client
+    that publishes to `input_topics` (a multi-LiDAR node's, given in `parameters` too)."""
+    args = [arg for key, value in parameters.items() for arg in ("-p", f"{key}:={value}")]
+    log = workdir / f"{name}.log"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -137,6 +178,8 @@ def running_node(workdir: Path, parameters: dict[str, object]) -> Iterator[NodeC
             *args,
             "-r",
             "~/input/pointcloud:=/bench/points",
+            "-r",
+            f"__node:={name}",
         ],
         cwd=ROOT,
         stdout=log.open("w"),
@@ -144,11 +187,12 @@ def running_node(workdir: Path, parameters: dict[str, object]) -> Iterator[NodeC
     )
     client = None
     try:
-        client = NodeClient(process, log)
+        client = NodeClient(process, log, input_topics, name)
         yield client
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
         if client is not None:
             client.client.destroy_node()
-            client.rclpy.try_shutdown()
+            if client.owns_context:
+                client.rclpy.try_shutdown()

@@ -1,9 +1,13 @@
 """ros2 launch sonata_ros perception.launch.py input_topic:=/points [checkpoint:=... head:=... device:=cuda domain:=...]
 
-Starts the sonata_perception node with config/perception.yaml (or params_file:=...). The checkpoint,
-head, device and domain arguments override the params file only when given (an empty argument keeps the
-file's value). The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
+Starts the sonata_perception node with config/perception.yaml (or params_file:=...), and over it
+inputs_file:=... when given (several LiDARs: see multi_lidar.launch.py). The checkpoint, head, device
+and domain arguments override the params file only when given (an empty argument keeps the file's
+value). The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
 `/sonata_perception/output/{segmentation,embeddings,embedding_rgb}`.
+
+managed:=true starts the lifecycle variant: it waits unconfigured for a lifecycle manager (or
+`ros2 lifecycle set /sonata_perception configure`, then `activate`).
 
 The node is respawned when it exits (respawn:=false to stop that): it exits with code 70 after
 `exit_after_internal_errors` consecutive internal errors, such as a sticky CUDA error that only a
@@ -18,7 +22,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 ARGUMENTS = {
     "input_topic": ("/points", "PointCloud2 topic to segment"),
@@ -26,12 +30,14 @@ ARGUMENTS = {
         os.path.join(get_package_share_directory("sonata_ros"), "config", "perception.yaml"),
         "Node parameters (YAML)",
     ),
+    "inputs_file": ("", "Multi-LiDAR parameters (YAML) applied over params_file; empty: one input"),
     "checkpoint": ("", "Encoder checkpoint; empty keeps the params file's (default: shipped demo model)"),
     "head": ("", "Linear head checkpoint, or 'none'; empty keeps the params file's"),
     "device": ("", "auto | cpu | cuda; empty keeps the params file's"),
     "domain": ("", "indoor | outdoor | object (e.g. outdoor for Utonia or concerto_large_outdoor on LiDAR)"),
     "use_sim_time": ("false", "Use /clock (bag replay)"),
     "log_level": ("info", "debug | info | warn | error"),
+    "managed": ("false", "true: the lifecycle node (starts unconfigured; a lifecycle manager drives it)"),
     "respawn": ("true", "Restart the node when it exits (it exits on repeated internal errors)"),
     "respawn_delay": ("2.0", "Seconds before a restart"),
     "dds_profile": (
@@ -48,15 +54,18 @@ def _perception_node(context):
     value = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     overrides = {name: value[name] for name in OVERRIDES if value[name]}
     overrides["use_sim_time"] = value["use_sim_time"].lower() in TRUE
+    managed = value["managed"].lower() in TRUE
+    files = [value["params_file"], *([value["inputs_file"]] if value["inputs_file"] else [])]
     return [
-        Node(
+        (LifecycleNode if managed else Node)(
             package="sonata_ros",
             executable="sonata_perception",
             name="sonata_perception",
+            namespace="",
             output="screen",
-            parameters=[value["params_file"], overrides],
+            parameters=[*files, overrides],
             remappings=[("~/input/pointcloud", value["input_topic"])],
-            arguments=["--ros-args", "--log-level", value["log_level"]],
+            arguments=[*(["--managed"] if managed else []), "--ros-args", "--log-level", value["log_level"]],
             respawn=value["respawn"].lower() in TRUE,
             respawn_delay=float(value["respawn_delay"]),
             additional_env=_dds_environment(value["dds_profile"]),

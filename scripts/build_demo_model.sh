@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
-# Rebuilds the demo model shipped in sonata_ros/models/ with the project's own commands, from seeds:
-#   1. four unlabelled synthetic VLP-16 drives (seeds 100-103, 40 frames each) for self-distillation;
-#   2. sonata-pretrain with config/pretrain/demo.yaml (1000 steps, seed 0; exported as fp16);
-#   3. four labelled drives (seeds 200-203, 8 frames each) for the linear probe; a held-out drive
-#      (seed 300) to score it. (One labelled street alone gives a head that overfits it: mIoU 0.31.)
-# The demo drive that `make demo` replays is seed 0, a street none of these saw.
-# About 40 minutes on a 2-core CPU. Usage: scripts/build_demo_model.sh [work dir, default runs/demo_model]
+# Rebuilds the demo model shipped in sonata_ros/models/ with the project's own commands, from seeds,
+# from synthetic data only (the real scans in ../shared/real are non-commercial: they never train it):
+#   1. eight unlabelled synthetic drives (seeds 100-107, 30 frames each) across the sensor mix
+#      (VLP-16, HDL-32E, HDL-64E, VLS-128, OS1-128) for self-distillation, outdoor domain (sensor frame);
+#   2. sonata-pretrain with config/pretrain/demo.yaml (exported as fp16);
+#   3. eight labelled drives (seeds 200-207, 6 frames each) for the linear probe, and two held-out
+#      drives (seeds 300, 301) to score it.
+# The demo drive that `make demo` replays is seed 0, a street none of these saw. About 90 minutes on a
+# 2-core CPU (see README "The demo model"). Usage: scripts/build_demo_model.sh [work dir, default
+# runs/demo_model]; PY selects the interpreter (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/demo_model}
-BIN=${BIN:-.venv/bin}
+PY=${PY:-.venv/bin/python}
 MODELS=sonata_ros/models
 
+synth() {  # sensor seed frames out
+    [ -f "$4/index.json" ] || "$PY" -m sonata_model.synth.cli --sensor "$1" --seed "$2" --frames "$3" --format frames \
+        --out "$4" > /dev/null
+}
+
 data=()
-for seed in 100 101 102 103; do
-    "$BIN/sonata-synth" --sensor vlp16 --frames 40 --seed "$seed" --format frames --out "$WORK/unlabelled/$seed"
+seed=100
+for sensor in vlp16 hdl32 hdl64 vls128 os128 hdl64 hdl32 vlp16; do
+    synth "$sensor" "$seed" 30 "$WORK/unlabelled/$seed"
     data+=(--data "frames:$WORK/unlabelled/$seed")
+    seed=$((seed + 1))
 done
 labelled=()
-for seed in 200 201 202 203; do
-    "$BIN/sonata-synth" --sensor vlp16 --frames 8 --seed "$seed" --format frames --out "$WORK/labelled/$seed"
+seed=200
+for sensor in hdl64 vlp16 hdl32 vls128 os128 hdl64 vlp16 hdl32; do
+    synth "$sensor" "$seed" 6 "$WORK/labelled/$seed"
     labelled+=(--data "frames:$WORK/labelled/$seed")
+    seed=$((seed + 1))
 done
-"$BIN/sonata-synth" --sensor vlp16 --frames 8 --seed 300 --format frames --out "$WORK/heldout"
+synth hdl64 300 6 "$WORK/heldout/300"
+synth vlp16 301 6 "$WORK/heldout/301"
 
-"$BIN/sonata-pretrain" --config config/pretrain/demo.yaml "${data[@]}" --out "$WORK/pretrain"
-"$BIN/sonata-probe" --encoder "$WORK/pretrain/encoder.pth" "${labelled[@]}" --seed 0 --out "$WORK/head.pth"
-"$BIN/sonata-eval" --encoder "$WORK/pretrain/encoder.pth" --head "$WORK/head.pth" --data "frames:$WORK/heldout" \
-    --report "$WORK/eval"
+"$PY" -m sonata_model.train.pretrain --config config/pretrain/demo.yaml "${data[@]}" --out "$WORK/pretrain"
+"$PY" -m sonata_model.train.probe --encoder "$WORK/pretrain/encoder.pth" "${labelled[@]}" --seed 0 --out "$WORK/head.pth"
+"$PY" -m sonata_model.train.evaluate --encoder "$WORK/pretrain/encoder.pth" --head "$WORK/head.pth" \
+    --data "frames:$WORK/heldout/300" --data "frames:$WORK/heldout/301" --report "$WORK/eval"
 
 mkdir -p "$MODELS"
 cp "$WORK/pretrain/encoder.pth" "$MODELS/demo_encoder.pth"

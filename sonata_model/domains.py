@@ -12,7 +12,10 @@ objects), and so do this project's own models. One `InputTransform` per (family,
    CenterShift, indoor and objects); "none" keeps the sensor / ego frame (outdoor LiDAR: the vehicle at
    the origin, the road in the xy-plane, as the authors' outdoor recipes); "xy_after_grid" re-centres
    x, y on the sampled voxels' bounding box after grid sampling (Concerto's outdoor PCA demo).
-5. grid sampling at `grid` model units per voxel (the real voxel edge is `grid / scale` metres).
+5. grid sampling at `grid` model units per voxel (the real voxel edge is `grid / scale` metres). In
+   the sensor frame (a range box, no shift before sampling) the grid counts from the box's corner rather
+   than from each scan's minimum (the reference's choice): a voxel's grid coordinate then depends on
+   its position only, so cropping a scan regroups only the attention patches next to the cut.
 
 Missing modalities: outdoor and object domains feed zeros for missing colour and normals (the newer
 encoders were trained with modality dropout); the indoor domain requires colour and estimates
@@ -95,6 +98,13 @@ class InputTransform:
         return ", ".join(parts)
 
     # ------------------------------------------------------------------------ the transform (torch)
+
+    @property
+    def grid_origin(self) -> tuple[float, float, float] | None:
+        """Model-unit corner the voxel grid counts from, or None for each cloud's minimum (step 5)."""
+        if self.range_box is None or self.centre == "xyz":
+            return None
+        return tuple(v * self.scale for v in self.range_box[:3])
 
     def inside(self, coord: Tensor) -> Tensor:
         """(N,) bool: the points this domain segments (all, without a range box)."""

@@ -1,6 +1,9 @@
 """Voxel grid arithmetic shared by the frame plan, the normals and pretraining: cells and packed keys.
 
-As the reference's GridSample, per cloud: grid = floor(coord / grid_size) minus the cloud's minimum.
+As the reference's GridSample, per cloud: grid = floor(coord / grid_size) minus the cloud's minimum,
+or minus a fixed `origin` cell (outdoor domains anchor the grid on their range box, so that a voxel's
+grid coordinate, hence its place along the serialization curves, does not depend on what else is in
+the scan: cropping a scan or one far return no longer regroups every attention patch).
 A voxel is named by one int64 key (`pack_keys`), ordered like (level, cloud, x, y, z): sorting keys
 sorts voxels the way the reference sorts unique rows, and adding `offset_keys(delta)` to a key moves
 it by a grid offset (coordinates carry a margin, so a step of a few cells never leaves its field).
@@ -32,10 +35,20 @@ def offset_to_batch(offset: Tensor, num_points: int | None = None) -> Tensor:
     return torch.repeat_interleave(clouds, counts, output_size=num_points)
 
 
-def voxel_grid(coord: Tensor, batch: Tensor, num_clouds: int, grid_size: float, valid: Tensor | None = None) -> Tensor:
+def voxel_grid(
+    coord: Tensor,
+    batch: Tensor,
+    num_clouds: int,
+    grid_size: float,
+    valid: Tensor | None = None,
+    origin: tuple[float, float, float] | None = None,
+) -> Tensor:
     """(N, 3) int64 grid coordinates: floor(coord / grid_size) minus the minimum over each cloud's valid
-    points (rows with `valid` False get coordinates relative to their cloud too, but take no part)."""
+    points (rows with `valid` False get coordinates relative to their cloud too, but take no part), or
+    minus the cell of `origin` (units of `coord`, a corner no valid point lies below) in every cloud."""
     cell = torch.floor(coord / grid_size).long()
+    if origin is not None:
+        return cell - torch.floor(torch.tensor(origin, dtype=torch.float64) / grid_size).long().to(coord.device)
     if valid is not None:
         cell = torch.where(valid[:, None], cell, torch.iinfo(torch.long).max)
     low = cell.new_full((num_clouds, 3), torch.iinfo(torch.long).max)

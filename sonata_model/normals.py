@@ -3,8 +3,9 @@
 Estimated on the voxel representatives, on the model's device, after grid sampling: the neighbours of
 a voxel are the occupied voxels within `radius` cells (found by sorted-key search, as the sparse
 convolution finds its neighbours; no KD-tree, no host round trip), the normal is the eigenvector of
-the smallest eigenvalue of their covariance, flipped to face the sensor (`viewpoint`, per cloud, in the
-cloud's frame: the sensor's position after any sensor -> base transform). Voxels with fewer than three
+the smallest eigenvalue of their covariance, flipped to face the sensor that saw the voxel
+(`viewpoint`, per voxel, in the cloud's frame: the sensor's position after any sensor -> base
+transform; several LiDARs merged into one cloud each keep their own). Voxels with fewer than three
 neighbours get a zero normal (what colour/normal-dropout weights read as "missing").
 """
 
@@ -21,7 +22,7 @@ MIN_NEIGHBOURS = 3
 
 def estimate_normals(coord: Tensor, grid_coord: Tensor, batch: Tensor, viewpoint: Tensor, radius: int = 2) -> Tensor:
     """(M, 3) unit normals of voxels at `coord` (M, 3) with integer `grid_coord`, of cloud `batch` (M,),
-    oriented towards `viewpoint[batch]` ((B, 3), same frame as `coord`)."""
+    oriented towards `viewpoint` ((M, 3), same frame as `coord`)."""
     m = coord.shape[0]
     keys = pack_keys(grid_coord.long() + radius, batch)
     sorted_keys, order = torch.sort(keys)
@@ -43,6 +44,6 @@ def estimate_normals(coord: Tensor, grid_coord: Tensor, batch: Tensor, viewpoint
     mean = first / count.clamp_min(1)[:, None]
     covariance = second / count.clamp_min(1)[:, None, None] - mean[:, :, None] * mean[:, None, :]
     normal = torch.linalg.eigh(covariance).eigenvectors[:, :, 0]  # eigenvalues ascending
-    facing = ((viewpoint.to(work)[batch] - centre) * normal).sum(dim=1) >= 0
+    facing = ((viewpoint.to(work) - centre) * normal).sum(dim=1) >= 0
     normal = torch.where(facing[:, None], normal, -normal)
     return torch.where((count >= MIN_NEIGHBOURS)[:, None], normal, 0.0).to(coord.dtype)

@@ -491,20 +491,31 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
 def _neighbours(
     row_key: Tensor, row_level: Tensor, meta: dict[str, Tensor], level0_sorted: Tensor | None, level0_perm: Tensor
 ) -> Tensor:
-    """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none."""
+    """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none.
+
+    On a CPU the rows go in chunks: each (rows, 27) int64 temporary of a 100k-voxel frame is 20 MB, and
+    a process's allocator keeps such peaks resident; a GPU takes all rows at once (fewer launches)."""
     search = row_key
     if level0_sorted is not None:  # level 0 kept the members' order: search their sorted keys
         search = torch.cat((level0_sorted, row_key[level0_sorted.shape[0] :]))
-    wanted = row_key[:, None] + _delta_keys(row_key.device)
-    position = torch.searchsorted(search, wanted).clamp_(max=row_key.shape[0] - 1)
-    hit = search[position] == wanted
+    rows = None
     if level0_sorted is not None:
         rows = torch.arange(row_key.shape[0], device=row_key.device)
         rows[: level0_perm.shape[0]] = level0_perm
-        position = rows[position]
-    return torch.where(hit, position - meta["base"][row_level][:, None], meta["capacity"][row_level][:, None])
+    step = _CPU_ROW_CHUNK if row_key.device.type == "cpu" else row_key.shape[0]
+    parts = []
+    for start in range(0, row_key.shape[0], max(step, 1)):
+        keys, levels = row_key[start : start + step], row_level[start : start + step]
+        wanted = keys[:, None] + _delta_keys(row_key.device)
+        position = torch.searchsorted(search, wanted).clamp_(max=row_key.shape[0] - 1)
+        hit = search[position] == wanted
+        if rows is not None:
+            position = rows[position]
+        parts.append(torch.where(hit, position - meta["base"][levels][:, None], meta["capacity"][levels][:, None]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+_CPU_ROW_CHUNK = 8192
 _WEIGHT_COPY_ROWS = 40  # a chunk's copy of its (C_in, C_out) weight costs about as much as 40 rows of matmul
 _CENTRE = 13  # the kernel offset (0, 0, 0): every row with itself, a plain matmul
 
@@ -526,11 +537,11 @@ def _pairs(neighbours: Tensor, row_level: Tensor, meta: dict[str, Tensor], sizes
                 total += -(-n // chunk) * chunk
         level_slots.append((start, total))
     # each found pair's slot: its level's and offset's base + its rank among them (rows in level order)
-    rank = torch.cumsum(found, dim=0) - found.long()
-    rank = rank - rank[torch.tensor(sizes.base)][row_level]
-    slot = torch.from_numpy(bases)[row_level] + rank
+    # in place where it can be: each (R, 27) int64 temporary of a 100k-voxel frame is 20 MB
+    slot = torch.cumsum(found, dim=0).sub_(found.long())
+    slot.sub_(slot[torch.tensor(sizes.base)][row_level]).add_(torch.from_numpy(bases)[row_level])
     use = torch.tensor([bool(c) for c in chunks])[row_level][:, None] & found
-    slot = torch.where(use, slot, total)
+    slot.masked_fill_(~use, total)
     rows = torch.arange(neighbours.shape[0]) - torch.tensor(sizes.base)[row_level]
     spans = [end - start for start, end in level_slots]
     zero_row = torch.from_numpy(np.repeat(np.array(sizes.capacity, dtype=np.int64), spans))  # padding pairs

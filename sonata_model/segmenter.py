@@ -40,8 +40,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 class Cloud:
     """Per-point inputs of one cloud (numpy); only `coord` is required.
 
-    `viewpoint`: the sensor's position in the cloud's frame (default: its origin), which estimated
-    normals face.
+    `viewpoint`: the sensor's position in the cloud's frame, (3,) or one per point (N, 3) for clouds
+    merged from several sensors (default: the origin), which estimated normals face.
     """
 
     coord: np.ndarray
@@ -228,7 +228,7 @@ class Segmenter:
         )
         inside = None if self.transform.range_box is None else self.transform.inside(coord)
         model_coord = self.transform.to_model(coord, batch, num_clouds, inside)
-        grid = voxel_grid(model_coord, batch, num_clouds, self.transform.grid, inside)
+        grid = voxel_grid(model_coord, batch, num_clouds, self.transform.grid, inside, self.transform.grid_origin)
         backend = self.encoder.sparse_backend or default_backend()
         try:
             plan = build_plan(
@@ -267,8 +267,15 @@ class Segmenter:
         level = plan.levels[0]
         m = level.num_voxels
         batch = level.batch[:m]
-        viewpoint = np.stack([np.zeros(3) if c.viewpoint is None else np.asarray(c.viewpoint, float) for c in clouds])
-        normal = estimate_normals(coord[:m], level.grid_coord[:m], batch, self._to_device(viewpoint.astype(np.float32)))
+        viewpoint = self._to_device(
+            np.concatenate(
+                [
+                    np.broadcast_to(np.zeros(3) if c.viewpoint is None else c.viewpoint, (len(c.coord), 3))
+                    for c in clouds
+                ]
+            ).astype(np.float32)
+        )[plan.representative[:m]]  # a merged cloud's points each face their own sensor
+        normal = estimate_normals(coord[:m], level.grid_coord[:m], batch, viewpoint)
         lacking = self._to_device(np.array([c.normal is None for c in clouds]))[batch]
         keys = [k for k in self.feature_keys if k != "coord"]
         column = sum(FEATURE_CHANNELS[k] for k in keys[: keys.index("normal")])

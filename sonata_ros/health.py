@@ -6,11 +6,12 @@ order it is judged:
 
 - ERROR: `exit_after` consecutive internal errors (the node is about to exit so that it is restarted);
 - STALE: no input message arrived for `input_timeout_s` (the driver died, a remap is wrong, or
-  best-effort DDS loses every large cloud);
+  best-effort DDS loses every large cloud; with several inputs: none of them sent anything);
 - ERROR: a run of `late_frames_error` consecutive frames over budget, or every frame of the window
   was rejected;
-- WARN: more than `rejected_warn_fraction` of the window's frames were rejected, or the mean
-  processing time of the window exceeds the budget;
+- WARN: more than `rejected_warn_fraction` of the window's frames were rejected, an input of a
+  multi-LiDAR node was skipped (missing, stale or rejected) in more than `skipped_warn_fraction` of
+  them, or the mean processing time of the window exceeds the budget;
 - OK.
 
 Written by the worker thread and the subscription callback, read by the diagnostics timer (one lock).
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-STAGES = ("decode", "voxelize", "encoder", "head", "encode", "publish")
+STAGES = ("decode", "voxelize", "encoder", "head", "messages", "publish")
+SKIPS = ("missing", "stale", "rejected")  # why an input of a multi-LiDAR node had no part in a frame
 INTERNAL_ERROR = "internal_error"
 MAX_RECORDS = 10_000  # a flood of rejected messages cannot grow the window's memory without bound
 
@@ -40,6 +42,7 @@ class HealthLimits:
     window_s: float = 5.0
     input_timeout_s: float = 2.0
     rejected_warn_fraction: float = 0.2
+    skipped_warn_fraction: float = 0.2
     exit_after: int = 10  # consecutive internal errors; 0 never exits
 
 
@@ -56,13 +59,22 @@ class _Outcome:
 
 
 class Health:
-    def __init__(self, limits: HealthLimits, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limits, self._clock = limits, clock
+    """`inputs`: the names of a multi-LiDAR node's inputs, each reported on its own (none for one input)."""
+
+    def __init__(
+        self, limits: HealthLimits, clock: Callable[[], float] = time.monotonic, inputs: tuple[str, ...] = ()
+    ) -> None:
+        self.limits, self._clock, self.inputs = limits, clock, inputs
         self._lock = threading.Lock()
         self._outcomes: deque[_Outcome] = deque(maxlen=MAX_RECORDS)
         self._idle: deque[float] = deque(maxlen=MAX_RECORDS)
         self._started = clock()
         self._last_input: float | None = None
+        self._input_last: dict[str, float] = {}
+        self._input_received: Counter = Counter()
+        self._skipped: Counter = Counter()  # (input, why)
+        self._skip_times: deque[tuple[float, str]] = deque(maxlen=MAX_RECORDS)
+        self._last_skip: dict[str, str] = {}
         self.received = self.processed = self.dropped = self.idle = 0
         self.rejected: Counter = Counter()
         self.consecutive_late = 0
@@ -71,10 +83,20 @@ class Health:
 
     # -------------------------------------------------------------------------------------- events
 
-    def input_received(self) -> None:
+    def input_received(self, name: str = "") -> None:
         with self._lock:
             self.received += 1
-            self._last_input = self._clock()
+            self._last_input = self._input_last[name] = self._clock()
+            self._input_received[name] += 1
+
+    def input_skipped(self, name: str, why: str, detail: str = "") -> None:
+        """Input `name` had no part in a frame: `why` is one of SKIPS; the others went on."""
+        with self._lock:
+            self._skipped[(name, why)] += 1
+            self._skip_times.append((self._clock(), name))
+            self._last_skip[name] = f"{why}: {detail}" if detail else why
+            if detail:
+                self.last_error = f"{why}: {detail}"
 
     def frame_done(self, stages_ms: dict[str, float], latency_ms: float) -> None:
         outcome = _Outcome(self._clock(), None, dict(stages_ms), latency_ms)
@@ -118,6 +140,8 @@ class Health:
                 self._outcomes.popleft()
             while self._idle and self._idle[0] < since:
                 self._idle.popleft()
+            while self._skip_times and self._skip_times[0][0] < since:
+                self._skip_times.popleft()
             done = [o for o in self._outcomes if o.rejected is None]
             rejected = len(self._outcomes) - len(done)
             span = min(self.limits.window_s, now - self._started)
@@ -140,10 +164,24 @@ class Health:
                 "latency_ms_p50": float(np.percentile(latency, 50)),
                 "latency_ms_max": float(latency.max()),
                 **{f"{s}_ms": float(np.mean([o.stages_ms.get(s, 0.0) for o in done])) if done else 0.0 for s in STAGES},
+                **self._input_values(now),
                 "consecutive_late_frames": self.consecutive_late,
                 "consecutive_internal_errors": self.consecutive_internal_errors,
                 "last_error": self.last_error,
             }
+
+    def _input_values(self, now: float) -> dict[str, float | int | str]:
+        """Per input of a multi-LiDAR node (lock held): counts, age, and the window's skipped fraction."""
+        frames = len(self._outcomes)
+        skipped = Counter(name for _, name in self._skip_times)
+        values: dict[str, float | int | str] = {}
+        for name in self.inputs:
+            values[f"input_{name}_received"] = self._input_received[name]
+            values[f"input_{name}_age_s"] = now - self._input_last.get(name, self._started)
+            values.update({f"input_{name}_{why}": self._skipped[(name, why)] for why in SKIPS})
+            values[f"input_{name}_skipped_fraction"] = skipped[name] / frames if frames else 0.0
+            values[f"input_{name}_last_skip"] = self._last_skip.get(name, "")
+        return values
 
     def level(self, s: dict) -> tuple[bytes, str]:
         limits = self.limits
@@ -163,6 +201,13 @@ class Health:
             return DiagnosticStatus.WARN, (
                 f"{s['window_rejected']} of {s['window_frames']} frames rejected {window}; last: {s['last_error']}"
             )
+        for name in self.inputs:
+            if s[f"input_{name}_skipped_fraction"] > limits.skipped_warn_fraction:
+                skipped = round(s[f"input_{name}_skipped_fraction"] * s["window_frames"])
+                return DiagnosticStatus.WARN, (
+                    f"input {name} skipped in {skipped} of {s['window_frames']} frames {window}; "
+                    f"last: {s[f'input_{name}_last_skip']}"
+                )
         if s["processing_ms_mean"] > limits.budget_ms:
             return DiagnosticStatus.WARN, (
                 f"mean processing {s['processing_ms_mean']:.1f} ms over the {limits.budget_ms:g} ms budget"

@@ -6,7 +6,7 @@ import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 
 from sonata_model.io.labels import UNKNOWN
-from sonata_model.io.pointcloud2 import FLOAT32, UINT8, FieldSpec, encode, pack_rgb, to_message
+from sonata_model.io.pointcloud2 import FLOAT32, UINT8, FieldSpec, pack_points, pack_rgb, to_message
 
 # x, y, z, class_id (255 = unknown / filtered out), probability, rgb (0x00RRGGBB for RViz): aligned, 24 bytes
 SEGMENTATION_FIELDS = [
@@ -41,7 +41,7 @@ def segmentation_cloud(
         "rgb": palette_rgb[class_id],
     }
     return to_message(
-        encode(SEGMENTATION_FIELDS, arrays, height=height, point_step=24), PointCloud2, PointField, header
+        pack_points(SEGMENTATION_FIELDS, arrays, height=height, point_step=24), PointCloud2, PointField, header
     )
 
 
@@ -55,12 +55,12 @@ def embedding_cloud(header, xyz: np.ndarray, embedding: np.ndarray) -> PointClou
         FieldSpec("embedding", 12, FLOAT32, dim),
     ]
     arrays = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "embedding": embedding.astype(np.float32, copy=False)}
-    return to_message(encode(fields, arrays), PointCloud2, PointField, header)
+    return to_message(pack_points(fields, arrays), PointCloud2, PointField, header)
 
 
 def rgb_cloud(header, xyz: np.ndarray, rgb: np.ndarray, height: int) -> PointCloud2:
     arrays = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "rgb": pack_rgb(rgb)}
-    return to_message(encode(RGB_FIELDS, arrays, height=height, point_step=16), PointCloud2, PointField, header)
+    return to_message(pack_points(RGB_FIELDS, arrays, height=height, point_step=16), PointCloud2, PointField, header)
 
 
 def packed_palette(colors: np.ndarray) -> np.ndarray:

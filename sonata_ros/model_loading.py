@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import sonata_model as sm
@@ -14,6 +15,7 @@ MODELS = Path(__file__).parent / "models"
 DEMO_ENCODER = MODELS / "demo_encoder.pth"
 DEMO_HEAD = MODELS / "demo_head.pth"
 DEMO_LABEL_SET = "synthetic"
+WARM_UP_POINTS = 2048
 UNTRAINED_WARNING = (
     "The trained demo model is not installed (sonata_ros/models/demo_*.pth): running the 'demo' encoder "
     "config with RANDOM weights. Its labels are meaningless; pass checkpoint:=/path/to/model.pth."
@@ -59,3 +61,15 @@ def load_model(checkpoint: str, head: str, label_set: str) -> LoadedModel:
             f"head predicts {head_model.num_classes} classes but label set {labels.name!r} has {labels.num_classes}"
         )
     return LoadedModel(encoder, head_model, labels, description, warning)
+
+
+def warm_up(segmenter: sm.Segmenter) -> None:
+    """One forward on a small fixed cloud: the first call's one-off costs (kernel selection, allocator
+    pools) are paid at start, not on the first frame, and a device or model that cannot run fails here."""
+    rng = np.random.default_rng(0)
+    coord = rng.uniform((-10.0, -10.0, -1.5), (10.0, 10.0, 1.5), (WARM_UP_POINTS, 3)).astype(np.float32)
+    segmenter(
+        coord,
+        color=np.full((WARM_UP_POINTS, 3), 128, np.uint8),
+        strength=np.full(WARM_UP_POINTS, 0.5, np.float32),
+    )

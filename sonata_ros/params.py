@@ -1,7 +1,9 @@
 """The perception node's parameters: one table for the node, config/perception.yaml and the launch file.
 
-All are read-only (declared once at start): changing the model, device or crop means restarting the
-node, which is what the deployed LiDAR segmentation nodes do too.
+The plain node declares them read-only (changing the model, device or crop means restarting it, as the
+deployed LiDAR segmentation nodes do); the managed (lifecycle) node reads them at configure and takes
+changes only while unconfigured. Each input of a multi-LiDAR node (`input_names`) also has the
+`sensors.<name>.*` parameters of `SENSOR_PARAMETERS`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ PARAMETERS: tuple[Param, ...] = (
     ),
     Param("label_set", "", "Label set name or YAML path; empty uses the head's, else 'synthetic'."),
     Param("input_reliability", "best_effort", "QoS reliability of the input subscription: best_effort | reliable."),
-    Param("frame_id", "", "Expected header.frame_id of the input; empty accepts any. Others are rejected."),
+    Param("frame_id", "", "Single input: expected header.frame_id; empty accepts any. Others are rejected."),
     Param(
         "intensity_scale",
         0.0,
@@ -88,9 +90,37 @@ PARAMETERS: tuple[Param, ...] = (
     Param(
         "sensor_to_base_translation",
         [0.0, 0.0, 0.0],
-        "Static sensor -> base translation [x, y, z] (m), applied to the model input only.",
+        "Single input: static sensor -> base translation [x, y, z] (m), applied to the model input only.",
     ),
-    Param("sensor_to_base_rotation", [0.0, 0.0, 0.0, 1.0], "Static sensor -> base rotation quaternion [x, y, z, w]."),
+    Param(
+        "sensor_to_base_rotation",
+        [0.0, 0.0, 0.0, 1.0],
+        "Single input: static sensor -> base rotation quaternion [x, y, z, w].",
+    ),
+    Param(
+        "input_topics",
+        [],
+        "Multi-LiDAR: PointCloud2 topics merged in the base frame and segmented in one forward; empty: the "
+        "single input ~/input/pointcloud.",
+    ),
+    Param(
+        "input_names",
+        [],
+        "Multi-LiDAR: a name per input_topics entry, for its sensors.<name>.* parameters and its output "
+        "~/output/<name>/segmentation.",
+    ),
+    Param("base_frame", "base_link", "Multi-LiDAR: header.frame_id of the merged ~/output/segmentation."),
+    Param(
+        "sync_timeout_ms",
+        100.0,
+        "Multi-LiDAR: after the first fresh cloud, wait at most this long for the other inputs; those still "
+        "missing are skipped and counted.",
+    ),
+    Param(
+        "stale_after_ms",
+        300.0,
+        "Multi-LiDAR: a cloud stamped more than this before the newest input's is skipped as stale and counted.",
+    ),
     Param(
         "embedding_dim",
         32,
@@ -109,6 +139,12 @@ PARAMETERS: tuple[Param, ...] = (
         "Diagnostics WARN when more than this fraction of the window's frames were rejected; ERROR when all were.",
     ),
     Param(
+        "input_skipped_warn_fraction",
+        0.2,
+        "Multi-LiDAR: diagnostics WARN when an input was skipped (missing, stale or rejected) in more than this "
+        "fraction of the window's frames.",
+    ),
+    Param(
         "exit_after_internal_errors",
         10,
         "Exit with code 70 after this many consecutive internal errors (e.g. a sticky CUDA error), so that "
@@ -119,3 +155,11 @@ PARAMETERS: tuple[Param, ...] = (
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
+
+SENSOR_PARAMETERS: tuple[Param, ...] = (
+    Param("translation", [0.0, 0.0, 0.0], "Static sensor -> base translation [x, y, z] (m)."),
+    Param("rotation", [0.0, 0.0, 0.0, 1.0], "Static sensor -> base rotation quaternion [x, y, z, w]."),
+    Param("frame_id", "", "Expected header.frame_id of this input; empty accepts any. Others are rejected."),
+    Param("intensity_scale", 0.0, "As intensity_scale, for this input (drivers differ); 0 picks per field."),
+)
+"""Per input of a multi-LiDAR node, as `sensors.<name>.<parameter>`."""

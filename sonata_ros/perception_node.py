@@ -2,78 +2,207 @@
 
     ros2 launch sonata_ros perception.launch.py input_topic:=/points
     python -m sonata_ros.perception_node --ros-args --params-file config/perception.yaml
+    python -m sonata_ros.perception_node --managed --ros-args ...     # lifecycle node, starts unconfigured
 
-The subscription callback only stores the newest cloud in a depth-1 mailbox; a worker thread decodes,
-runs the model and publishes, so the executor never waits for inference and frames that arrive while
-the worker is busy replace the pending one (counted as dropped). Outputs nobody subscribes to are not
-computed; with no subscriber at all, no inference runs. Bad input is logged (throttled), counted in
-/diagnostics and skipped. After `exit_after_internal_errors` consecutive internal errors (a sticky CUDA
-error, say) the node exits with code 70 so that the launch file's `respawn` starts a fresh process.
+Subscription callbacks only store the newest cloud of each input (`FrameSync`); a worker thread takes
+a set (one cloud, or with `input_topics` the clouds of several LiDARs), merges them, runs ONE forward
+and publishes, so the executor never waits for inference and clouds that arrive while the worker is
+busy replace the pending ones (counted as dropped). Outputs nobody subscribes to are not computed;
+with no subscriber at all, no inference runs. Bad input is logged (throttled), counted in /diagnostics
+and skipped. After `exit_after_internal_errors` consecutive internal errors (a sticky CUDA error, say)
+the node exits with code 70 so that the launch file's `respawn` starts a fresh process.
+
+The plain node configures and activates itself at start. The managed one follows the ROS 2 life cycle:
+configure reads the parameters, loads and warms up the model; activate subscribes and starts the
+worker; deactivate stops taking clouds and finishes the one in flight; cleanup releases the model.
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
 import os
 import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
 
 import sonata_model as sm
 from sonata_model.domains import InputTransform
 from sonata_model.embedding_pca import EmbeddingPCA
-from sonata_model.geometry import quaternion_matrix
 from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.labels import UNKNOWN, LabelSetError
-from sonata_model.io.pointcloud2 import MissingFieldError, PointCloudError, decode, structured_view
+from sonata_model.io.pointcloud2 import structured_view
 
+from .allocator import return_large_buffers_to_the_os
+from .frame_sync import FrameSync
 from .health import INTERNAL_ERROR, Health, HealthLimits
-from .mailbox import Mailbox
+from .inputs import (
+    SINGLE_INPUT_TOPIC,
+    WARN_EVERY_S,
+    Crop,
+    InputRejected,
+    InputSpec,
+    MergedCloud,
+    Needs,
+    SensorCloud,
+    check_input_names,
+    decode_input,
+    extrinsic,
+    merge,
+)
 from .messages import embedding_cloud, packed_palette, rgb_cloud, segmentation_cloud
-from .model_loading import load_model
-from .params import PARAMETERS
+from .model_loading import load_model, warm_up
+from .params import PARAMETERS, SENSOR_PARAMETERS, Param
 from .shutdown import init_ros, spin_until_stopped
 
 NODE_NAME = "sonata_perception"
-WARN_EVERY_S = 5.0
 EXIT_INTERNAL_ERRORS = 70  # EX_SOFTWARE: the node gave up after consecutive internal errors
-SATURATION_WARN_FRACTION = 0.01
+WORKER_JOIN_S = 60.0  # deactivate waits this long for the frame in flight
+CONFIGURE_ERRORS = (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError)  # DomainError too
 
 
-class PerceptionNode(Node):
-    def __init__(self, **kwargs) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        self.p = self._declare_parameters()
-        model = load_model(self.p["checkpoint"], self.p["head"], self.p["label_set"])
+@dataclass(frozen=True)
+class Wanted:
+    """Which outputs have subscribers."""
+
+    segmentation: bool
+    inputs: dict[str, bool]  # per-input segmentation (multi-LiDAR)
+    embeddings: bool
+    rgb: bool
+
+    def any(self) -> bool:
+        return self.segmentation or any(self.inputs.values()) or self.embeddings or self.rgb
+
+
+@dataclass(frozen=True)
+class OutputFrame:
+    """Header and shape of an output cloud that is not an input message (the merged cloud)."""
+
+    header: Header
+    height: int = 1
+
+
+class Perception:
+    """What the plain and the managed node share: configure, activate, deactivate, release, and the
+    worker that turns a set of input clouds into outputs. Mixed into an rclpy `Node`."""
+
+    READ_ONLY = True  # parameters can change only while a managed node is unconfigured
+
+    # ------------------------------------------------------------------------------ parameters
+
+    def _declare_parameter(self, param: Param, name: str | None = None) -> None:
+        name = name or param.name
+        if self.has_parameter(name):
+            return
+        descriptor = ParameterDescriptor(description=param.description, read_only=self.READ_ONLY)
+        # an empty list has no type of its own, in ROS nor in YAML: declare the string array unset
+        default = Parameter.Type.STRING_ARRAY if param.default == [] else param.default
+        self.declare_parameter(name, default, descriptor)
+
+    def _parameter(self, name: str):
+        """The value; an empty list for a string array never set (see `_declare_parameter`)."""
+        return self.get_parameter_or(name, Parameter(name, value=[])).value
+
+    def _read_parameters(self) -> dict:
+        for param in PARAMETERS:
+            self._declare_parameter(param)
+        return {param.name: self._parameter(param.name) for param in PARAMETERS}
+
+    def _input_specs(self, p: dict) -> list[InputSpec]:
+        """The single input, or one per `input_topics` entry with its `sensors.<name>.*` parameters."""
+        if not p["input_topics"]:
+            rotation, translation = extrinsic(
+                p["sensor_to_base_translation"], p["sensor_to_base_rotation"], "sensor_to_base"
+            )
+            return [InputSpec("", SINGLE_INPUT_TOPIC, rotation, translation, p["frame_id"], p["intensity_scale"])]
+        check_input_names(p["input_topics"], p["input_names"])
+        specs = []
+        for topic, name in zip(p["input_topics"], p["input_names"], strict=True):
+            for param in SENSOR_PARAMETERS:
+                self._declare_parameter(param, f"sensors.{name}.{param.name}")
+            value = {param.name: self._parameter(f"sensors.{name}.{param.name}") for param in SENSOR_PARAMETERS}
+            rotation, translation = extrinsic(value["translation"], value["rotation"], f"sensors.{name}")
+            specs.append(InputSpec(name, topic, rotation, translation, value["frame_id"], value["intensity_scale"]))
+        return specs
+
+    # ------------------------------------------------------------------------------ life cycle
+
+    def _configure(self) -> None:
+        """Read the parameters, load and warm up the model, create the publishers."""
+        self.fatal: str | None = None
+        self.p = p = self._read_parameters()
+        self.inputs = self._input_specs(p)
+        self.multi = bool(p["input_topics"])
+        if p["missing_intensity"] not in ("zeros", "reject"):
+            raise ValueError(f"missing_intensity must be zeros or reject, got {p['missing_intensity']!r}")
+        reliability = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+        if p["input_reliability"] not in reliability:
+            raise ValueError(f"input_reliability must be best_effort or reliable, got {p['input_reliability']!r}")
+        if p["sync_timeout_ms"] < 0 or p["stale_after_ms"] <= 0:
+            raise ValueError("sync_timeout_ms must be >= 0 and stale_after_ms > 0")
+        self.health = Health(_health_limits(p), inputs=tuple(spec.name for spec in self.inputs) if self.multi else ())
+        self._load_model(p)
+        # Serialization encodes grid coordinates below AXIS_LIMIT: points farther out cannot be segmented.
+        reach = (AXIS_LIMIT - 2) * self.segmenter.transform.voxel_size / 2
+        self.crop = Crop(p["min_range"], p["max_range"], np.asarray(p["crop_box"], np.float64), reach)
+        keys = self.segmenter.feature_keys
+        self.needs = Needs(
+            "strength" in keys,
+            p["missing_intensity"] == "reject",
+            "color" in keys and self.segmenter.transform.needs_colour,
+        )
+        self._qos_in = QoSProfile(
+            depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability[p["input_reliability"]]
+        )
+        self._create_publishers()
+        intensity = "" if "strength" in keys else " (intensity is not an input of this model)"
+        merged = f", {len(self.inputs)} inputs merged in {p['base_frame']}" if self.multi else ""
+        self.get_logger().info(
+            f"ready: {self.model_description} on {self.segmenter.device} ({p['precision']}), "
+            f"{self.segmenter.transform.describe()}, features {','.join(keys)}{intensity}, labels {self.labels.name}"
+            f"{merged}"
+        )
+
+    def _load_model(self, p: dict) -> None:
+        """The segmenter on its device, warmed up, its forwards counted; labels and embedding PCA."""
+        model = load_model(p["checkpoint"], p["head"], p["label_set"])
         if model.warning:
             self.get_logger().warning(model.warning)
         encoder = model.encoder
-        if self.p["feature_keys"]:
-            keys = tuple(k.strip() for k in self.p["feature_keys"].split(","))
+        if p["feature_keys"]:
+            keys = tuple(k.strip() for k in p["feature_keys"].split(","))
             encoder.config = encoder.config.replace(feature_keys=keys)
-        if self.p["missing_intensity"] not in ("zeros", "reject"):
-            raise ValueError(f"missing_intensity must be zeros or reject, got {self.p['missing_intensity']!r}")
         self.segmenter = sm.Segmenter(
             encoder,
             model.head,
-            device=self.p["device"],
-            precision=self.p["precision"],
-            attention=self.p["attention"],
-            normals=self.p["normals"] or None,
-            transform=_input_transform(encoder.config, self.p["domain"], self.p["grid_size"]),
+            device=p["device"],
+            precision=p["precision"],
+            attention=p["attention"],
+            normals=p["normals"] or None,
+            transform=_input_transform(encoder.config, p["domain"], p["grid_size"]),
         )
-        self._warn_about_domain(self.p["checkpoint"])
-        if self.p["embedding_dim"] == 0:
+        warm_up(self.segmenter)
+        self.encoder_forwards = 0
+        self._forward_hook = self.segmenter.encoder.embedding.register_forward_pre_hook(
+            self._count_forward
+        )  # once per forward
+        self._warn_about_domain(p["checkpoint"])
+        if p["embedding_dim"] == 0:
             width = encoder.config.head_channels
             self.get_logger().warning(
                 f"embedding_dim 0: ~/output/embeddings carries all {width} channels ({4 * width} bytes) per voxel, "
@@ -81,43 +210,71 @@ class PerceptionNode(Node):
             )
         self.labels = model.label_set
         self.palette = packed_palette(self.labels.colors)
-        self.rotation, self.translation = _transform(
-            self.p["sensor_to_base_translation"], self.p["sensor_to_base_rotation"]
-        )
         self.pca = EmbeddingPCA.from_meta(encoder.meta)
         self._pca_samples: list[torch.Tensor] = []
-        self.health = Health(_health_limits(self.p))
-        # Serialization encodes grid coordinates below AXIS_LIMIT: points farther out cannot be segmented.
-        self.reach = (AXIS_LIMIT - 2) * self.segmenter.transform.voxel_size / 2
-        self.fatal: str | None = None
         self.model_description = model.description
 
-        reliability = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-        if self.p["input_reliability"] not in reliability:
-            raise ValueError(f"input_reliability must be best_effort or reliable, got {self.p['input_reliability']!r}")
-        qos_in = QoSProfile(
-            depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability[self.p["input_reliability"]]
+    def _create_publishers(self) -> None:
+        qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self.out_segmentation = self.create_publisher(PointCloud2, "~/output/segmentation", qos)
+        self.out_inputs = (
+            {spec.name: self.create_publisher(PointCloud2, spec.output_topic, qos) for spec in self.inputs}
+            if self.multi
+            else {}
         )
-        qos_out = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        self.out_segmentation = self.create_publisher(PointCloud2, "~/output/segmentation", qos_out)
-        self.out_embeddings = self.create_publisher(PointCloud2, "~/output/embeddings", qos_out)
-        self.out_embedding_rgb = self.create_publisher(PointCloud2, "~/output/embedding_rgb", qos_out)
+        self.out_embeddings = self.create_publisher(PointCloud2, "~/output/embeddings", qos)
+        self.out_embedding_rgb = self.create_publisher(PointCloud2, "~/output/embedding_rgb", qos)
         self.out_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.mailbox: Mailbox[PointCloud2] = Mailbox()
-        self.input = self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos_in)
-        self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics)
-        self.create_timer(self.p["log_period_s"], self._log_status)
+
+    def _activate(self) -> None:
+        """Subscribe to the inputs and start the worker and the reporting timers."""
+        self.sync: FrameSync[PointCloud2] = FrameSync(len(self.inputs), self.p["sync_timeout_ms"] / 1e3)
+        self.input_subscriptions = [
+            self.create_subscription(
+                PointCloud2, spec.topic, lambda msg, index=index: self._on_cloud(index, msg), self._qos_in
+            )
+            for index, spec in enumerate(self.inputs)
+        ]
+        self._report_timers = [
+            self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics),
+            self.create_timer(self.p["log_period_s"], self._log_status),
+        ]
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="sonata_inference", daemon=True)
         self._worker.start()
-        keys = self.segmenter.feature_keys
-        intensity = "" if "strength" in keys else " (intensity is not an input of this model)"
-        self.get_logger().info(
-            f"ready: {self.model_description} on {self.segmenter.device} ({self.p['precision']}), "
-            f"{self.segmenter.transform.describe()}, features {','.join(keys)}{intensity}, labels {self.labels.name}"
-        )
 
-    # ------------------------------------------------------------------------------------------- setup
+    def _deactivate(self) -> None:
+        """Take no more clouds; the clouds received are finished and published before this returns."""
+        for subscription in self.input_subscriptions:
+            self.destroy_subscription(subscription)
+        self.input_subscriptions = []
+        self._stop.set()
+        self.sync.close()
+        self._worker.join(timeout=WORKER_JOIN_S)
+        if self._worker.is_alive():
+            self.get_logger().error(f"the frame in flight did not finish within {WORKER_JOIN_S:g} s")
+        for timer in self._report_timers:
+            self.destroy_timer(timer)
+        self._report_timers = []
+
+    def _release(self) -> None:
+        """Drop the model and the publishers; the device memory goes back to the driver."""
+        for name in ("out_segmentation", "out_embeddings", "out_embedding_rgb", "out_diagnostics"):
+            publisher = self.__dict__.pop(name, None)
+            if publisher is not None:
+                self.destroy_publisher(publisher)
+        for publisher in self.__dict__.pop("out_inputs", {}).values():
+            self.destroy_publisher(publisher)
+        hook = self.__dict__.pop("_forward_hook", None)
+        if hook is not None:
+            hook.remove()
+        for name in ("segmenter", "pca", "_pca_samples"):
+            self.__dict__.pop(name, None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------ setup helpers
 
     def _warn_about_domain(self, checkpoint: str) -> None:
         """Released files do not say their domain; a name that does but disagrees deserves a word."""
@@ -129,37 +286,36 @@ class PerceptionNode(Node):
                     f"with domain {self.segmenter.domain!r}: pass domain:={domain} if that is what it was trained on"
                 )
 
-    def _declare_parameters(self) -> dict:
-        values = {}
-        for param in PARAMETERS:
-            descriptor = ParameterDescriptor(description=param.description, read_only=True)
-            values[param.name] = self.declare_parameter(param.name, param.default, descriptor).value
-        return values
+    def _count_forward(self, module, inputs) -> None:
+        self.encoder_forwards += 1
 
-    # ------------------------------------------------------------------------------------------ runtime
+    # ------------------------------------------------------------------------------ runtime
 
-    def _wanted(self) -> tuple[bool, bool, bool]:
-        return (
+    def _wanted(self) -> Wanted:
+        return Wanted(
             self.out_segmentation.get_subscription_count() > 0,
+            {name: publisher.get_subscription_count() > 0 for name, publisher in self.out_inputs.items()},
             self.out_embeddings.get_subscription_count() > 0,
             self.out_embedding_rgb.get_subscription_count() > 0,
         )
 
-    def _on_cloud(self, msg: PointCloud2) -> None:
-        self.health.input_received()
-        if not any(self._wanted()):
+    def _on_cloud(self, index: int, msg: PointCloud2) -> None:
+        self.health.input_received(self.inputs[index].name)
+        if not self._wanted().any():
             self.health.frame_idle()
             return
-        if self.mailbox.put(msg):
+        if self.sync.put(index, msg):
             self.health.frame_dropped()
 
     def _work(self) -> None:
-        while not self._stop.is_set():
-            msg = self.mailbox.take(timeout=0.5)
-            if msg is None:
+        while True:
+            clouds = self.sync.take(timeout=0.5)
+            if clouds is None:
+                if self._stop.is_set():  # deactivated, and what was received is done
+                    return
                 continue
-            failure = self._attempt(msg)
-            del msg
+            failure = self._attempt(clouds)
+            del clouds
             if failure is None:
                 continue
             reason, detail = failure
@@ -173,11 +329,13 @@ class PerceptionNode(Node):
                 self.get_logger().fatal(f"exiting: {self.fatal}")
                 return
 
-    def _attempt(self, msg: PointCloud2) -> tuple[str, str] | None:
-        """Process one frame; (reason, detail) if it failed. The exception, whose traceback holds the
-        failed frame's tensors, does not outlive this call."""
+    def _attempt(self, clouds: list[PointCloud2 | None]) -> tuple[str, str] | None:
+        """Process one set of clouds; (reason, detail) if it failed. The exception, whose traceback holds
+        the failed frame's tensors, does not outlive this call."""
         try:
-            self._process(msg)
+            self._process(clouds)
+        except InputRejected as exc:
+            return exc.reason, exc.detail
         except torch.cuda.OutOfMemoryError as exc:
             return "out_of_memory", str(exc).splitlines()[0]
         except Exception as exc:
@@ -189,121 +347,108 @@ class PerceptionNode(Node):
         self.health.frame_rejected(reason, detail)
         self.get_logger().warning(f"frame skipped ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
 
-    def _process(self, msg: PointCloud2) -> None:
-        clock = time.perf_counter
-        start = clock()
-        stages: dict[str, float] = {}
-        want_segmentation, want_embeddings, want_rgb = self._wanted()
-        if self.p["frame_id"] and msg.header.frame_id != self.p["frame_id"]:
-            self._reject("wrong_frame", f"frame_id {msg.header.frame_id!r}, expected {self.p['frame_id']!r}")
-            return
-        keys = self.segmenter.feature_keys
-        try:
-            cloud = decode(
-                msg,
-                intensity_scale=self.p["intensity_scale"] or None,
-                need_strength="strength" in keys and self.p["missing_intensity"] == "reject",
-                need_color="color" in keys and self.segmenter.transform.needs_colour,
-            )
-        except MissingFieldError as exc:
-            self._reject("missing_field", str(exc))
-            return
-        except PointCloudError as exc:
-            self._reject("malformed", str(exc))
-            return
-        if cloud.num_input_points == 0:
-            self._reject("empty", "cloud has no points")
-            return
-        if len(cloud.coord) == 0:
-            self._reject("no_valid_points", f"all {cloud.num_input_points} points are NaN, inf or zero")
-            return
-        with np.errstate(over="ignore", invalid="ignore"):  # huge finite coordinates overflow to inf: out of reach
-            base = cloud.coord @ self.rotation.T + self.translation
-            in_reach = np.abs(base).max(axis=1) <= self.reach
-            if not in_reach.any():
-                self._reject(
-                    "no_valid_points",
-                    f"all {cloud.num_input_points} points are NaN, inf, zero or farther than {self.reach:.0f} m",
-                )
-                return
-            if not in_reach.all():
-                self.get_logger().warning(
-                    f"{np.count_nonzero(~in_reach)} points farther than {self.reach:.0f} m are not segmented",
-                    throttle_duration_sec=WARN_EVERY_S,
-                )
-            selected = np.flatnonzero(in_reach & self._crop(cloud.coord, base))
-        if cloud.strength_clipped > SATURATION_WARN_FRACTION * len(cloud.coord):
-            self.get_logger().warning(
-                f"{100 * cloud.strength_clipped / len(cloud.coord):.0f}% of the {cloud.strength_field!r} values are "
-                "above the scale and saturate: set intensity_scale (README: driver layouts)",
-                throttle_duration_sec=WARN_EVERY_S,
-            )
-        if len(selected) > self.p["max_points"]:
-            self.get_logger().warning(
-                f"{len(selected)} points over max_points={self.p['max_points']}: subsampled",
-                throttle_duration_sec=WARN_EVERY_S,
-            )
-            selected = selected[np.linspace(0, len(selected) - 1, self.p["max_points"]).astype(np.int64)]
-        stages["decode"] = (clock() - start) * 1e3
-
-        num = cloud.num_input_points
-        class_id = np.full(num, UNKNOWN, np.uint8)
-        probability = np.zeros(num, np.float32)
-        result = None
-        if len(selected):
-            optional = {
-                k: getattr(cloud, k)[selected] if getattr(cloud, k) is not None else None
-                for k in ("color", "normal", "strength")
-            }
-            if "strength" in keys and optional["strength"] is None:
-                self.get_logger().warning(
-                    "cloud has no intensity: the model reads strength 0 and labels less accurately "
-                    "(missing_intensity: reject refuses such clouds)",
-                    throttle_duration_sec=WARN_EVERY_S * 12,
-                )
-                optional["strength"] = np.zeros(len(selected), np.float32)
-            result = self.segmenter(base[selected], viewpoint=self.translation, **optional)  # sensor in base
-            stages["voxelize"] = result.timings_ms["prepare"] + result.timings_ms["voxelize"]
-            stages["encoder"] = result.timings_ms["encoder"]
-            stages["head"] = result.timings_ms["head"]
-            rows = np.flatnonzero(cloud.valid)[selected]
-            if result.labels is not None:  # -1: outside the domain's range (e.g. multipath under the road)
-                class_id[rows] = np.where(result.labels >= 0, result.labels, UNKNOWN).astype(np.uint8)
-                probability[rows] = result.probability
-
-        encode_start = clock()
-        view = structured_view(msg).reshape(-1)
-        xyz = np.stack([view[a].astype(np.float32) for a in "xyz"], axis=1)
-        outgoing = []
-        if want_segmentation:
-            outgoing.append(
-                (
-                    self.out_segmentation,
-                    segmentation_cloud(msg.header, xyz, class_id, probability, self.palette, msg.height),
-                )
-            )
-        if result is not None and (want_embeddings or want_rgb):
-            outgoing += self._embedding_messages(msg, cloud, selected, result, xyz, want_embeddings, want_rgb)
-        stages["encode"] = (clock() - encode_start) * 1e3
-        publish_start = clock()
+    def _process(self, clouds: list[PointCloud2 | None]) -> None:
+        """decode -> merge -> one forward -> labels back to every input point -> messages -> publish."""
+        stages = _Stages()
+        wanted = self._wanted()
+        sensors = self._decode_inputs(clouds)
+        merged = merge(sensors, self.p["max_points"], self.get_logger())
+        stages.mark("decode")
+        result = self._segment(sensors, merged, stages)
+        stages.restart()  # the forward's stages are the segmenter's own timings
+        point_class, point_probability = _point_labels(merged, result)
+        outgoing = self._messages(sensors, merged, result, point_class, point_probability, wanted)
+        stages.mark("messages")
         for publisher, out in outgoing:
             publisher.publish(out)
-        stages["publish"] = (clock() - publish_start) * 1e3
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
-        self.health.frame_done(stages, latency_ms)
+        stages.mark("publish")
+        stamp = max(_stamp_ns(s.msg) for s in sensors)
+        self.health.frame_done(stages.ms, (self.get_clock().now().nanoseconds - stamp) / 1e6)
 
-    def _crop(self, sensor: np.ndarray, base: np.ndarray) -> np.ndarray:
-        keep = np.ones(len(sensor), bool)
-        distance = np.linalg.norm(sensor, axis=1)
-        if self.p["min_range"] > 0:
-            keep &= distance >= self.p["min_range"]
-        if self.p["max_range"] > 0:
-            keep &= distance <= self.p["max_range"]
-        box = np.asarray(self.p["crop_box"], np.float64)
-        if box.any():
-            keep &= np.all((base >= box[:3]) & (base <= box[3:]), axis=1)
-        return keep
+    def _decode_inputs(self, clouds: list[PointCloud2 | None]) -> list[SensorCloud]:
+        """The usable inputs of this set. Missing, stale and rejected inputs of a multi-LiDAR set are
+        skipped and counted; when none is left the set is rejected with the first input's reason."""
+        newest = max(_stamp_ns(msg) for msg in clouds if msg is not None)
+        stale_ns = self.p["stale_after_ms"] * 1e6
+        sensors: list[SensorCloud] = []
+        rejections: list[tuple[InputSpec, str, str]] = []  # strings only: no exception outlives its handler
+        for spec, msg in zip(self.inputs, clouds, strict=True):
+            if msg is None:
+                self.health.input_skipped(spec.name, "missing")
+            elif self.multi and newest - _stamp_ns(msg) > stale_ns:
+                late_ms = (newest - _stamp_ns(msg)) / 1e6
+                self.health.input_skipped(
+                    spec.name, "stale", f"{spec.prefix}stamped {late_ms:.0f} ms before the newest"
+                )
+            else:
+                try:
+                    sensors.append(decode_input(msg, spec, self.needs, self.crop, self.get_logger()))
+                except InputRejected as exc:
+                    rejections.append((spec, exc.reason, exc.detail))
+        if not sensors:
+            raise InputRejected(*rejections[0][1:])
+        for spec, reason, detail in rejections:  # the set goes on with the other inputs
+            self.health.input_skipped(spec.name, "rejected", f"{reason}: {detail}")
+            self.get_logger().warning(f"input skipped ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
+        return sensors
+
+    def _segment(
+        self, sensors: list[SensorCloud], merged: MergedCloud, stages: _Stages
+    ) -> sm.SegmentationResult | None:
+        """ONE forward over the merged cloud's selected points (None when no point is selected)."""
+        if len(merged.selected) == 0:
+            return None
+        cloud, selected = merged.cloud, merged.selected
+        optional = {
+            k: getattr(cloud, k)[selected] if getattr(cloud, k) is not None else None
+            for k in ("color", "normal", "strength")
+        }
+        lacking = [s.spec.prefix for s in sensors if s.decoded.strength is None]
+        if self.needs.strength and lacking:
+            self.get_logger().warning(
+                f"{''.join(lacking)}cloud has no intensity: the model reads strength 0 and labels less accurately "
+                "(missing_intensity: reject refuses such clouds)",
+                throttle_duration_sec=WARN_EVERY_S * 12,
+            )
+            if optional["strength"] is None:
+                optional["strength"] = np.zeros(len(selected), np.float32)
+        viewpoint = np.concatenate(  # each point's sensor in the base frame, which estimated normals face
+            [np.broadcast_to(s.spec.translation, (len(s.base), 3)) for s in sensors]
+        )[selected]
+        result = self.segmenter(cloud.coord[selected], viewpoint=viewpoint, **optional)
+        stages.add("voxelize", result.timings_ms["prepare"] + result.timings_ms["voxelize"])
+        stages.add("encoder", result.timings_ms["encoder"])
+        stages.add("head", result.timings_ms["head"])
+        return result
+
+    def _messages(self, sensors, merged, result, point_class, point_probability, wanted: Wanted) -> list:
+        """(publisher, message) of every wanted output. One input: its cloud, every point in its frame.
+        Several: the merged cloud in the base frame, and each input's cloud in its own frame."""
+        outgoing = []
+        if self.multi:
+            newest = max(sensors, key=lambda s: _stamp_ns(s.msg)).msg.header.stamp
+            frame = OutputFrame(Header(stamp=newest, frame_id=self.p["base_frame"]))
+            cloud, xyz = merged.cloud, merged.cloud.coord
+            if wanted.segmentation:
+                message = segmentation_cloud(frame.header, xyz, point_class, point_probability, self.palette, 1)
+                outgoing.append((self.out_segmentation, message))
+            for sensor, start in zip(sensors, merged.starts, strict=False):
+                if wanted.inputs[sensor.spec.name]:
+                    points = _input_points(sensor, point_class, point_probability, start)
+                    message = segmentation_cloud(sensor.msg.header, *points, self.palette, sensor.msg.height)
+                    outgoing.append((self.out_inputs[sensor.spec.name], message))
+        else:
+            (sensor,) = sensors
+            frame, cloud = sensor.msg, sensor.decoded
+            xyz, class_id, probability = _input_points(sensor, point_class, point_probability, 0)
+            if wanted.segmentation:
+                message = segmentation_cloud(frame.header, xyz, class_id, probability, self.palette, frame.height)
+                outgoing.append((self.out_segmentation, message))
+        if result is not None and (wanted.embeddings or wanted.rgb):
+            outgoing += self._embedding_messages(
+                frame, cloud, merged.selected, result, xyz, wanted.embeddings, wanted.rgb
+            )
+        return outgoing
 
     def _embedding_messages(self, msg, cloud, selected, result, xyz, want_embeddings: bool, want_rgb: bool) -> list:
         """The embeddings cloud (D principal components per voxel, or all channels) and the PCA-colour
@@ -331,15 +476,23 @@ class PerceptionNode(Node):
             out.append((self.out_embedding_rgb, rgb_cloud(msg.header, xyz, rgb, msg.height)))
         return out
 
-    # -------------------------------------------------------------------------------------- reporting
+    # ------------------------------------------------------------------------------ reporting
 
     def _publish_diagnostics(self) -> None:
         extra = {
             "model": self.model_description,
             "device": str(self.segmenter.device),
             "label_set": self.labels.name,
-            "input_publishers": str(self.input.get_publisher_count()),
+            "input_publishers": str(sum(s.get_publisher_count() for s in self.input_subscriptions)),
+            "encoder_forwards": str(self.encoder_forwards),
         }
+        if self.multi:
+            extra.update(
+                {
+                    f"input_{spec.name}_publishers": str(s.get_publisher_count())
+                    for spec, s in zip(self.inputs, self.input_subscriptions, strict=False)
+                }
+            )
         self.out_diagnostics.publish(
             self.health.diagnostics(
                 self.get_clock().now().to_msg(),
@@ -357,28 +510,156 @@ class PerceptionNode(Node):
             f"rejected {s['frames_rejected']}"
         )
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.mailbox.close()
-        self._worker.join(timeout=10.0)
-
     def report_exit(self, timeout_s: float = 2.0) -> None:
         """Publish the final (ERROR) diagnostics and wait until they are delivered, before exiting."""
         self._publish_diagnostics()
         self.out_diagnostics.wait_for_all_acked(rclpy.duration.Duration(seconds=timeout_s))
 
 
+class PerceptionNode(Perception, Node):
+    """The plain node: configured and active from construction to `stop()`."""
+
+    def __init__(self, **kwargs) -> None:
+        Node.__init__(self, NODE_NAME, **kwargs)
+        self._configure()
+        self._activate()
+
+    def stop(self) -> None:
+        self._deactivate()
+
+
+class ManagedPerceptionNode(Perception, LifecycleNode):
+    """The lifecycle node: starts unconfigured; parameters take changes only while unconfigured."""
+
+    READ_ONLY = False
+
+    def __init__(self, **kwargs) -> None:
+        LifecycleNode.__init__(self, NODE_NAME, **kwargs)
+        self.fatal = None
+        self.lifecycle_state = "unconfigured"  # unconfigured | inactive | active | finalized
+        self._read_parameters()
+        self.add_on_set_parameters_callback(self._only_while_unconfigured)
+
+    def _only_while_unconfigured(self, parameters: list[Parameter]) -> SetParametersResult:
+        if self.lifecycle_state == "unconfigured":
+            return SetParametersResult(successful=True)
+        return SetParametersResult(
+            successful=False,
+            reason=f"parameters are read at configure; the node is {self.lifecycle_state}: clean it up first",
+        )
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as exc:  # any reason at all: the manager gets FAILURE, the log says why
+            reason = str(exc) if isinstance(exc, CONFIGURE_ERRORS) else f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed: {reason}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.lifecycle_state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._activate()
+        self.lifecycle_state = "active"
+        self.get_logger().info("active: taking clouds")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self.lifecycle_state = "inactive"
+        self.get_logger().info("inactive: no clouds taken")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.lifecycle_state = "unconfigured"
+        self.get_logger().info("unconfigured: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
+        self.lifecycle_state = "finalized"
+        self.get_logger().info("finalized")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
+        self.lifecycle_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def stop(self) -> None:
+        """Whatever the state: deactivate and release what is there."""
+        if self.lifecycle_state == "active":
+            self._deactivate()
+        if self.lifecycle_state in ("active", "inactive"):
+            self._release()
+
+
+class _Stages:
+    """Milliseconds per processing stage, for /diagnostics."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.add(name, (now - self._since) * 1e3)
+        self._since = now
+
+    def add(self, name: str, ms: float) -> None:
+        self.ms[name] = self.ms.get(name, 0.0) + ms
+
+    def restart(self) -> None:
+        self._since = time.perf_counter()
+
+
+def _point_labels(merged: MergedCloud, result: sm.SegmentationResult | None) -> tuple[np.ndarray, np.ndarray]:
+    """(class id uint8, probability float32) of every point of the merged cloud; 255 / 0 where not segmented
+    (cropped, subsampled away, or outside the domain's range: label -1)."""
+    count = len(merged.cloud.coord)
+    class_id, probability = np.full(count, UNKNOWN, np.uint8), np.zeros(count, np.float32)
+    if result is not None and result.labels is not None:
+        class_id[merged.selected] = np.where(result.labels >= 0, result.labels, UNKNOWN).astype(np.uint8)
+        probability[merged.selected] = result.probability
+    return class_id, probability
+
+
+def _input_points(sensor: SensorCloud, point_class: np.ndarray, point_probability: np.ndarray, start: int) -> tuple:
+    """(xyz, class id, probability) of every point of one input, in its frame and order, from the labels of
+    the merged cloud's rows `start`, `start + 1`, ... (its valid points)."""
+    msg, decoded = sensor.msg, sensor.decoded
+    rows = np.flatnonzero(decoded.valid)
+    class_id = np.full(decoded.num_input_points, UNKNOWN, np.uint8)
+    probability = np.zeros(decoded.num_input_points, np.float32)
+    class_id[rows] = point_class[start : start + len(rows)]
+    probability[rows] = point_probability[start : start + len(rows)]
+    view = structured_view(msg).reshape(-1)
+    xyz = np.stack([view[a].astype(np.float32) for a in "xyz"], axis=1)
+    return xyz, class_id, probability
+
+
+def _stamp_ns(msg: PointCloud2) -> int:
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
 def _health_limits(p: dict) -> HealthLimits:
     if p["health_window_s"] <= 0 or p["input_timeout_s"] <= 0:
         raise ValueError("health_window_s and input_timeout_s must be > 0")
-    if not 0 <= p["rejected_warn_fraction"] <= 1 or p["exit_after_internal_errors"] < 0:
-        raise ValueError("rejected_warn_fraction must be in [0, 1] and exit_after_internal_errors >= 0")
+    fractions = (p["rejected_warn_fraction"], p["input_skipped_warn_fraction"])
+    if not all(0 <= f <= 1 for f in fractions) or p["exit_after_internal_errors"] < 0:
+        raise ValueError(
+            "rejected_warn_fraction and input_skipped_warn_fraction must be in [0, 1] and "
+            "exit_after_internal_errors >= 0"
+        )
     return HealthLimits(
         budget_ms=p["processing_budget_ms"],
         late_frames_error=p["late_frames_error"],
         window_s=p["health_window_s"],
         input_timeout_s=p["input_timeout_s"],
         rejected_warn_fraction=p["rejected_warn_fraction"],
+        skipped_warn_fraction=p["input_skipped_warn_fraction"],
         exit_after=p["exit_after_internal_errors"],
     )
 
@@ -391,20 +672,15 @@ def _input_transform(config: sm.EncoderConfig, domain: str, grid_size: float) ->
     return transform
 
 
-def _transform(translation, quaternion) -> tuple[np.ndarray, np.ndarray]:
-    if len(quaternion) != 4 or len(translation) != 3 or not any(quaternion):
-        raise ValueError(
-            "sensor_to_base_translation needs [x, y, z] and sensor_to_base_rotation a non-zero quaternion [x, y, z, w]"
-        )
-    rotation = quaternion_matrix(*(float(v) for v in quaternion))
-    return rotation.astype(np.float32), np.asarray(translation, np.float32)
-
-
 def main(args: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=NODE_NAME, description="Sonata semantic segmentation of PointCloud2.")
+    parser.add_argument("--managed", action="store_true", help="a lifecycle node: starts unconfigured")
+    options = parser.parse_args(rclpy.utilities.remove_ros_args(sys.argv if args is None else args)[1:])
+    return_large_buffers_to_the_os()  # before the first frame: RSS stays what the live tensors need
     stop = init_ros(args)
     try:
-        node = PerceptionNode()
-    except (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError) as exc:  # DomainError too
+        node = ManagedPerceptionNode() if options.managed else PerceptionNode()
+    except CONFIGURE_ERRORS as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1

@@ -26,14 +26,16 @@ os.environ.update(ROS_ENV)  # this test process joins the same isolated domain
 
 
 class NodeProcess:
-    """A `python -m module --ros-args ...` (or `python script.py ...`) child whose output is collected line
-    by line; `env` adds environment variables."""
+    """A `python -m module [args] --ros-args ...` (or `python script.py ...`) child whose output is collected
+    line by line; `env` adds environment variables."""
 
-    def __init__(self, module: str, ros_args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, module: str, ros_args: list[str], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         env = {**os.environ, **ROS_ENV, **(env or {})}
         command = [str(ROOT / module)] if module.endswith(".py") else ["-m", module]
         self.process = subprocess.Popen(
-            [sys.executable, *command, "--ros-args", *ros_args],
+            [sys.executable, *command, *args, "--ros-args", *ros_args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

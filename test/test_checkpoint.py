@@ -221,3 +221,16 @@ def test_family_is_read_from_the_file(released, tmp_path):
         assert sm.load(tmp_path / "bare.pth").config.rope_base == 10.0
         rope = encoder.enc.enc3.block7.attn.rope
         assert torch.equal(rope.inv_freq, state["enc.enc3.block7.attn.rope.inv_freq"])
+
+
+@pytest.mark.parametrize(("name", "channels"), [("utonia", 1386), ("concerto_large", 1728), ("sonata", 1232)])
+def test_released_scannet_heads_load_and_fit_their_encoder(tmp_path, name, channels):
+    """The authors' linear heads ({config: {backbone_out_channels, num_classes}, state_dict: seg_head.*})
+    read the all-level upcast: 1386 channels for Utonia, 1728 for Concerto large, 1232 for Sonata."""
+    path = tmp_path / f"{name}_linear_prob_head_sc.pth"
+    state = {"seg_head.weight": torch.randn(20, channels), "seg_head.bias": torch.randn(20)}
+    torch.save({"config": {"backbone_out_channels": channels, "num_classes": 20}, "state_dict": state}, path)
+    head = sm.load_head(path)
+    assert (head.in_channels, head.num_classes) == (channels, 20)
+    assert sm.get_config(name).head_channels == channels
+    assert torch.equal(head.seg_head.weight, state["seg_head.weight"])

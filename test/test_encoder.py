@@ -135,7 +135,8 @@ def voxel_normals(coord: np.ndarray, grid: float, viewpoint) -> np.ndarray:
     grid_coord = torch.floor(coord_t / grid).long()
     grid_coord -= grid_coord.min(0).values
     batch = torch.zeros(len(coord), dtype=torch.long)
-    return estimate_normals(coord_t, grid_coord, batch, torch.tensor([viewpoint], dtype=torch.float32)).numpy()
+    viewpoints = torch.tensor([viewpoint], dtype=torch.float32).expand(len(coord), 3)
+    return estimate_normals(coord_t, grid_coord, batch, viewpoints).numpy()
 
 
 def test_estimated_normals_are_surface_normals_facing_the_sensor():

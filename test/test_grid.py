@@ -84,3 +84,16 @@ def test_keys_sort_like_level_cloud_and_coordinates_and_unpack():
     unpacked_grid, unpacked_cloud = unpack_keys(keys)
     assert torch.equal(unpacked_grid, grid) and torch.equal(unpacked_cloud, cloud_of)
     assert offset_to_batch(torch.tensor([2, 2, 5])).tolist() == [0, 0, 2, 2, 2]
+
+
+def test_a_fixed_origin_makes_a_voxels_grid_coordinate_independent_of_the_other_points():
+    """With `origin`, a point's grid coordinate is floor(coord / g) - floor(origin / g) in every cloud,
+    whatever else the cloud holds (without it, the cloud's minimum moves every coordinate)."""
+    coord = torch.tensor([[0.26, 1.0, -0.05], [3.0, -2.0, 0.5], [-7.3, 0.4, 0.1]])
+    origin = (-10.0, -10.0, -1.0)
+    expected = torch.tensor([[20, 22, 1], [26, 16, 3]])  # floor(c / 0.5) - (-20, -20, -2)
+    for rows in (3, 2):  # with and without the third point
+        batch = torch.zeros(rows, dtype=torch.long)
+        assert torch.equal(voxel_grid(coord[:rows], batch, 1, 0.5, origin=origin)[:2], expected)
+    moved = voxel_grid(coord[:2], torch.zeros(2, dtype=torch.long), 1, 0.5)
+    assert not torch.equal(moved, expected)  # each cloud's minimum: (0, 6, 0), (6, 0, 2)

@@ -167,3 +167,35 @@ def test_diagnostics_message_keeps_its_keys(clock):
         assert key in values, key
     assert values["frames_received"] == "4" and values["rejected_wrong_frame"] == "1"
     assert status.level == WARN and msg.header.stamp.sec == 5
+
+
+def test_a_multi_lidar_input_skipped_too_often_warns_and_is_reported_on_its_own(clock):
+    h = Health(HealthLimits(window_s=5.0, input_timeout_s=2.0, skipped_warn_fraction=0.2), clock, ("front", "rear"))
+    for _ in range(10):  # ten frames with both inputs, then ten where the rear is missing
+        clock.t += 0.1
+        h.input_received("front")
+        h.input_received("rear")
+        h.frame_done(FAST, latency_ms=30.0)
+    assert level(h) == (OK, "ok")
+    for _ in range(10):
+        clock.t += 0.1
+        h.input_received("front")
+        h.input_skipped("rear", "missing")
+        h.frame_done(FAST, latency_ms=30.0)
+    s = h.snapshot()
+    assert (s["input_front_received"], s["input_rear_received"], s["input_rear_missing"]) == (20, 10, 10)
+    assert s["input_rear_skipped_fraction"] == 0.5 and s["input_front_skipped_fraction"] == 0.0
+    assert s["input_rear_age_s"] == pytest.approx(1.0) and s["input_front_age_s"] == 0.0
+    assert level(h) == (WARN, "input rear skipped in 10 of 20 frames in the last 5 s; last: missing")
+    h.input_skipped("rear", "stale", "input rear: stamped 900 ms before the newest")
+    assert h.snapshot()["input_rear_stale"] == 1
+    assert h.snapshot()["last_error"] == "stale: input rear: stamped 900 ms before the newest"
+    clock.t += 5.1  # the skips leave the window with the frames; the front alone keeps it from STALE
+    h.input_received("front")
+    assert level(h) == (OK, "ok")
+
+
+def test_one_input_reports_no_per_input_keys(clock):
+    h = health(clock)
+    frames(h, clock, 2)
+    assert not [k for k in h.snapshot() if k.startswith("input_") and k != "input_age_s"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sonata_model.io.labels import LabelSetError, available_label_sets, load_label_set
+import sonata_model
+from sonata_model.io.labels import LABEL_SETS, LabelSetError, available_label_sets, load_label_set
 
 
 def test_shipped_label_sets_load_with_expected_sizes():
@@ -90,18 +92,27 @@ def test_load_by_path_and_errors(tmp_path):
         load_label_set(bad)
 
 
-def test_installed_share_dirs_are_searched_after_the_source_tree(tmp_path, monkeypatch):
-    """An installed package finds its sets under <prefix>/share/sonata_ros and through the ament index."""
-    yaml_text = "name: {}\nclasses: [{{name: thing, color: [1, 2, 3]}}]\n"
-    prefix, ament = tmp_path / "prefix", tmp_path / "ament"
-    for root, name in ((prefix, "from_prefix"), (ament, "from_ament"), (ament, "synthetic")):
-        (root / "share/sonata_ros/config/labels").mkdir(parents=True, exist_ok=True)
-        (root / f"share/sonata_ros/config/labels/{name}.yaml").write_text(yaml_text.format(name))
-    (ament / "share/ament_index/resource_index/packages").mkdir(parents=True)
-    (ament / "share/ament_index/resource_index/packages/sonata_ros").touch()
-    monkeypatch.setattr(sys, "prefix", str(prefix))
-    monkeypatch.setenv("AMENT_PREFIX_PATH", str(ament))
-    assert load_label_set("from_prefix").names == ("thing",)
-    assert load_label_set("from_ament").names == ("thing",)
-    assert load_label_set("synthetic").num_classes == 13  # the source tree comes first
-    assert {"from_prefix", "from_ament", "synthetic"} <= set(available_label_sets())
+def test_label_sets_are_package_data_of_the_library_and_no_share_directory_is_searched(tmp_path, monkeypatch):
+    """The library finds its sets next to its code (pip, colcon or a checkout alike); a ROS package's
+    share directory, under the prefix or the ament index, is never looked at."""
+    assert LABEL_SETS.parent == Path(sonata_model.__file__).parent
+    assert available_label_sets() == ["nuscenes", "scannet20", "semantic_kitti", "synthetic"]
+    share = tmp_path / "share/sonata_ros/config/labels"
+    share.mkdir(parents=True)
+    (share / "from_share.yaml").write_text("name: from_share\nclasses: [{name: thing, color: [1, 2, 3]}]\n")
+    (tmp_path / "share/ament_index/resource_index/packages").mkdir(parents=True)
+    (tmp_path / "share/ament_index/resource_index/packages/sonata_ros").touch()
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    with pytest.raises(LabelSetError, match="'from_share' not found"):
+        load_label_set("from_share")
+    assert load_label_set(share / "from_share.yaml").names == ("thing",)  # a path is always read
+
+
+def test_translate_maps_classes_by_name_and_ignores_the_rest():
+    kitti, synthetic = load_label_set("semantic_kitti"), load_label_set("synthetic")
+    train = np.array([kitti.names.index(n) for n in ("road", "bicycle", "car", "trunk")] + [kitti.ignore_index])
+    mapped = kitti.translate(train, synthetic)
+    assert mapped.tolist() == [synthetic.names.index("road"), -1, synthetic.names.index("car"), 6, -1]
+    shared = [n for n in kitti.names if n in synthetic.names]
+    assert len(shared) == 13  # every synthetic class has its SemanticKITTI namesake

@@ -10,10 +10,11 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from sonata_ros.params import PARAMETER_NAMES, PARAMETERS
+from sonata_ros.params import PARAMETER_NAMES, PARAMETERS, SENSOR_PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "perception.launch.py"
+MULTI_LAUNCH = ROOT / "launch" / "multi_lidar.launch.py"
 PROFILE = ROOT / "config" / "fastdds_large_messages.xml"
 
 
@@ -41,12 +42,14 @@ def test_launch_file_compiles_and_its_arguments_fit_the_node():
     assert names == [
         "input_topic",
         "params_file",
+        "inputs_file",
         "checkpoint",
         "head",
         "device",
         "domain",
         "use_sim_time",
         "log_level",
+        "managed",
         "respawn",
         "respawn_delay",
         "dds_profile",
@@ -61,9 +64,41 @@ def test_launch_file_compiles_and_its_arguments_fit_the_node():
 
 
 def node_keywords(tree: ast.Module) -> dict[str, ast.expr]:
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
+    """The keywords of the one node action: a lifecycle node when managed, else a plain one."""
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and ast.unparse(n.func) == "LifecycleNode if managed else Node"
+    ]
     assert len(calls) == 1
     return {k.arg: k.value for k in calls[0].keywords}
+
+
+def test_managed_chooses_the_lifecycle_node_with_the_same_executable():
+    tree = ast.parse(LAUNCH.read_text())
+    keywords = node_keywords(tree)
+    assert ast.unparse(keywords["executable"]) == "'sonata_perception'"
+    assert ast.unparse(keywords["namespace"]) == "''"  # launch_ros' LifecycleNode requires one
+    assert ast.unparse(keywords["arguments"]) == (
+        "[*(['--managed'] if managed else []), '--ros-args', '--log-level', value['log_level']]"
+    )
+    assert ast.unparse(keywords["parameters"]) == "[*files, overrides]"  # inputs_file over params_file
+
+
+def test_multi_lidar_launch_file_and_params_example_fit_the_node():
+    tree = ast.parse(MULTI_LAUNCH.read_text())
+    compile(tree, str(MULTI_LAUNCH), "exec")
+    source = MULTI_LAUNCH.read_text()
+    assert '"perception.launch.py"' in source and '"multi_lidar.yaml"' in source
+    assert '{"inputs_file": LaunchConfiguration("inputs_file")}' in source
+    values = yaml.safe_load((ROOT / "config" / "multi_lidar.yaml").read_text())["/**"]["ros__parameters"]
+    sensors = values.pop("sensors")
+    assert set(values) <= set(PARAMETER_NAMES)
+    assert len(values["input_topics"]) == len(values["input_names"]) == 2
+    assert list(sensors) == values["input_names"]
+    for name, sensor in sensors.items():
+        assert list(sensor) == [p.name for p in SENSOR_PARAMETERS], name
+        assert len(sensor["translation"]) == 3 and len(sensor["rotation"]) == 4
 
 
 def test_the_node_is_respawned_by_default_and_gets_the_dds_profile_by_option():

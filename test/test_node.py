@@ -20,7 +20,7 @@ from std_msgs.msg import Header
 import sonata_model as sm
 from sonata_model.io.bags import frame_arrays
 from sonata_model.io.frame import Frame
-from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, decode, encode, structured_view, to_message
+from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, decode, pack_points, structured_view, to_message
 from sonata_model.synth.drive import generate_drive
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -130,7 +130,7 @@ def frame() -> Frame:
 def cloud(frame: Frame, layout: str) -> PointCloud2:
     arrays, height = frame_arrays(frame, layout)
     return to_message(
-        encode(LAYOUTS[layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[layout]),
+        pack_points(LAYOUTS[layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[layout]),
         PointCloud2,
         PointField,
         Header(),
@@ -178,7 +178,7 @@ def test_saturating_intensity_is_segmented_and_reported(talk, node, frame):
     """Ouster's xyzi point type carries signal photons (thousands) as float intensity: /255 saturates."""
     photons = {"x": frame.coord[:, 0], "y": frame.coord[:, 1], "z": frame.coord[:, 2]}
     photons["intensity"] = (frame.strength * 4000).astype(np.float32)
-    msg = to_message(encode(LAYOUTS["xyzi"], photons, point_step=32), PointCloud2, PointField, Header())
+    msg = to_message(pack_points(LAYOUTS["xyzi"], photons, point_step=32), PointCloud2, PointField, Header())
     assert talk.ask(msg).width == frame.num_points
     line = node.wait_for_line("values are above the scale and saturate", timeout=10)
     assert "'intensity'" in line and "set intensity_scale" in line
@@ -223,7 +223,7 @@ def test_bad_input_is_counted_and_good_frames_still_answered(talk, frame):
     nan = Frame(coord=np.full((500, 3), np.nan, np.float32), strength=np.zeros(500, np.float32))
     empty = Frame(coord=np.zeros((0, 3), np.float32), strength=np.zeros(0, np.float32))
     no_intensity = to_message(
-        encode(None, {"x": frame.coord[:, 0], "y": frame.coord[:, 1], "z": frame.coord[:, 2]}),
+        pack_points(None, {"x": frame.coord[:, 0], "y": frame.coord[:, 1], "z": frame.coord[:, 2]}),
         PointCloud2,
         PointField,
         Header(),

@@ -90,7 +90,12 @@ def test_thousands_of_malformed_messages_leave_the_node_up_correct_and_lean(clie
         "sonata_ros.perception_node",
         [
             *node_parameters(
-                encoder, head, frame_id="lidar", diagnostics_period_s=0.01, grid_size=GRID, missing_intensity="reject"
+                encoder,
+                head,
+                frame_id="lidar",
+                diagnostics_period_s=0.01,
+                grid_size=GRID,
+                missing_intensity="reject",  # the schedule expects clouds without intensity refused
             ),
             *("-r", f"__node:={NAME}", "-r", f"~/input/pointcloud:=/{NAME}/points"),
         ],

@@ -15,7 +15,7 @@ from rosbags.typesys import Stores, get_typestore
 from sonata_model.io import lzf
 from sonata_model.io.bags import NoPointCloudError, iter_bag_frames
 from sonata_model.io.datasets import read_kitti_scan, read_nuscenes_scan
-from sonata_model.io.pcd import PcdError, PcdSource, read_encoded, read_pcd, read_points, write_pcd
+from sonata_model.io.pcd import PcdError, PcdSource, read_packed, read_pcd, read_points, write_pcd
 from sonata_model.io.pointcloud2 import decode, pack_rgb, to_message, unpack_rgb
 from sonata_model.io.sources import SkippingSource, open_source
 from sonata_model.train.extract import main as extract_main
@@ -141,22 +141,22 @@ def test_padding_fields_are_skipped_in_every_encoding(tmp_path, data):
 
 def test_a_file_becomes_the_pointcloud2_its_driver_published(tmp_path):
     path, arrays = padded_file(tmp_path / "padded.pcd", "binary")
-    encoded = read_encoded(path)
-    assert encoded.data.size == 5 * 27
-    assert [(f.name, f.offset, f.datatype, f.count) for f in encoded.fields] == [
+    packed = read_packed(path)
+    assert packed.data.size == 5 * 27
+    assert [(f.name, f.offset, f.datatype, f.count) for f in packed.fields] == [
         ("x", 0, 7, 1),
         ("y", 7, 7, 1),
         ("z", 11, 7, 1),
         ("label", 15, 6, 1),
     ]
-    assert (encoded.point_step, encoded.row_step, encoded.height, encoded.width) == (27, 135, 1, 5)
+    assert (packed.point_step, packed.row_step, packed.height, packed.width) == (27, 135, 1, 5)
     types = ROS2.types
     header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="")
-    msg = to_message(encoded, types["sensor_msgs/msg/PointCloud2"], types["sensor_msgs/msg/PointField"], header)
+    msg = to_message(packed, types["sensor_msgs/msg/PointCloud2"], types["sensor_msgs/msg/PointField"], header)
     np.testing.assert_array_equal(decode(msg).coord, np.stack([arrays[a] for a in "xyz"], axis=1))
     wide = write_pcd(tmp_path / "wide.pcd", {"x": np.zeros(2, np.float32), "stamp": np.zeros(2, np.uint64)})
     with pytest.raises(PcdError, match="field 'stamp' has dtype uint64, which PointCloud2 has no datatype for"):
-        read_encoded(wide)
+        read_packed(wide)
 
 
 def test_old_headers_default_like_pcl(tmp_path):

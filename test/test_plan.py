@@ -26,7 +26,8 @@ def clouds(seed: int = 0, sizes=(2500, 1200)) -> list[sm.Cloud]:
     out = []
     for i, size in enumerate(sizes):
         scene = room(size, seed=seed + i)
-        coord = scene["coord"] * (1 + 0.7 * i) + 3 * i
+        coord = scene["coord"] * (1 + 0.7 * i) + 3 * i + 0.007  # walls off the grid's planes: a wall
+        # exactly on a voxel boundary (the outdoor grid counts from a fixed corner) splits in two when it moves
         if i == 0:
             coord[:20, 2] = -40.0  # below the outdoor range: not segmented
         out.append(sm.Cloud(coord, scene["color"], scene["normal"]))

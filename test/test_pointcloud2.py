@@ -29,7 +29,7 @@ from sonata_model.io.pointcloud2 import (
     MissingFieldError,
     PointCloudError,
     decode,
-    encode,
+    pack_points,
     pack_rgb,
     structured_view,
     to_message,
@@ -41,8 +41,8 @@ ROSBAGS_CLOUD, ROSBAGS_FIELD = TYPES["sensor_msgs/msg/PointCloud2"], TYPES["sens
 HEADER = TYPES["std_msgs/msg/Header"](stamp=TYPES["builtin_interfaces/msg/Time"](sec=1, nanosec=2), frame_id="lidar")
 
 
-def rosbags_message(encoded):
-    return to_message(encoded, ROSBAGS_CLOUD, ROSBAGS_FIELD, HEADER)
+def rosbags_message(packed):
+    return to_message(packed, ROSBAGS_CLOUD, ROSBAGS_FIELD, HEADER)
 
 
 def lidar_arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -58,7 +58,7 @@ def lidar_arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 def test_float_intensity_layouts_round_trip(layout):
     arrays = lidar_arrays(500)
     arrays["intensity"] = np.random.default_rng(1).uniform(0, 255, 500).astype(np.float32)
-    msg = rosbags_message(encode(LAYOUTS[layout], arrays, point_step=LAYOUT_POINT_STEP[layout]))
+    msg = rosbags_message(pack_points(LAYOUTS[layout], arrays, point_step=LAYOUT_POINT_STEP[layout]))
     assert msg.point_step == LAYOUT_POINT_STEP[layout]
     cloud = decode(msg)
     np.testing.assert_array_equal(cloud.coord, np.stack([arrays[a] for a in "xyz"], 1))
@@ -74,7 +74,7 @@ def test_ouster_organized_cloud_masks_zero_returns():
     missing = np.random.default_rng(2).random(beams * columns) < 0.3
     for axis in "xyz":
         arrays[axis][missing] = 0.0
-    msg = rosbags_message(encode(LAYOUTS["ouster"], arrays, height=beams, point_step=48))
+    msg = rosbags_message(pack_points(LAYOUTS["ouster"], arrays, height=beams, point_step=48))
     assert (msg.height, msg.width) == (beams, columns)
     assert structured_view(msg).shape == (beams, columns)
     cloud = decode(msg)
@@ -114,7 +114,7 @@ def test_ouster_strength_is_calibrated_reflectivity_not_signal_photons(layout, p
         arrays["intensity"] = signal.astype(np.float32)
     else:
         arrays["signal"] = signal.astype(np.uint16)
-    cloud = decode(rosbags_message(encode(layout, arrays, point_step=point_step)), need_strength=True)
+    cloud = decode(rosbags_message(pack_points(layout, arrays, point_step=point_step)), need_strength=True)
     assert cloud.strength_field == "reflectivity" and cloud.strength_clipped == 0
     np.testing.assert_allclose(cloud.strength, reflectivity / 255, rtol=1e-6)
     assert np.ptp(cloud.strength) > 0.9  # the whole 0-255 range is kept, nothing saturates
@@ -126,7 +126,7 @@ def test_float_intensity_beyond_255_saturates_visibly_and_an_explicit_scale_fixe
     arrays["intensity"] = np.random.default_rng(7).uniform(0, 4000, 1000).astype(np.float32)
     arrays["ring"] = np.zeros(1000, np.uint16)
     layout = [*LAYOUTS["xyzi"], FieldSpec("ring", 20, UINT16)]
-    msg = rosbags_message(encode(layout, arrays, point_step=32))
+    msg = rosbags_message(pack_points(layout, arrays, point_step=32))
     default = decode(msg)
     assert default.strength_field == "intensity"
     assert default.strength_clipped == np.count_nonzero(arrays["intensity"] > 255) > 900
@@ -139,7 +139,7 @@ def test_float_intensity_beyond_255_saturates_visibly_and_an_explicit_scale_fixe
 def test_0_255_float_intensity_drivers_span_the_unit_interval(layout, top):
     arrays = lidar_arrays(256)
     arrays["intensity"] = np.arange(256, dtype=np.float32) * (top / 255)
-    cloud = decode(rosbags_message(encode(LAYOUTS[layout], arrays, point_step=LAYOUT_POINT_STEP[layout])))
+    cloud = decode(rosbags_message(pack_points(LAYOUTS[layout], arrays, point_step=LAYOUT_POINT_STEP[layout])))
     assert cloud.strength_clipped == 0 and cloud.strength.min() == 0 and cloud.strength.max() == 1
     np.testing.assert_allclose(cloud.strength, np.arange(256) / 255, rtol=1e-6)
 
@@ -148,7 +148,7 @@ def test_nan_intensity_is_zero_strength_and_nan_normals_are_zero():
     arrays = lidar_arrays(4)
     arrays["intensity"] = np.array([np.nan, 10, np.inf, -5], np.float32)
     arrays.update({n: np.array([np.nan, 0, 1, 0], np.float32) for n in ("normal_x", "normal_y", "normal_z")})
-    cloud = decode(rosbags_message(encode(None, arrays)))
+    cloud = decode(rosbags_message(pack_points(None, arrays)))
     np.testing.assert_allclose(cloud.strength, [0, 10 / 255, 1, 0], rtol=1e-6)
     assert cloud.strength_clipped == 1  # the inf
     np.testing.assert_array_equal(cloud.normal[0], [0, 0, 0])
@@ -159,9 +159,11 @@ def test_autoware_u8_intensity_is_scaled_by_255():
     arrays = lidar_arrays(300)
     arrays["intensity"] = np.arange(300, dtype=np.uint8)
     arrays["channel"] = np.arange(300, dtype=np.uint16)
-    cloud = decode(rosbags_message(encode(LAYOUTS["autoware_xyzirc"], arrays, point_step=16)))
+    cloud = decode(rosbags_message(pack_points(LAYOUTS["autoware_xyzirc"], arrays, point_step=16)))
     np.testing.assert_allclose(cloud.strength, np.arange(300, dtype=np.uint8) / 255.0, rtol=1e-6)
-    explicit = decode(rosbags_message(encode(LAYOUTS["autoware_xyzirc"], arrays, point_step=16)), intensity_scale=100)
+    explicit = decode(
+        rosbags_message(pack_points(LAYOUTS["autoware_xyzirc"], arrays, point_step=16)), intensity_scale=100
+    )
     np.testing.assert_allclose(explicit.strength, np.minimum(np.arange(300, dtype=np.uint8) / 100.0, 1), rtol=1e-6)
 
 
@@ -184,7 +186,7 @@ def test_rgbd_organized_with_nans_and_packed_colour(rgb_type):
         FieldSpec("z", 8, FLOAT32),
         FieldSpec("rgb", 16, FLOAT32 if rgb_type is np.float32 else UINT32),
     ]
-    cloud = decode(rosbags_message(encode(fields, arrays, height=h, point_step=32)), need_color=True)
+    cloud = decode(rosbags_message(pack_points(fields, arrays, height=h, point_step=32)), need_color=True)
     keep = np.isfinite(arrays["z"])
     assert np.array_equal(cloud.valid, keep)
     np.testing.assert_array_equal(cloud.color, colour[keep])
@@ -195,7 +197,7 @@ def test_big_endian_equals_little_endian():
     arrays = lidar_arrays(200)
     arrays["intensity"] = np.linspace(0, 255, 200).astype(np.float32)
     arrays["ring"] = np.arange(200).astype(np.uint16)
-    little = encode(LAYOUTS["velodyne"], arrays, point_step=22)
+    little = pack_points(LAYOUTS["velodyne"], arrays, point_step=22)
     dtype = structured_view(rosbags_message(little)).dtype.newbyteorder(">")
     big = np.zeros(200, dtype=dtype)
     for name in dtype.names:
@@ -221,11 +223,11 @@ def test_row_padding_count_and_every_datatype():
         arrays[f"f{datatype}"] = rng.uniform(max(info.min, -1e6), min(info.max, 1e6), (12, 2)).astype(dtype)
         offset += dtype.itemsize * 2
     arrays.update(lidar_arrays(12))
-    encoded = encode(fields, arrays, height=3)
-    width, step = 4, encoded.point_step
+    packed = pack_points(fields, arrays, height=3)
+    width, step = 4, packed.point_step
     padded = np.zeros((3, width * step + 5), np.uint8)  # 5 padding bytes at the end of every row
-    padded[:, : width * step] = encoded.data.reshape(3, -1)
-    msg = rosbags_message(encoded)
+    padded[:, : width * step] = packed.data.reshape(3, -1)
+    msg = rosbags_message(packed)
     msg.row_step, msg.data = width * step + 5, padded.ravel()
     view = structured_view(msg)
     for name, values in arrays.items():
@@ -240,7 +242,7 @@ def test_rclpy_message_builds_and_decodes():
     arrays = lidar_arrays(1000)
     arrays["intensity"] = np.full(1000, 25.5, np.float32)
     msg = to_message(
-        encode(LAYOUTS["velodyne"], arrays, point_step=22),
+        pack_points(LAYOUTS["velodyne"], arrays, point_step=22),
         PointCloud2,
         PointField,
         Header(stamp=Time(sec=3), frame_id="velodyne"),
@@ -308,18 +310,18 @@ def test_missing_fields_the_model_needs():
 
 def test_aligned_encoding_and_rgb_helpers():
     arrays = {"x": np.ones(3, np.float32), "flag": np.ones(3, np.uint8), "d": np.full(3, 2.0)}
-    encoded = encode(None, arrays, packed=False)
-    assert [(f.name, f.offset, f.datatype) for f in encoded.fields] == [
+    packed = pack_points(None, arrays, packed=False)
+    assert [(f.name, f.offset, f.datatype) for f in packed.fields] == [
         ("x", 0, FLOAT32),
         ("flag", 4, UINT8),
         ("d", 8, FLOAT64),
     ]
-    assert encoded.point_step == 16
+    assert packed.point_step == 16
     colour = np.array([[255, 0, 1], [1, 2, 3]], np.uint8)
     np.testing.assert_array_equal(unpack_rgb(pack_rgb(colour)), colour)
     assert pack_rgb(colour).view(np.uint32)[0] == 0xFF0001
     with pytest.raises(PointCloudError, match="not a PointCloud2 datatype"):
-        encode(None, {"x": np.ones(2, np.complex64)})
+        pack_points(None, {"x": np.ones(2, np.complex64)})
     assert INT16 in DATATYPES and UINT16 in DATATYPES
 
 

@@ -58,7 +58,9 @@ def test_pretraining_on_a_bag_decreases_the_loss_and_exports_a_loadable_encoder(
     run = run_config(bag, tmp_path, steps=20, log_every=5, checkpoint_every=20)
     exported = Trainer(run).train()
     curve = losses(tmp_path)
-    assert len(curve) == 4 and curve[-1] < curve[0] - 0.3, curve
+    # the tiny model's loss falls towards the uniform-prototype entropy ln(128) = 4.85 within 20 steps;
+    # how far it starts above it depends on the drive (5.05 on vlp16 seed 3 since the realism pass, 5.22 before)
+    assert len(curve) == 4 and curve[-1] < curve[0] - 0.15, curve
     encoder = sm.load(exported)
     assert encoder.config.feature_keys == ("coord", "strength") and encoder.meta["steps"] == 20
     assert sm.load(tmp_path / "checkpoints" / "step_0000020.pth").config == encoder.config  # training ckpt too

@@ -22,8 +22,15 @@ from std_msgs.msg import Header
 from test_node import Conversation, node_parameters
 
 import sonata_model as sm
-from sonata_model.io.pcd import read_encoded
-from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, EncodedCloud, encode, structured_view, to_message
+from sonata_model.io.pcd import read_packed
+from sonata_model.io.pointcloud2 import (
+    LAYOUT_POINT_STEP,
+    LAYOUTS,
+    PackedPoints,
+    pack_points,
+    structured_view,
+    to_message,
+)
 from sonata_ros.messages import packed_palette, segmentation_cloud
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
@@ -35,26 +42,26 @@ UNKNOWN = 255
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real scans not here: {REAL} is absent")
 
 
-def kitti_cloud() -> EncodedCloud:
+def kitti_cloud() -> PackedPoints:
     """The SemanticKITTI scan as KITTI-to-ROS converters publish it: x, y, z, intensity float32, point_step 16."""
     points = np.fromfile(REAL / "semantickitti-spvnas-000000" / "velodyne" / "000000.bin", np.float32).reshape(-1, 4)
-    encoded = encode(None, dict(zip(("x", "y", "z", "intensity"), points.T, strict=True)))
-    assert encoded.point_step == 16
-    return encoded
+    packed = pack_points(None, dict(zip(("x", "y", "z", "intensity"), points.T, strict=True)))
+    assert packed.point_step == 16
+    return packed
 
 
-def nuscenes_cloud() -> EncodedCloud:
+def nuscenes_cloud() -> PackedPoints:
     """The nuScenes HDL-32E sweep in its driver's (velodyne_pointcloud) layout: intensity 0-255 and ring."""
     points = np.fromfile(REAL / NUSCENES, np.float32).reshape(-1, 5)
     arrays = {"x": points[:, 0], "y": points[:, 1], "z": points[:, 2], "intensity": points[:, 3]}
     arrays["ring"] = points[:, 4].astype(np.uint16)
-    return encode(LAYOUTS["velodyne"], arrays, point_step=LAYOUT_POINT_STEP["velodyne"])
+    return pack_points(LAYOUTS["velodyne"], arrays, point_step=LAYOUT_POINT_STEP["velodyne"])
 
 
 CLOUDS = {
     "semantickitti_000000": kitti_cloud,
     "nuscenes_lidar_top": nuscenes_cloud,
-    **{path.stem: (lambda path=path: read_encoded(path)) for path in sorted(NEBULA.glob("*.pcd"))},
+    **{path.stem: (lambda path=path: read_packed(path)) for path in sorted(NEBULA.glob("*.pcd"))},
 }
 
 
@@ -131,14 +138,14 @@ def test_every_point_of_a_real_frame_comes_back_labelled(talk, name):
 @needs_real
 def test_dropouts_in_a_real_frame_come_back_unknown(talk):
     """The VLP-16 frame with returns lost as a driver reports them: NaN rows and all-zero rows."""
-    encoded = read_encoded(NEBULA / "vlp16_1673400472138016708.pcd")
-    points = encoded.data.view(np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "itemsize": 32}))
+    packed = read_packed(NEBULA / "vlp16_1673400472138016708.pcd")
+    points = packed.data.view(np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "itemsize": 32}))
     points = points.copy()
     points["x"][:5] = np.nan
     points["y"][100:103] = np.inf
     points["x"][200:210] = points["y"][200:210] = points["z"][200:210] = 0
-    encoded.data = points.view(np.uint8)
-    msg = to_message(encoded, PointCloud2, PointField, Header())
+    packed.data = points.view(np.uint8)
+    msg = to_message(packed, PointCloud2, PointField, Header())
     answer = talk.ask(msg, timeout=120)
     assert_every_point_labelled(msg, answer, CLASSES)
     class_id = structured_view(answer).reshape(-1)["class_id"]
@@ -147,7 +154,7 @@ def test_dropouts_in_a_real_frame_come_back_unknown(talk):
 
 def test_the_check_fails_on_a_missing_label_or_a_reordered_point_unless_exempt():
     xyz = np.array([[1, 2, 3], [4, 5, 6], [np.nan, 0, 0], [0, 0, 0]], np.float32)
-    sent = to_message(encode(None, dict(zip("xyz", xyz.T, strict=True))), PointCloud2, PointField, Header())
+    sent = to_message(pack_points(None, dict(zip("xyz", xyz.T, strict=True))), PointCloud2, PointField, Header())
     palette = packed_palette(np.zeros((CLASSES, 3), np.uint8))
 
     def answer(class_id, order=(0, 1, 2, 3)):

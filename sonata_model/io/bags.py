@@ -33,7 +33,7 @@ from .pointcloud2 import (
     UINT8,
     PointCloudError,
     decode,
-    encode,
+    pack_points,
     pack_rgb,
     point_extras,
     structured_view,
@@ -443,13 +443,13 @@ class BagWriter:
             raise BagError(f"{self.path}: write inside `with BagWriter(...) as writer:`")
         stamp_ns = frame.stamp_ns if stamp_ns is None else stamp_ns
         arrays, height = frame_arrays(frame, self.layout)
-        encoded = encode(LAYOUTS[self.layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[self.layout])
+        packed = pack_points(LAYOUTS[self.layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[self.layout])
         types = self._store.types
         time = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
         header_fields = {"stamp": time, "frame_id": frame.frame_id or "lidar"}
         if self._ros1:
             header_fields["seq"] = 0
         header = types["std_msgs/msg/Header"](**header_fields)
-        msg = to_message(encoded, types[POINTCLOUD2], types["sensor_msgs/msg/PointField"], header)
+        msg = to_message(packed, types[POINTCLOUD2], types["sensor_msgs/msg/PointField"], header)
         serialize = self._store.serialize_ros1 if self._ros1 else self._store.serialize_cdr
         self._writer.write(self._connection, stamp_ns, serialize(msg, POINTCLOUD2))

@@ -1,22 +1,19 @@
 """Label sets: class names, display colours and the map from a dataset's raw ids to train ids.
 
-A label set is a YAML file (`config/labels/*.yaml`)::
+A label set is a YAML file (`sonata_model/labels/*.yaml`, package data of the library)::
 
     name: semantic_kitti
     ignore_index: -1
     classes: [{name: car, color: [100, 150, 245]}, ...]   # train id = position
     learning_map: {10: 0, 252: 0, 0: -1, ...}             # raw id -> train id (optional)
 
-`load_label_set` takes a path or a name, searched in the source tree's `config/labels/`, then in the
-installed package share (`<prefix>/share/sonata_ros/config/labels/`, and the ament index when ROS is
-there).
+`load_label_set` takes a path, or the name of one of the sets shipped with the library (found next to
+its code wherever it is installed: pip, colcon or a source checkout; never in a ROS package's share).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +74,14 @@ class LabelSet:
             raise ValueError(f"label set {self.name!r}: raw ids must be >= 0, got {raw.min()}")
         return self._to_train[np.minimum(raw, len(self._to_train) - 1)]
 
+    def translate(self, train: np.ndarray, target: LabelSet) -> np.ndarray:
+        """Train ids of this set -> train ids of `target`, class by class name (int32); classes `target`
+        lacks, and ignored points, become `target.ignore_index` (e.g. SemanticKITTI -> synthetic)."""
+        table = np.array([target.names.index(n) if n in target.names else target.ignore_index for n in self.names])
+        train = np.asarray(train)
+        known = (train >= 0) & (train < self.num_classes)
+        return np.where(known, table[np.where(known, train, 0)], target.ignore_index).astype(np.int32)
+
     def raw_ids(self, train: np.ndarray) -> np.ndarray:
         """Train ids (ignore_index allowed) -> raw ids that `map_raw` maps back to them (uint32).
 
@@ -96,30 +101,20 @@ class LabelSet:
         return table[np.where(train == self.ignore_index, -1, train)].astype(np.uint32)
 
 
-def _search_dirs() -> list[Path]:
-    dirs = [
-        Path(__file__).resolve().parents[2] / "config" / "labels",
-        Path(sys.prefix) / "share" / "sonata_ros" / "config" / "labels",
-    ]
-    with contextlib.suppress(ImportError):  # no ROS install: the two places above are enough
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        with contextlib.suppress(PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH
-            dirs.append(Path(get_package_share_directory("sonata_ros")) / "config" / "labels")
-    return dirs
+LABEL_SETS = Path(__file__).resolve().parents[1] / "labels"
+"""The label sets shipped with the library (package data of `sonata_model`)."""
 
 
 def available_label_sets() -> list[str]:
-    return sorted({p.stem for d in _search_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    return sorted(p.stem for p in LABEL_SETS.glob("*.yaml"))
 
 
 def load_label_set(name_or_path: str | os.PathLike) -> LabelSet:
-    """A label set from a YAML path or by name (see the module docstring for where names are found)."""
+    """A label set from a YAML path or by the name of a shipped set."""
     path = Path(name_or_path)
     if not path.is_file():
-        candidates = [d / f"{name_or_path}.yaml" for d in _search_dirs()]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
+        path = LABEL_SETS / f"{name_or_path}.yaml"
+        if not path.is_file():
             raise LabelSetError(f"label set {str(name_or_path)!r} not found; available: {available_label_sets()}")
     try:
         data = yaml.safe_load(path.read_text())

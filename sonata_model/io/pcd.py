@@ -30,7 +30,7 @@ from ..geometry import pose_matrix
 from . import lzf
 from .frame import Frame
 from .labels import LabelSet
-from .pointcloud2 import EncodedCloud, PointCloudError, decode_points, fields_of, point_extras
+from .pointcloud2 import PackedPoints, PointCloudError, decode_points, fields_of, point_extras
 
 DATA_KINDS = ("ascii", "binary", "binary_compressed")
 PADDING = "_"
@@ -278,7 +278,7 @@ def read_pcd(path: str | os.PathLike, *, intensity_scale: float | None = None, n
     )
 
 
-def read_encoded(path: str | os.PathLike) -> EncodedCloud:
+def read_packed(path: str | os.PathLike) -> PackedPoints:
     """A PCD file as a PointCloud2 buffer with the file's own fields, offsets and WIDTH x HEIGHT.
 
     What the driver that wrote the file published (`pointcloud2.to_message` makes the message);
@@ -289,7 +289,7 @@ def read_encoded(path: str | os.PathLike) -> EncodedCloud:
         fields = fields_of(points.dtype)
     except PointCloudError as exc:
         raise PcdError(f"{path}: {exc}") from exc
-    return EncodedCloud(
+    return PackedPoints(
         fields=fields,
         point_step=header.point_step,
         row_step=header.point_step * header.width,

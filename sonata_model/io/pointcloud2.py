@@ -145,7 +145,7 @@ class DecodedCloud:
 
 
 @dataclass
-class EncodedCloud:
+class PackedPoints:
     fields: list[FieldSpec]
     point_step: int
     row_step: int
@@ -374,21 +374,21 @@ def fields_of(dtype: np.dtype) -> list[FieldSpec]:
     return fields
 
 
-def encode(
+def pack_points(
     fields: Sequence[FieldSpec] | None,
     arrays: Mapping[str, np.ndarray],
     *,
     height: int = 1,
     packed: bool = True,
     point_step: int | None = None,
-) -> EncodedCloud:
+) -> PackedPoints:
     """Little-endian PointCloud2 buffer holding `arrays` (name -> (N,) or (N, k)) in `fields`' layout.
 
     fields None derives them from the arrays (packed, or aligned like PCL with packed=False). Fields
     without an array are zero. One vectorised copy per field; no per-point Python.
     """
     if not arrays:
-        raise PointCloudError("nothing to encode")
+        raise PointCloudError("nothing to pack")
     fields = list(fields) if fields is not None else fields_for(arrays, packed)
     n = len(next(iter(arrays.values())))
     if n % height:
@@ -413,7 +413,7 @@ def encode(
         if len(values) != n:
             raise PointCloudError(f"array {name!r} has {len(values)} rows, expected {n}")
         points[name] = np.asarray(values).reshape(points[name].shape)
-    return EncodedCloud(
+    return PackedPoints(
         fields=fields,
         point_step=step,
         row_step=step * (n // height),
@@ -425,32 +425,32 @@ def encode(
     )
 
 
-def to_message(encoded: EncodedCloud, msg_cls, field_cls, header):
-    """Build a PointCloud2 of `msg_cls` (rclpy's or a rosbags typestore class) from `encoded`.
+def to_message(packed: PackedPoints, msg_cls, field_cls, header):
+    """Build a PointCloud2 of `msg_cls` (rclpy's or a rosbags typestore class) from `packed`.
 
     rclpy messages take `data` fastest as array.array('B'); rosbags messages take the numpy array.
     """
     is_rosbags = hasattr(msg_cls, "__dataclass_fields__")
     if is_rosbags:
-        fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in encoded.fields]
+        fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in packed.fields]
         return msg_cls(
             header=header,
-            height=encoded.height,
-            width=encoded.width,
+            height=packed.height,
+            width=packed.width,
             fields=fields,
-            is_bigendian=encoded.is_bigendian,
-            point_step=encoded.point_step,
-            row_step=encoded.row_step,
-            data=encoded.data,
-            is_dense=encoded.is_dense,
+            is_bigendian=packed.is_bigendian,
+            point_step=packed.point_step,
+            row_step=packed.row_step,
+            data=packed.data,
+            is_dense=packed.is_dense,
         )
     msg = msg_cls()
     msg.header = header
-    msg.height, msg.width = encoded.height, encoded.width
-    msg.fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in encoded.fields]
-    msg.is_bigendian, msg.is_dense = encoded.is_bigendian, encoded.is_dense
-    msg.point_step, msg.row_step = encoded.point_step, encoded.row_step
+    msg.height, msg.width = packed.height, packed.width
+    msg.fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in packed.fields]
+    msg.is_bigendian, msg.is_dense = packed.is_bigendian, packed.is_dense
+    msg.point_step, msg.row_step = packed.point_step, packed.row_step
     data = array.array("B")
-    data.frombytes(encoded.data.data)
+    data.frombytes(packed.data.data)
     msg.data = data
     return msg

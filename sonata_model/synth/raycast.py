@@ -1,10 +1,12 @@
 """Vectorised ray casting of a spinning LiDAR sweep against a `Scene`.
 
-Every ray of the sweep (beams x azimuth columns) is intersected with the analytic ground and with the
-primitives it can reach: each primitive is culled to the azimuth columns and beams its bounding
-cylinder covers as seen from the sensor, which leaves a few (ray, primitive) pairs per ray. The pairs
-are intersected in vectorised chunks by primitive kind and the nearest hit of each ray wins
-(`np.minimum.at`), so occlusion is exact. No Python loop touches rays or points.
+Every ray of the sweep (beams x azimuth columns) is intersected with the analytic ground (exactly, see
+`Ground.intersect`), with the ego vehicle's body and with the primitives it can reach: each primitive
+is culled to the azimuth columns and beams its bounding cylinder covers as seen from the sensor (with
+margins for the sensor's tilt), which leaves a few (ray, primitive) pairs per ray. The pairs are
+intersected in vectorised chunks by primitive kind and the nearest hit of each ray wins
+(`np.minimum.at`), so occlusion is exact. What the sensor then reports for each hit (loss, strength,
+multipath) is `returns.py`'s job. No Python loop touches rays or points.
 """
 
 from __future__ import annotations
@@ -13,65 +15,74 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.frame import IGNORE_LABEL
+from . import returns
 from .classes import ROAD, SIDEWALK, TERRAIN
+from .ego import ego_distance
+from .materials import DIFFUSE, GLASS, GLASS_REFLECTIVITY, GLOSSY, RETRO, WET
 from .scene import Primitives, Scene
 from .sensors import LidarModel
 
 _EPS = 1e-6
 _PAIR_CHUNK = 1 << 21
+EGO_REFLECTIVITY = 0.25  # the ego car's roof and bonnet, when a driver keeps their returns
 
 
 @dataclass
 class Sweep:
-    """One revolution: per-ray results on the (beams, columns) grid, NaN / -1 where nothing returned."""
+    """One revolution: per-ray results on the (beams, columns) grid, NaN / -1 where nothing returned.
+
+    Returns off the ego body and multipath returns are valid points with semantic IGNORE_LABEL (-1)."""
 
     point: np.ndarray  # (B, C, 3) world coordinates of the returns
     distance: np.ndarray  # (B, C) measured range
     intensity: np.ndarray  # (B, C) in [0, 1]
-    semantic: np.ndarray  # (B, C) int32, -1 = no return
+    semantic: np.ndarray  # (B, C) int32, -1 = no return or no label
     instance: np.ndarray  # (B, C) int32
     time: np.ndarray  # (B, C) seconds since the start of the sweep
     valid: np.ndarray  # (B, C) bool
+
+
+def sensor_directions(sensor: LidarModel) -> np.ndarray:
+    """(beams * columns, 3) unit ray directions in the sensor frame; ray index = beam * columns + column."""
+    elevation, azimuth = sensor.elevations(), sensor.azimuths()
+    return np.stack(
+        np.broadcast_arrays(
+            np.cos(elevation)[:, None] * np.cos(azimuth)[None, :],
+            np.cos(elevation)[:, None] * np.sin(azimuth)[None, :],
+            np.sin(elevation)[:, None],
+        ),
+        axis=-1,
+    ).reshape(-1, 3)
 
 
 def sweep(
     scene: Scene,
     sensor: LidarModel,
     position: np.ndarray,
-    yaw: float,
+    rotation: np.ndarray,
     velocity: np.ndarray,
     time: float,
     rng: np.random.Generator,
 ) -> Sweep:
-    """Cast one sweep from a sensor at `position` (world, start of the sweep) heading `yaw`, moving at
-    `velocity` (x, y m/s) during the sweep; moving objects are placed at `time`."""
+    """Cast one sweep from a sensor at `position` (world, start of the sweep) with orientation `rotation`
+    (3x3, sensor -> world), moving at `velocity` (x, y, z m/s) during the sweep; moving objects are
+    placed at `time`."""
     beams, columns = sensor.beams, sensor.columns
-    elevation, azimuth = sensor.elevations(), sensor.azimuths()
     column_time = np.arange(columns) * (sensor.period / columns)
-    origins = np.zeros((columns, 3))
-    origins[:] = position
-    origins[:, :2] += velocity[None, :] * column_time[:, None]
-    world_azimuth = azimuth + yaw
-    direction = np.stack(
-        np.broadcast_arrays(
-            np.cos(elevation)[:, None] * np.cos(world_azimuth)[None, :],
-            np.cos(elevation)[:, None] * np.sin(world_azimuth)[None, :],
-            np.sin(elevation)[:, None],
-        ),
-        axis=-1,
-    ).reshape(-1, 3)  # ray index = beam * columns + column
+    origins = position[None, :] + np.asarray(velocity, np.float64)[None, :] * column_time[:, None]
+    local = sensor_directions(sensor)
+    direction = local @ rotation.T
     origin = np.broadcast_to(origins[None], (beams, columns, 3)).reshape(-1, 3)
     num_rays = beams * columns
 
-    best = np.full(num_rays, np.inf)
+    best, ground_label = scene.ground.intersect(origin, direction, sensor.max_range)
     best_kind = np.full(num_rays, -1, np.int64)
     best_index = np.full(num_rays, -1, np.int64)
-    ground_t, ground_label = _ground(scene, origin, direction)
-    best[:] = ground_t
-    motion = float(np.hypot(*velocity) * sensor.period)
-    placed = [(p, p.at(time)) for p in scene.primitives]
+    motion = float(np.linalg.norm(velocity) * sensor.period)
+    placed = [(p, p.at(time, scene.ground)) for p in scene.primitives]
     for kind_id, (prims, centers) in enumerate(placed):
-        for rays, index in _candidate_pairs(prims, centers, sensor, position, yaw, motion):
+        for rays, index in _candidate_pairs(prims, centers, sensor, position, rotation, motion):
             t = _intersect(prims.kind, prims, centers, index, origin[rays], direction[rays])
             chunk_best = np.full(num_rays, np.inf)
             np.minimum.at(chunk_best, rays, t)
@@ -81,15 +92,18 @@ def sweep(
             best_kind[rays[winner]] = kind_id
             best_index[rays[winner]] = index[winner]
 
-    hit = np.isfinite(best) & (best >= sensor.min_range) & (best <= sensor.max_range)
-    semantic = np.where(hit, ground_label, -1).astype(np.int32)
+    ego = ego_distance(sensor, local)
+    blocked = ego < best
+    hit = ~blocked & np.isfinite(best) & (best >= sensor.min_range) & (best <= sensor.max_range)
+    semantic = np.where(hit, ground_label, IGNORE_LABEL).astype(np.int32)
     instance = np.zeros(num_rays, np.int32)
     reflectivity = np.zeros(num_rays)
     spread = np.zeros(num_rays)
     roughness = np.zeros(num_rays)
+    finish = np.full(num_rays, DIFFUSE, np.int64)
     point = origin + direction * np.where(hit, best, 0)[:, None]
     normal = np.tile([0.0, 0.0, 1.0], (num_rays, 1))
-    _ground_material(scene, point, semantic, hit & (best_kind < 0), reflectivity, spread, roughness)
+    _ground_material(scene, point, semantic, hit & (best_kind < 0), reflectivity, spread, roughness, finish)
     for kind_id, (prims, centers) in enumerate(placed):
         rays = np.flatnonzero(hit & (best_kind == kind_id))
         index = best_index[rays]
@@ -99,42 +113,36 @@ def sweep(
         spread[rays] = prims.reflectivity[index, 1]
         roughness[rays] = prims.roughness[index]
         normal[rays] = _normal(prims, centers, index, point[rays], direction[rays])
+        finish[rays] = _face_finish(prims, index, normal[rays])
 
+    self_return = blocked & (ego >= sensor.min_range) & (rng.random(num_rays) < sensor.ego.self_return)
+    reflectivity[self_return] = EGO_REFLECTIVITY
+    best = np.where(self_return, ego, best)
+    hit |= self_return
+    reflectivity = np.where(finish == GLASS, GLASS_REFLECTIVITY, reflectivity)
+    surface = np.clip(reflectivity + rng.normal(0, 1, num_rays) * spread, 0.01, 1.0)
     cos_incidence = np.abs(np.einsum("ij,ij->i", normal, direction))
-    distance = np.where(hit, best, 0.0) + rng.normal(0, sensor.range_noise, num_rays) + roughness * rng.random(num_rays)
-    surface = np.clip(reflectivity + rng.normal(0, 1, num_rays) * spread, 0.02, 1.0)
-    falloff = 1.0 - 0.25 * np.clip(best / sensor.max_range, 0, 1)
-    intensity = surface * (0.35 + 0.65 * cos_incidence) * falloff + rng.normal(0, sensor.intensity_noise, num_rays)
-    dropout = sensor.dropout + 0.25 * (surface < 0.06) + 0.2 * (cos_incidence < 0.05)
-    valid = hit & (rng.random(num_rays) >= dropout)
+    rho = returns.effective_reflectivity(sensor, surface, np.where(self_return, 1.0, cos_incidence))
+    true_distance = np.where(hit, best, 1.0)
+    extra = returns.multipath(sensor, finish, rng)
+    distance = true_distance + rng.normal(0, sensor.range_noise, num_rays) + roughness * rng.random(num_rays) + extra
+    strength = returns.strength(sensor, true_distance, rho, finish, rng)
+    bounced = hit & (extra > 0)
+    strength = np.where(bounced, strength * (0.0 if sensor.response.kind == "remission" else 0.3), strength)
+    semantic = np.where(bounced | self_return, IGNORE_LABEL, semantic)
+    instance = np.where(bounced | self_return, 0, instance)
+    valid = hit & ~returns.lost(sensor, true_distance, rho, finish, rng) & (distance <= sensor.max_range)
     point = origin + direction * distance[:, None]
     grid = (beams, columns)
     return Sweep(
         point=np.where(valid[:, None], point, np.nan).reshape(*grid, 3),
         distance=np.where(valid, distance, np.nan).reshape(grid),
-        intensity=np.where(valid, np.clip(intensity, 0, 1), np.nan).reshape(grid),
-        semantic=np.where(valid, semantic, -1).reshape(grid),
+        intensity=np.where(valid, strength, np.nan).reshape(grid),
+        semantic=np.where(valid, semantic, IGNORE_LABEL).reshape(grid),
         instance=np.where(valid, instance, 0).reshape(grid),
         time=np.broadcast_to(column_time[None, :], grid).copy(),
         valid=valid.reshape(grid),
     )
-
-
-def _ground(scene: Scene, origin: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hit distance and class on the ground: sidewalk tops at their height, road / terrain at z = 0."""
-    g = scene.ground
-    dz = direction[:, 2]
-    down = dz < -_EPS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_top = np.where(down, (g.sidewalk_height - origin[:, 2]) / dz, np.inf)
-        t_floor = np.where(down, -origin[:, 2] / dz, np.inf)
-    top = origin + direction * np.where(np.isfinite(t_top), t_top, 0)[:, None]
-    on_top = np.isfinite(t_top) & g.is_sidewalk(top[:, 0], top[:, 1])
-    floor = origin + direction * np.where(np.isfinite(t_floor), t_floor, 0)[:, None]
-    floor_label = np.where(
-        g.is_road(floor[:, 0], floor[:, 1]), ROAD, np.where(g.is_sidewalk(floor[:, 0], floor[:, 1]), SIDEWALK, TERRAIN)
-    )
-    return np.where(on_top, t_top, t_floor), np.where(on_top, SIDEWALK, floor_label).astype(np.int32)
 
 
 def _ground_material(
@@ -145,6 +153,7 @@ def _ground_material(
     reflectivity: np.ndarray,
     spread: np.ndarray,
     roughness: np.ndarray,
+    finish: np.ndarray,
 ) -> None:
     g = scene.ground
     road = mask & (semantic == ROAD)
@@ -154,30 +163,51 @@ def _ground_material(
     reflectivity[mask & (semantic == SIDEWALK)] = g.sidewalk_reflectivity
     terrain = mask & (semantic == TERRAIN)
     reflectivity[terrain] = g.terrain_reflectivity
-    spread[mask] = 0.05
-    spread[terrain] = 0.12
+    spread[mask] = 0.04
+    spread[terrain] = 0.14
     roughness[terrain] = 0.03
+    finish[road & g.is_wet(point[:, 0], point[:, 1])] = WET
+
+
+def _face_finish(prims: Primitives, index: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """Finish of the face hit: retro-reflective only on a primitive's front (+x) face, glass only on the
+    sides of a cabin (its roof is glossy paint)."""
+    finish = prims.finish[index]
+    front = normal[:, 0] * np.cos(prims.yaw[index]) + normal[:, 1] * np.sin(prims.yaw[index]) > 0.5
+    finish = np.where((finish == RETRO) & ~front, DIFFUSE, finish)
+    return np.where((finish == GLASS) & (np.abs(normal[:, 2]) > 0.5), GLOSSY, finish)
 
 
 def _candidate_pairs(
-    prims: Primitives, centers: np.ndarray, sensor: LidarModel, position: np.ndarray, yaw: float, motion: float
+    prims: Primitives,
+    centers: np.ndarray,
+    sensor: LidarModel,
+    position: np.ndarray,
+    rotation: np.ndarray,
+    motion: float,
 ):
-    """Yield (ray index, primitive index) chunks: each primitive with the rays that can reach it."""
+    """Yield (ray index, primitive index) chunks: each primitive with the rays that can reach it.
+
+    Culling works in the sensor frame: each primitive's vertical bounding cylinder, tilted there by the
+    sensor's tilt, is bounded by a vertical one (wider by half its height times the tilt's sine, taller
+    by its radius times it; both grown by the sensor's motion during the sweep), whose azimuth and
+    elevation span gives the columns and beams."""
     columns = sensor.columns
-    relative = centers[:, :2] - position[:2]
-    distance = np.hypot(relative[:, 0], relative[:, 1])
-    radius = prims.bounding_radius() + motion + 0.05
+    sin_tilt = float(np.sqrt(max(0.0, 1.0 - rotation[2, 2] ** 2)))
+    local = (centers - position) @ rotation  # sensor frame
+    half_height = prims.half_height()
+    distance = np.hypot(local[:, 0], local[:, 1])
+    radius = prims.bounding_radius() + half_height * sin_tilt + motion + 0.05
     near = distance - radius < sensor.max_range
     inside = distance <= radius
     half = np.where(inside, np.pi, np.arcsin(np.clip(radius / np.maximum(distance, _EPS), 0, 1)))
     step = 2 * np.pi / columns
-    bearing = np.mod(np.arctan2(relative[:, 1], relative[:, 0]) - yaw, 2 * np.pi)
+    bearing = np.mod(np.arctan2(local[:, 1], local[:, 0]), 2 * np.pi)
     first_column = np.floor((bearing - half) / step).astype(np.int64)
     num_columns = np.minimum(np.ceil((bearing + half) / step).astype(np.int64) - first_column + 1, columns)
 
-    z_low, z_high = prims.z_range()
-    z_low = z_low - position[2]
-    z_high = z_high - position[2]
+    reach = half_height + prims.bounding_radius() * sin_tilt + motion
+    z_low, z_high = local[:, 2] - reach, local[:, 2] + reach
     d_near = np.maximum(distance - radius, 0.05)
     d_far = distance + radius
     e_low = np.minimum(np.arctan2(z_low, d_near), np.arctan2(z_low, d_far))

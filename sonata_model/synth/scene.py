@@ -1,14 +1,16 @@
 """Procedural street scenes built from analytic primitives that can be ray-cast fast.
 
-A scene runs along the x axis: a road centred on y = 0 with lane markings, cross streets at
-intersections, raised sidewalks with kerbs, grass strips, rows of buildings with varied setbacks,
-heights and facade relief, fences and low walls, hedges, trees (trunk + irregular crown of blobs),
-street lights, traffic signs, parked and moving cars and trucks, pedestrians and cyclists.
+A scene runs along the x axis on the ground of `ground.py` (hills, crowned road, banks): a road centred
+on y = 0 with lane markings, cross streets, raised sidewalks with kerbs, terrain, and along it what
+`street.py` (buildings, yards, vegetation, street furniture, pedestrians) and `traffic.py` (parked and
+moving vehicles, cyclists) place. Each seed draws a `Layout`: an urban, suburban or open street with its
+own widths, slopes, densities and setbacks, so that drives cover the variety of real streets.
 
 Primitives: boxes rotated about z, vertical cylinders and ellipsoids, each with a semantic class, an
 instance id (things only), a material reflectivity (mean and spread, varied per instance so that no
-class is separable by intensity alone), a surface roughness (extra range noise) and a velocity.
-The ground (road, sidewalk, terrain) is analytic: see `Ground`.
+class is separable by intensity alone) and finish (`materials.py`), a surface roughness (extra range
+noise) and a velocity. Objects stand on the ground: `Builder.build` lifts each onto the surface under
+it and sinks the base of those that touch the ground into it, so that none floats on a slope.
 """
 
 from __future__ import annotations
@@ -17,24 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .classes import BICYCLIST, BUILDING, CAR, FENCE, PERSON, POLE, SIGN, TERRAIN, TRUCK, TRUNK, VEGETATION
+from .ground import Ground
+from .materials import DIFFUSE, MATERIALS, ROUGHNESS
+from .street import street_side
+from .traffic import traffic
 
-# Reflectivity (mean, spread between instances, spread within an instance) per class.
-MATERIALS = {
-    BUILDING: (0.35, 0.15, 0.06),
-    FENCE: (0.40, 0.15, 0.08),
-    VEGETATION: (0.40, 0.08, 0.12),
-    TRUNK: (0.28, 0.05, 0.05),
-    POLE: (0.45, 0.10, 0.05),
-    SIGN: (0.85, 0.08, 0.05),
-    CAR: (0.35, 0.25, 0.10),
-    TRUCK: (0.40, 0.20, 0.08),
-    PERSON: (0.30, 0.10, 0.06),
-    BICYCLIST: (0.32, 0.10, 0.06),
-    TERRAIN: (0.35, 0.05, 0.10),
-}
-ROUGHNESS = {VEGETATION: 0.15, TERRAIN: 0.03}  # extra range noise (m) of rough / porous surfaces
-PARKING_WIDTH = 2.3  # parking strip between the driving lanes and the kerb
+GROUNDED = 0.25  # m: a primitive whose base is at most this high stands on the ground (or a sidewalk)
+FOOTING = 0.3  # m: how deep standing primitives reach below the lowest ground under them
 
 
 @dataclass
@@ -44,20 +35,31 @@ class Primitives:
     kind: str  # "box" | "cylinder" | "ellipsoid"
     center: np.ndarray  # (P, 3)
     size: np.ndarray  # box: half extents (P, 3); cylinder: (radius, half height, 0); ellipsoid: radii
-    yaw: np.ndarray  # (P,) rotation about z (boxes)
+    yaw: np.ndarray  # (P,) rotation about z (boxes); +x of the rotated frame is the front face
     semantic: np.ndarray  # (P,) int32
     instance: np.ndarray  # (P,) int32
     reflectivity: np.ndarray  # (P, 2) mean, spread within the primitive
     roughness: np.ndarray  # (P,)
     velocity: np.ndarray  # (P, 2) m/s in x, y
+    finish: np.ndarray | None = None  # (P,) int, materials.DIFFUSE ... RETRO; None: all diffuse
+
+    def __post_init__(self) -> None:
+        if self.finish is None:
+            self.finish = np.full(len(self.center), DIFFUSE, np.int64)
 
     def __len__(self) -> int:
         return len(self.center)
 
-    def at(self, time: float) -> np.ndarray:
-        """Centres at `time` seconds (moving objects move)."""
+    def at(self, time: float, ground: Ground | None = None) -> np.ndarray:
+        """Centres at `time` seconds: moving objects move, following the ground's height when given."""
         center = self.center.copy()
-        center[:, :2] += self.velocity * time
+        moving = np.flatnonzero(np.any(self.velocity != 0, axis=1))
+        if len(moving):
+            start = center[moving, :2].copy()
+            center[moving, :2] += self.velocity[moving] * time
+            if ground is not None:
+                now, before = center[moving], start
+                center[moving, 2] += ground.height(now[:, 0], now[:, 1]) - ground.height(before[:, 0], before[:, 1])
         return center
 
     def bounding_radius(self) -> np.ndarray:
@@ -68,49 +70,121 @@ class Primitives:
             return self.size[:, 0]
         return np.maximum(self.size[:, 0], self.size[:, 1])
 
-    def z_range(self) -> tuple[np.ndarray, np.ndarray]:
-        half = self.size[:, 1] if self.kind == "cylinder" else self.size[:, 2]
-        return self.center[:, 2] - half, self.center[:, 2] + half
+    def half_height(self) -> np.ndarray:
+        return self.size[:, 1] if self.kind == "cylinder" else self.size[:, 2]
+
+    def z_range(self, centers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        z = (self.center if centers is None else centers)[:, 2]
+        return z - self.half_height(), z + self.half_height()
 
 
 @dataclass
-class Ground:
-    """Road along x (|y| < road_half_width) with lane markings, cross streets, raised sidewalks, grass.
+class Layout:
+    """A street's style and the parameters drawn for it (see `draw_layout`)."""
 
-    Everything is the plane z = 0 except sidewalks, whose top is at `sidewalk_height`.
-    """
-
-    road_half_width: float  # driving lanes plus parking strips
+    style: str  # "urban" | "suburban" | "open"
+    lanes_per_side: int
     lane_width: float
-    driving_half_width: float  # |y| of the solid edge line between the lanes and the parking strip
+    parking: bool  # parking strips (and parked vehicles) along both kerbs
+    parked_density: float  # share of parking slots taken
+    traffic_gap: tuple[float, float]  # metres between moving vehicles in a lane
     sidewalk_width: float
-    sidewalk_height: float
-    cross_streets: np.ndarray  # (K, 2): centre x, half width
-    road_reflectivity: float = 0.18
-    marking_reflectivity: float = 0.75
-    sidewalk_reflectivity: float = 0.30
-    terrain_reflectivity: float = 0.35
+    verge: float  # terrain between the sidewalk and the property line
+    setback: tuple[float, float]  # building front beyond the property line
+    building_chance: float  # share of plots with a building
+    tree_gap: tuple[float, float]
+    max_grade: float  # of the longitudinal profile
 
-    def in_cross_street(self, x: np.ndarray) -> np.ndarray:
-        if len(self.cross_streets) == 0:
-            return np.zeros(np.shape(x), bool)
-        return (np.abs(x[..., None] - self.cross_streets[:, 0]) < self.cross_streets[:, 1]).any(axis=-1)
 
-    def is_road(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return (np.abs(y) < self.road_half_width) | self.in_cross_street(x)
+STYLES = ("urban", "suburban", "open")
+PARKING_WIDTH = 2.3  # parking strip between the driving lanes and the kerb
 
-    def is_sidewalk(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        ay = np.abs(y)
-        return (
-            (ay >= self.road_half_width) & (ay < self.road_half_width + self.sidewalk_width) & ~self.in_cross_street(x)
+
+def draw_layout(rng: np.random.Generator) -> Layout:
+    style = STYLES[int(rng.choice(3, p=(0.35, 0.45, 0.2)))]
+    if style == "urban":
+        return Layout(
+            style,
+            1 + int(rng.random() < 0.3),
+            float(rng.uniform(3.0, 3.6)),
+            parking=rng.random() < 0.6,
+            parked_density=float(rng.uniform(0.2, 0.7)),
+            traffic_gap=(15.0, 50.0),
+            sidewalk_width=float(rng.uniform(2.5, 5.0)),
+            verge=float(rng.uniform(0.0, 2.0)),
+            setback=(0.0, 3.0),
+            building_chance=0.9,
+            tree_gap=(5.0, 12.0),
+            max_grade=float(rng.uniform(0.0, 0.03)),
         )
+    if style == "suburban":
+        return Layout(
+            style,
+            1,
+            float(rng.uniform(2.75, 3.2)),
+            parking=rng.random() < 0.3,
+            parked_density=float(rng.uniform(0.1, 0.4)),
+            traffic_gap=(30.0, 100.0),
+            sidewalk_width=float(rng.uniform(1.8, 4.0)),
+            verge=float(rng.uniform(1.5, 6.0)),
+            setback=(3.0, 10.0),
+            building_chance=0.75,
+            tree_gap=(3.0, 9.0),
+            max_grade=float(rng.uniform(0.0, 0.05)),
+        )
+    return Layout(
+        style,
+        1,
+        float(rng.uniform(2.8, 3.5)),
+        parking=rng.random() < 0.1,
+        parked_density=float(rng.uniform(0.0, 0.15)),
+        traffic_gap=(40.0, 150.0),
+        sidewalk_width=float(rng.uniform(1.2, 2.0)),
+        verge=float(rng.uniform(5.0, 20.0)),
+        setback=(10.0, 60.0),
+        building_chance=0.15,
+        tree_gap=(3.0, 10.0),
+        max_grade=float(rng.uniform(0.0, 0.06)),
+    )
 
-    def is_marking(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Dashed lane lines (3 m on, 6 m off) and solid edge lines, 15 cm wide."""
-        lines = np.round(y / self.lane_width) * self.lane_width
-        dashed = (np.abs(y - lines) < 0.075) & (np.mod(x, 9.0) < 3.0) & (np.abs(y) < self.driving_half_width - 0.5)
-        edge = np.abs(np.abs(y) - self.driving_half_width) < 0.075
-        return (dashed | edge) & ~self.in_cross_street(x)
+
+def draw_ground(rng: np.random.Generator, layout: Layout, x_start: float, x_end: float) -> Ground:
+    """The street's ground: widths from the layout, cross streets, hills, crown, banks, wet patches."""
+    driving_half = layout.lanes_per_side * layout.lane_width
+    road_half = driving_half + (PARKING_WIDTH if layout.parking else float(rng.uniform(0.3, 0.8)))
+    crosses, x = [], x_start + rng.uniform(20, 60)
+    while x < x_end:
+        crosses.append((x, rng.uniform(4.0, 7.0)))
+        x += rng.uniform(70, 140) * (2.0 if layout.style == "open" else 1.0)
+    knots, grade, x = [(x_start - 1.0, 0.0)], float(rng.uniform(-1, 1) * layout.max_grade), x_start - 1.0
+    while x < x_end + 1.0:
+        length = float(rng.uniform(25.0, 70.0))
+        grade = float(np.clip(grade + rng.normal(0, 0.015), -layout.max_grade, layout.max_grade))
+        x += length
+        knots.append((x, knots[-1][1] + grade * length))
+    flat = layout.style == "urban"
+    banks = np.stack([rng.uniform(-0.15, 0.25, 2) * (0.3 if flat else 1.0), rng.uniform(1.0, 10.0, 2)], axis=1)
+    wet = np.zeros((0, 4))
+    if rng.random() < 0.25:  # after rain: puddles and wet tracks on the road
+        n = int(rng.integers(5, 20))
+        x0 = rng.uniform(x_start, x_end, n)
+        y0 = rng.uniform(-road_half, road_half, n)
+        wet = np.stack([x0, x0 + rng.uniform(1, 6, n), y0, y0 + rng.uniform(0.5, 3, n)], axis=1)
+    return Ground(
+        road_half_width=road_half,
+        lane_width=layout.lane_width,
+        driving_half_width=driving_half,
+        sidewalk_width=layout.sidewalk_width,
+        sidewalk_height=float(rng.uniform(0.10, 0.18)),
+        cross_streets=np.array(crosses).reshape(-1, 2),
+        profile=np.array(knots),
+        crown=float(rng.uniform(0.01, 0.03)),
+        banks=banks,
+        wet=wet,
+        road_reflectivity=float(np.clip(rng.normal(0.15, 0.03), 0.06, 0.3)),
+        sidewalk_reflectivity=float(np.clip(rng.normal(0.32, 0.05), 0.15, 0.5)),
+        terrain_reflectivity=float(np.clip(rng.normal(0.40, 0.05), 0.2, 0.6)),
+    )
 
 
 @dataclass
@@ -118,13 +192,16 @@ class Scene:
     ground: Ground
     primitives: list[Primitives] = field(default_factory=list)
     x_range: tuple[float, float] = (0.0, 0.0)
+    layout: Layout | None = None
 
 
-class _Builder:
+class Builder:
     """Accumulates primitives of each kind; materials drawn per instance."""
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    def __init__(self, rng: np.random.Generator, ground: Ground, layout: Layout) -> None:
         self.rng = rng
+        self.ground = ground
+        self.layout = layout
         self.rows: dict[str, list[tuple]] = {"box": [], "cylinder": [], "ellipsoid": []}
         self.next_instance = 1
 
@@ -132,9 +209,13 @@ class _Builder:
         self.next_instance += 1
         return self.next_instance - 1
 
-    def material(self, semantic: int) -> tuple[float, float]:
-        mean, between, within = MATERIALS[semantic]
-        return float(np.clip(self.rng.normal(mean, between), 0.03, 0.98)), within
+    def material(self, semantic: int, scale: float = 1.0) -> tuple[float, float]:
+        mean, between, within, _ = MATERIALS[semantic]
+        return float(np.clip(self.rng.normal(mean, between) * scale, 0.02, 0.98)), within
+
+    def free(self, x: float, margin: float) -> bool:
+        """True when [x - margin, x + margin] crosses no cross street."""
+        return not self.ground.in_cross_street(np.array([x - margin, x, x + margin])).any()
 
     def add(
         self,
@@ -147,10 +228,12 @@ class _Builder:
         instance: int = 0,
         material: tuple[float, float] | None = None,
         velocity=(0.0, 0.0),
+        finish: int | None = None,
     ) -> None:
         material = material or self.material(semantic)
+        finish = MATERIALS[semantic][3] if finish is None else finish
         self.rows[kind].append(
-            (center, size, yaw, semantic, instance, material, ROUGHNESS.get(semantic, 0.0), velocity)
+            (center, size, yaw, semantic, instance, material, ROUGHNESS.get(semantic, 0.0), velocity, finish)
         )
 
     def build(self) -> list[Primitives]:
@@ -159,317 +242,89 @@ class _Builder:
             if not rows:
                 continue
             cols = list(zip(*rows, strict=True))
-            out.append(
-                Primitives(
-                    kind=kind,
-                    center=np.array(cols[0], np.float64),
-                    size=np.array(cols[1], np.float64),
-                    yaw=np.array(cols[2], np.float64),
-                    semantic=np.array(cols[3], np.int32),
-                    instance=np.array(cols[4], np.int32),
-                    reflectivity=np.array(cols[5], np.float64),
-                    roughness=np.array(cols[6], np.float64),
-                    velocity=np.array(cols[7], np.float64),
-                )
+            prims = Primitives(
+                kind=kind,
+                center=np.array(cols[0], np.float64),
+                size=np.array(cols[1], np.float64),
+                yaw=np.array(cols[2], np.float64),
+                semantic=np.array(cols[3], np.int32),
+                instance=np.array(cols[4], np.int32),
+                reflectivity=np.array(cols[5], np.float64),
+                roughness=np.array(cols[6], np.float64),
+                velocity=np.array(cols[7], np.float64),
+                finish=np.array(cols[8], np.int64),
             )
+            _stand_on_ground(prims, self.ground)
+            out.append(_split_long_boxes(prims) if kind == "box" else prims)
         return out
+
+
+def _stand_on_ground(prims: Primitives, ground: Ground) -> None:
+    """Lift primitives onto the ground under their centre; sink standing ones below their footprint."""
+    x, y = prims.center[:, 0], prims.center[:, 1]
+    base = ground.height(x, y)
+    if prims.kind == "ellipsoid":  # crowns, heads, bushes keep their shape: lifted only
+        prims.center[:, 2] += base
+        return
+    low, high = prims.z_range()
+    under = base
+    if prims.kind == "box":  # the lowest ground under the four corners
+        c, s = np.cos(prims.yaw), np.sin(prims.yaw)
+        ex, ey = prims.size[:, 0], prims.size[:, 1]
+        corners = [
+            ground.height(x + c * i * ex - s * j * ey, y + s * i * ex + c * j * ey) for i in (-1, 1) for j in (-1, 1)
+        ]
+        under = np.min(corners, axis=0)
+    standing = low <= GROUNDED
+    bottom = np.where(standing, np.minimum(under, base) + np.minimum(low, 0.0) - FOOTING, base + low)
+    top = base + high
+    prims.center[:, 2] = (bottom + top) / 2
+    prims.size[:, 1 if prims.kind == "cylinder" else 2] = (top - bottom) / 2
+
+
+def _split_long_boxes(prims: Primitives, longest: float = 4.0, thin: float = 1.0) -> Primitives:
+    """Cut static thin boxes (fences, walls, hedges) longer than `longest` into pieces with the same
+    surfaces: one next to the sensor is then culled piece by piece (a few rays each), not as one wide
+    cylinder. (Cutting buildings would add hidden interior pieces: more work, not less.)"""
+    thin_static = (prims.size[:, :2].min(axis=1) <= thin) & ~np.any(prims.velocity != 0, axis=1)
+    pieces = np.where(thin_static[:, None], np.ceil(2 * prims.size[:, :2] / longest), 1).astype(np.int64)
+    count = pieces[:, 0] * pieces[:, 1]
+    if np.all(count == 1):
+        return prims
+    index = np.repeat(np.arange(len(prims)), count)
+    within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    nx, ny = pieces[index, 0], pieces[index, 1]
+    size = prims.size[index].copy()
+    size[:, 0] /= nx
+    size[:, 1] /= ny
+    # piece centres along the box's own axes, then rotated by its yaw
+    u = (2 * (within % nx) + 1 - nx) * size[:, 0]
+    v = (2 * (within // nx) + 1 - ny) * size[:, 1]
+    c, s = np.cos(prims.yaw[index]), np.sin(prims.yaw[index])
+    center = prims.center[index].copy()
+    center[:, 0] += c * u - s * v
+    center[:, 1] += s * u + c * v
+    return Primitives(
+        kind=prims.kind,
+        center=center,
+        size=size,
+        yaw=prims.yaw[index],
+        semantic=prims.semantic[index],
+        instance=prims.instance[index],
+        reflectivity=prims.reflectivity[index],
+        roughness=prims.roughness[index],
+        velocity=prims.velocity[index],
+        finish=prims.finish[index],
+    )
 
 
 def generate_scene(seed: int, x_start: float, x_end: float) -> Scene:
     """A street scene covering x in [x_start, x_end], fully determined by `seed`."""
     rng = np.random.default_rng(seed)
-    lanes_per_side = int(rng.integers(1, 3))
-    lane_width = float(rng.uniform(3.0, 3.7))
-    driving_half = lanes_per_side * lane_width
-    road_half = driving_half + PARKING_WIDTH
-    crosses, x = [], x_start + rng.uniform(20, 60)
-    while x < x_end:
-        crosses.append((x, rng.uniform(4.0, 7.0)))
-        x += rng.uniform(70, 140)
-    ground = Ground(
-        road_half_width=road_half,
-        lane_width=lane_width,
-        driving_half_width=driving_half,
-        sidewalk_width=float(rng.uniform(2.0, 4.5)),
-        sidewalk_height=float(rng.uniform(0.10, 0.18)),
-        cross_streets=np.array(crosses).reshape(-1, 2),
-    )
-    b = _Builder(rng)
+    layout = draw_layout(rng)
+    ground = draw_ground(rng, layout, x_start, x_end)
+    b = Builder(rng, ground, layout)
     for side in (-1.0, 1.0):
-        _street_side(b, ground, side, x_start, x_end)
-    _traffic(b, ground, lanes_per_side, x_start, x_end)
-    return Scene(ground=ground, primitives=b.build(), x_range=(x_start, x_end))
-
-
-def _free(ground: Ground, x: float, margin: float) -> bool:
-    """True when [x - margin, x + margin] crosses no cross street."""
-    return not ground.in_cross_street(np.array([x - margin, x, x + margin])).any()
-
-
-def _street_side(b: _Builder, ground: Ground, side: float, x0: float, x1: float) -> None:
-    rng = b.rng
-    kerb = ground.road_half_width + ground.sidewalk_width  # |y| where the sidewalk ends
-    grass = rng.uniform(1.0, 6.0)
-    front = kerb + grass  # |y| of the property line
-    # buildings
-    x = x0
-    while x < x1:
-        length = rng.uniform(8, 30)
-        if _free(ground, x + length / 2, length / 2 + 2):
-            _building(b, x + length / 2, side * (front + rng.uniform(0, 8)), side, length)
-        x += length + rng.uniform(0, 6)
-    # fences / low walls along the property line, hedges in front of them
-    x = x0
-    while x < x1:
-        length = rng.uniform(5, 25)
-        xc = x + length / 2
-        if _free(ground, xc, length / 2 + 1) and rng.random() < 0.45:
-            low_wall = rng.random() < 0.4
-            thick, height = (0.3, rng.uniform(0.5, 1.1)) if low_wall else (0.06, rng.uniform(1.0, 2.0))
-            b.add("box", (xc, side * (front - 0.3), height / 2), (length / 2, thick / 2, height / 2), FENCE)
-        elif _free(ground, xc, length / 2 + 1) and rng.random() < 0.3:
-            height = rng.uniform(0.6, 1.6)
-            b.add(
-                "box",
-                (xc, side * (front - 0.8), height / 2),
-                (length / 2, rng.uniform(0.3, 0.7), height / 2),
-                VEGETATION,
-            )
-        x += length + rng.uniform(0, 8)
-    # trees on the grass strip
-    x = x0 + rng.uniform(0, 8)
-    while x < x1:
-        if _free(ground, x, 3):
-            _tree(b, x, side * (kerb + rng.uniform(0.5, max(0.6, grass - 0.5))))
-        x += rng.uniform(5, 16)
-    # street lights and signs at the kerb
-    x = x0 + rng.uniform(0, 20)
-    while x < x1:
-        if _free(ground, x, 1):
-            _street_light(b, x, side * (ground.road_half_width + 0.5), side)
-        x += rng.uniform(20, 40)
-    for xc, half in ground.cross_streets:
-        for dx in (-half - 1.5, half + 1.5):
-            if rng.random() < 0.7:
-                _sign(b, xc + dx, side * (ground.road_half_width + rng.uniform(0.4, 1.2)))
-    x = x0 + rng.uniform(0, 30)
-    while x < x1:
-        if _free(ground, x, 1):
-            _sign(b, x, side * (ground.road_half_width + rng.uniform(0.4, 1.2)))
-        x += rng.uniform(25, 70)
-    # pedestrians on the sidewalk
-    x = x0 + rng.uniform(0, 10)
-    while x < x1:
-        y = side * (ground.road_half_width + rng.uniform(0.5, ground.sidewalk_width - 0.4))
-        speed = rng.uniform(0.8, 1.6) * rng.choice([-1, 1]) if rng.random() < 0.7 else 0.0
-        _person(b, x, y, ground.sidewalk_height, (speed, 0.0))
-        x += rng.uniform(4, 25)
-
-
-def _building(b: _Builder, xc: float, y_front: float, side: float, length: float) -> None:
-    rng = b.rng
-    depth, height = rng.uniform(8, 20), rng.uniform(4, 25)
-    material = b.material(BUILDING)
-    yc = y_front + side * depth / 2
-    b.add("box", (xc, yc, height / 2), (length / 2, depth / 2, height / 2), BUILDING, material=material)
-    # facade relief: pilasters, balconies, a porch; same material family, slightly varied
-    for _ in range(int(rng.integers(0, 6))):
-        w, out, h = rng.uniform(0.3, 3.0), rng.uniform(0.2, 1.2), rng.uniform(0.3, height)
-        x = xc + rng.uniform(-length / 2 + w, length / 2 - w)
-        z = rng.uniform(h / 2, max(h / 2, height - h / 2))
-        b.add(
-            "box",
-            (x, y_front - side * out / 2, z),
-            (w / 2, out / 2, h / 2),
-            BUILDING,
-            material=(float(np.clip(material[0] + rng.normal(0, 0.08), 0.03, 0.98)), material[1]),
-        )
-    if rng.random() < 0.4:  # a lower annex to one side
-        w, h = rng.uniform(3, 8), rng.uniform(2.0, 4.0)
-        b.add(
-            "box",
-            (xc + rng.choice([-1, 1]) * (length + w) / 2, yc, h / 2),
-            (w / 2, depth / 3, h / 2),
-            BUILDING,
-            material=material,
-        )
-
-
-def _tree(b: _Builder, x: float, y: float) -> None:
-    rng = b.rng
-    trunk_h, radius = rng.uniform(1.5, 4.0), rng.uniform(0.1, 0.3)
-    b.add("cylinder", (x, y, trunk_h / 2), (radius, trunk_h / 2, 0.0), TRUNK)
-    crown = rng.uniform(1.2, 3.5)
-    material = b.material(VEGETATION)
-    for _ in range(int(rng.integers(3, 7))):
-        offset = rng.normal(0, crown / 2.5, 3)
-        radii = rng.uniform(0.5, 1.0, 3) * crown
-        b.add(
-            "ellipsoid",
-            (x + offset[0], y + offset[1], trunk_h + crown * 0.8 + offset[2] * 0.6),
-            radii,
-            VEGETATION,
-            material=material,
-        )
-
-
-def _street_light(b: _Builder, x: float, y: float, side: float) -> None:
-    rng = b.rng
-    height, radius = rng.uniform(5, 9), rng.uniform(0.07, 0.15)
-    material = b.material(POLE)
-    b.add("cylinder", (x, y, height / 2), (radius, height / 2, 0.0), POLE, material=material)
-    arm = rng.uniform(1.0, 2.5)
-    b.add("box", (x, y - side * arm / 2, height - 0.1), (0.08, arm / 2, 0.06), POLE, material=material)
-
-
-def _sign(b: _Builder, x: float, y: float) -> None:
-    rng = b.rng
-    height = rng.uniform(2.0, 3.2)
-    b.add("cylinder", (x, y, height / 2), (rng.uniform(0.03, 0.06), height / 2, 0.0), POLE)
-    w, h = rng.uniform(0.3, 0.5), rng.uniform(0.3, 0.5)
-    b.add("box", (x, y, height + h * 0.8), (0.02, w, h), SIGN, yaw=float(rng.uniform(-0.3, 0.3)))
-
-
-def _person(b: _Builder, x: float, y: float, z0: float, velocity) -> None:
-    rng = b.rng
-    instance = b.instance()
-    height = rng.uniform(1.5, 1.95)
-    body = height - 0.25
-    material = b.material(PERSON)
-    b.add(
-        "cylinder",
-        (x, y, z0 + body / 2),
-        (rng.uniform(0.18, 0.28), body / 2, 0.0),
-        PERSON,
-        instance=instance,
-        material=material,
-        velocity=velocity,
-    )
-    b.add(
-        "ellipsoid",
-        (x, y, z0 + body + 0.12),
-        (0.11, 0.11, 0.13),
-        PERSON,
-        instance=instance,
-        material=material,
-        velocity=velocity,
-    )
-
-
-def _vehicle(b: _Builder, x: float, y: float, yaw: float, velocity, truck: bool) -> None:
-    rng = b.rng
-    instance = b.instance()
-    semantic = TRUCK if truck else CAR
-    material = b.material(semantic)
-    c, s = np.cos(yaw), np.sin(yaw)
-    if truck:
-        length, width, height = rng.uniform(6, 11), rng.uniform(2.3, 2.6), rng.uniform(2.6, 3.8)
-        cab = rng.uniform(1.8, 2.4)
-        box_len = length - cab - 0.2
-        cx = x - c * (cab + 0.2) / 2
-        cy = y - s * (cab + 0.2) / 2
-        b.add(
-            "box",
-            (cx, cy, 0.4 + height / 2),
-            (box_len / 2, width / 2, height / 2),
-            TRUCK,
-            yaw=yaw,
-            instance=instance,
-            material=material,
-            velocity=velocity,
-        )
-        fx, fy = x + c * (length / 2 - cab / 2), y + s * (length / 2 - cab / 2)
-        cab_h = height * rng.uniform(0.7, 0.9)
-        b.add(
-            "box",
-            (fx, fy, 0.4 + cab_h / 2),
-            (cab / 2, width / 2, cab_h / 2),
-            TRUCK,
-            yaw=yaw,
-            instance=instance,
-            material=b.material(TRUCK),
-            velocity=velocity,
-        )
-        return
-    length, width = rng.uniform(3.8, 5.0), rng.uniform(1.7, 2.0)
-    body_h, cabin_h = rng.uniform(0.6, 0.9), rng.uniform(0.45, 0.7)
-    b.add(
-        "box",
-        (x, y, 0.3 + body_h / 2),
-        (length / 2, width / 2, body_h / 2),
-        CAR,
-        yaw=yaw,
-        instance=instance,
-        material=material,
-        velocity=velocity,
-    )
-    cabin_len = length * rng.uniform(0.45, 0.6)
-    shift = rng.uniform(-0.3, 0.1) * length / 2
-    b.add(
-        "box",
-        (x + c * shift, y + s * shift, 0.3 + body_h + cabin_h / 2),
-        (cabin_len / 2, width / 2 - 0.08, cabin_h / 2),
-        CAR,
-        yaw=yaw,
-        instance=instance,
-        material=(material[0] * 0.5, material[1]),
-        velocity=velocity,
-    )
-
-
-def _traffic(b: _Builder, ground: Ground, lanes: int, x0: float, x1: float) -> None:
-    rng = b.rng
-    # parked vehicles along both kerbs
-    for side in (-1.0, 1.0):
-        x = x0 + rng.uniform(0, 10)
-        while x < x1:
-            truck = rng.random() < 0.15
-            length = 9 if truck else 5
-            if _free(ground, x, length) and rng.random() < 0.6:
-                y = side * (ground.road_half_width - PARKING_WIDTH / 2 - rng.uniform(-0.1, 0.2))
-                _vehicle(b, x, y, float(rng.normal(0, 0.04)) + (np.pi if rng.random() < 0.5 else 0.0), (0, 0), truck)
-            x += length + rng.uniform(1.0, 12.0)
-    # moving vehicles in the lanes (both directions), cyclists near the kerb
-    for side in (-1.0, 1.0):
-        direction = 1.0 if side < 0 else -1.0
-        x = x0 + rng.uniform(0, 30)
-        while x < x1:
-            lane = int(rng.integers(0, lanes))
-            if side < 0 and lane == 0:  # the ego vehicle's lane (see drive.py): no traffic in it
-                x += rng.uniform(15, 60)
-                continue
-            y = side * (lane + 0.5) * ground.lane_width
-            speed = direction * rng.uniform(4, 12)
-            _vehicle(b, x, y, 0.0 if direction > 0 else np.pi, (speed, 0.0), rng.random() < 0.15)
-            x += rng.uniform(15, 60)
-        x = x0 + rng.uniform(0, 40)
-        while x < x1:
-            _cyclist(b, x, side * (ground.driving_half_width - 0.7), direction * rng.uniform(3, 6))
-            x += rng.uniform(30, 120)
-
-
-def _cyclist(b: _Builder, x: float, y: float, speed: float) -> None:
-    rng = b.rng
-    instance = b.instance()
-    material = b.material(BICYCLIST)
-    velocity = (speed, 0.0)
-    b.add("box", (x, y, 0.5), (0.85, 0.05, 0.45), BICYCLIST, instance=instance, material=material, velocity=velocity)
-    torso = rng.uniform(0.6, 0.8)
-    b.add(
-        "cylinder",
-        (x, y, 1.0 + torso / 2),
-        (0.2, torso / 2, 0.0),
-        BICYCLIST,
-        instance=instance,
-        material=material,
-        velocity=velocity,
-    )
-    b.add(
-        "ellipsoid",
-        (x, y, 1.0 + torso + 0.13),
-        (0.12, 0.12, 0.14),
-        BICYCLIST,
-        instance=instance,
-        material=material,
-        velocity=velocity,
-    )
+        street_side(b, side, x_start, x_end)
+    traffic(b, x_start, x_end)
+    return Scene(ground=ground, primitives=b.build(), x_range=(x_start, x_end), layout=layout)

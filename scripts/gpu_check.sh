@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU checks of the project in one script, for the accelerator machine (one H100 / H200, Python
+# 3.12, torch with CUDA, no registry access). What it measures comes back as two files under $OUT
+# (default ./gpu_out; the device tool returns at most 8): summary.log, and gpu_check.tar.gz with every
+# log, the pytest report and the benchmark JSONs.
+#
+# Prepare on the CPU machine, in the project root (both archives are git-ignored, < 64 MiB together
+# with the tree; if they do not fit, run `--part core` with .gpu/spconv-site only and `--part node`
+# with .gpu/ros-site only):
+#     bash ../shared/gpu/pack.sh            # .gpu/: spconv for CUDA 12.6+, rosbags
+#     bash scripts/gpu_pack_ros.sh          # .gpu/ros-site.tar.xz: rclpy & co. for Python 3.12
+# Run on the device (carry .gpu):
+#     source .gpu/setup.sh && bash scripts/gpu_check.sh [--quick] [--part core|node|all]
+#
+#   core: pytest -m cuda; encoder benchmarks (sonata_lidar 120k LiDAR points, sonata indoor room) in
+#         bf16, with and without CUDA graphs; the reference implementation side by side (when its
+#         source is under .gpu/sonata-ref); 20 steps of bf16 pretraining through torchrun (NCCL).
+#   node: the perception node on CUDA, 64-beam frames at 10 Hz from another process, end to end.
+# --quick fits in about 5 minutes: fewer frames, no pretraining.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+LOGS=$(mktemp -d)/gpu_check
+mkdir -p "$OUT" "$LOGS"
+QUICK=0
+PART=all
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --part) PART=$2; shift ;;
+        *) echo "usage: $0 [--quick] [--part core|node|all]" >&2; exit 2 ;;
+    esac
+    shift
+done
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+FRAMES=$([ "$QUICK" = 1 ] && echo 20 || echo 60)
+status=0
+step() {  # name command...: run, log to $OUT/<name>.log, remember a failure, go on
+    local name=$1; shift
+    echo "== $name: $*" | tee -a "$LOGS/summary.log"
+    local start=$SECONDS
+    if "$@" > "$LOGS/$name.log" 2>&1; then
+        echo "   ok ($((SECONDS - start)) s)" | tee -a "$LOGS/summary.log"
+    else
+        echo "   FAILED ($((SECONDS - start)) s), see $name.log" | tee -a "$LOGS/summary.log"
+        tail -5 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$LOGS/summary.log"
+        status=1
+    fi
+}
+results() {  # the benchmark JSONs written by --record
+    cp benchmarks/results/*.json "$LOGS/" 2>/dev/null || true
+}
+
+{ nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
+    > "$LOGS/device.log" 2>&1
+
+if [ "$PART" = core ] || [ "$PART" = all ]; then
+    step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test
+    step encoder_lidar python3 benchmarks/encoder.py --config sonata_lidar --points 120000 --device cuda \
+        --precision bf16 --repeats "$FRAMES" --record
+    step encoder_lidar_graphs python3 benchmarks/encoder.py --config sonata_lidar --points 120000 --device cuda \
+        --precision bf16 --repeats "$FRAMES" --buckets --record
+    step encoder_indoor python3 benchmarks/encoder.py --config sonata --scene room --points 120000 --device cuda \
+        --precision bf16 --repeats "$FRAMES" --record
+    step encoder_utonia python3 benchmarks/encoder.py --config utonia --points 120000 --device cuda \
+        --precision bf16 --repeats "$FRAMES" --record
+    if [ -d .gpu/sonata-ref ]; then
+        step vs_reference python3 benchmarks/vs_reference.py --reference-src .gpu/sonata-ref --device cuda --record
+    fi
+    if [ "$QUICK" = 0 ]; then
+        drive=$(mktemp -d)/drive
+        step synth_drive python3 -m sonata_model.synth.cli --sensor hdl64 --frames 16 --seed 1 --format frames --out "$drive"
+        step pretrain_bf16 torchrun --nproc-per-node 1 -m sonata_model.train.pretrain \
+            --config config/pretrain/lidar.yaml --data "frames:$drive" --steps 20 --workers 4 \
+            --out "$LOGS/pretrain" --set amp=bf16 --set log_every=1 --set checkpoint_every=20
+        rm -rf "$LOGS/pretrain/checkpoints" "$LOGS/pretrain/encoder.pth"  # keep metrics.csv, not 400 MB of weights
+    fi
+    results
+fi
+
+if [ "$PART" = node ] || [ "$PART" = all ]; then
+    [ -f .gpu/ros_setup.sh ] && source .gpu/ros_setup.sh
+    step node_latency python3 benchmarks/node_latency.py --config sonata_lidar --device cuda --precision bf16 \
+        --frames "$FRAMES" --rate-hz 10 --record
+    results
+fi
+tar -C "$(dirname "$LOGS")" -czf "$OUT/gpu_check.tar.gz" gpu_check
+cp "$LOGS/summary.log" "$OUT/summary.log"
+cat "$OUT/summary.log"
+exit $status
