@@ -58,14 +58,15 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
     step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test
     step encoder_lidar python3 benchmarks/encoder.py --config sonata_lidar --points 120000 --device cuda \
         --precision bf16 --repeats "$FRAMES" --record
-    step encoder_lidar_graphs python3 benchmarks/encoder.py --config sonata_lidar --points 120000 --device cuda \
+    step encoder_lidar_buckets python3 benchmarks/encoder.py --config sonata_lidar --points 120000 --device cuda \
         --precision bf16 --repeats "$FRAMES" --buckets --record
     step encoder_indoor python3 benchmarks/encoder.py --config sonata --scene room --points 120000 --device cuda \
         --precision bf16 --repeats "$FRAMES" --record
     step encoder_utonia python3 benchmarks/encoder.py --config utonia --points 120000 --device cuda \
         --precision bf16 --repeats "$FRAMES" --record
     if [ -d .gpu/sonata-ref ]; then
-        step vs_reference python3 benchmarks/vs_reference.py --reference-src .gpu/sonata-ref --device cuda --record
+        step vs_reference python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
+            --reference-path .gpu/sonata-ref/deps --config sonata --device cuda --record
     fi
     if [ "$QUICK" = 0 ]; then
         drive=$(mktemp -d)/drive
