@@ -7,8 +7,9 @@ from sonata_model.synth.drive import generate_drive
 from sonata_model.train.evaluate import Scores
 from sonata_ros.model_loading import DEMO_ENCODER, DEMO_HEAD, load_model
 
-# Measured when the model was built: accuracy 0.86, mIoU 0.54 on these frames (random weights: ~0.1 mIoU).
-MIN_ACCURACY, MIN_MIOU = 0.75, 0.4
+# Measured when the model was built: accuracy 0.78, mIoU 0.44 on these frames (the same head on a
+# random-weight encoder: accuracy 0.16, mIoU 0.04).
+MIN_ACCURACY, MIN_MIOU = 0.70, 0.36
 
 
 def test_shipped_demo_model_is_small_and_loads_without_warning():
@@ -24,6 +25,6 @@ def test_shipped_demo_model_segments_an_unseen_street():
     segmenter = sm.Segmenter(model.encoder, model.head, device="cpu")
     names = list(model.label_set.names)
     scores = Scores.empty(names)
-    for frame in generate_drive("vlp16", frames=2, seed=7):  # the model was built from seeds 100-103, 200-203
+    for frame in generate_drive("vlp16", frames=2, seed=7):  # the model was built from seeds 100-107, 200-207
         scores.add(frame.segment, segmenter(frame.coord, strength=frame.strength).labels)
     assert scores.accuracy > MIN_ACCURACY and scores.miou > MIN_MIOU, scores.report()
