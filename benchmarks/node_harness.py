@@ -33,8 +33,10 @@ os.environ.update(ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCO
 
 
 def model_files(config_name: str, checkpoint: str | None, workdir: Path, **overrides) -> tuple[str, str]:
-    """(encoder, head) paths: `checkpoint` without a head, or random weights of `config_name`
-    (fields replaced by `overrides`) + a head."""
+    """(encoder, head) paths: `checkpoint` without a head ("demo": the shipped model and head), or
+    random weights of `config_name` (fields replaced by `overrides`) + a head."""
+    if checkpoint == "demo":
+        return "", ""  # the node's defaults: the shipped demo model and head
     if checkpoint:
         return checkpoint, "none"
     config = sm.get_config(config_name, **overrides)

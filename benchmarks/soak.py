@@ -2,12 +2,15 @@
 
     python benchmarks/soak.py --frames 10000 --record      # CPU: `tiny` LiDAR model, random weights
     python benchmarks/soak.py --checkpoint model.pth --frames 2000 --device cuda
+    python benchmarks/soak.py --checkpoint demo --sensor vlp16 --keep 0.08 0.2 --frames 2000 --record
+        # the node as shipped (demo model and head) on small clouds (2-5k points): steady-state RSS
 
 Frames are synthetic drive frames of a 64-beam sensor (about 120k points), each randomly thinned to
-90-100 % so that no two frames share a voxel count (real scans never do, and shape-keyed caches are
-what leak). One frame at a time, each answered before the next (reliable QoS). Reported: the node's
-RSS after the first frame, after `--settle` frames and at the end, its growth after settling, and latency
-p50 / p99 per window of frames, so that a drift in either shows.
+a fraction drawn in `--keep` (default 90-100 %) so that no two frames share a voxel count (real scans
+never do, and shape-keyed caches are what leak). One frame at a time, each answered before the next
+(reliable QoS). Reported: the node's RSS after the first frame, after `--settle` frames and at the
+end, its growth after settling, and latency p50 / p99 per window of frames, so that a drift in either
+shows.
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ def thinned(msg, keep: float, rng: np.random.Generator):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny", choices=sorted(sm.CONFIGS))
-    parser.add_argument("--checkpoint", help="use this checkpoint instead of random weights of --config")
+    parser.add_argument(
+        "--checkpoint", help="use this checkpoint instead of random weights of --config; 'demo': the shipped model"
+    )
+    parser.add_argument("--keep", type=float, nargs=2, default=(0.9, 1.0), help="fraction of each frame kept")
+    parser.add_argument("--name", help="result name (default soak_<config or demo>_<device>)")
     parser.add_argument("--grid-size", type=float, default=0.1, help="voxel size (m) of the random-weight model")
     parser.add_argument("--sensor", default="hdl64")
     parser.add_argument("--frames", type=int, default=10000)
@@ -67,7 +74,7 @@ def main() -> None:
         rss = {}
         trace, latencies, points = [], [], []
         for index in range(args.frames):
-            msg = thinned(base[index % len(base)], rng.uniform(0.9, 1.0), rng)
+            msg = thinned(base[index % len(base)], rng.uniform(*args.keep), rng)
             points.append(msg.width)
             latencies.append(node.ask(msg))
             if index == 0:
@@ -87,13 +94,15 @@ def main() -> None:
         for w in range(0, len(latencies), args.window)
     ]
     after = [t["rss_mb"] for t in trace if t["frame"] > args.settle]
+    model_name = "demo" if args.checkpoint == "demo" else args.config
     emit(
-        f"soak_{args.config}_{args.device}",
+        args.name or f"soak_{model_name}_{args.device}",
         {
             "config": args.config,
             "checkpoint": args.checkpoint or f"random weights, coord + strength, grid {args.grid_size} m",
             "sensor": args.sensor,
             "frames": args.frames,
+            "keep": list(args.keep),
             "points_per_frame": {"min": int(min(points)), "max": int(max(points))},
             "wall_s": round(time.monotonic() - start, 1),
             "rss_mb": {k: round(v, 1) for k, v in rss.items()},
