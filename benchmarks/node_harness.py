@@ -117,10 +117,11 @@ class NodeClient:
             if time.monotonic() > deadline or self.node_process.poll() is not None:
                 raise SystemExit(f"the node does not answer; see {self.log}")
 
-    def stream(self, msgs: list, rate_hz: float, settle_s: float = 2.0) -> tuple[list[float], int]:
+    def stream(self, msgs: list, rate_hz: float, timeout_s: float = 120.0) -> tuple[list[float], int]:
         """Publish `msgs` at `rate_hz` as a driver does (no waiting for answers), each freshly stamped;
         (latencies of the answered ones in ms, how many were never answered: dropped by the node's
-        depth-1 input or lost on the way)."""
+        depth-1 input or lost on the way). The newest cloud is never dropped by the node: once it is
+        answered, every earlier one has been answered or dropped."""
         from std_msgs.msg import Header
 
         period, start, sent = 1.0 / rate_hz, time.monotonic(), []
@@ -134,8 +135,10 @@ class NodeClient:
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
             self.publishers[0].publish(msg)
             sent.append(stamp_ns)
-        self.spin_for(settle_s)
         keys = [divmod(stamp, 10**9) for stamp in sent]
+        end = time.monotonic() + timeout_s
+        while keys[-1] not in self.answers and time.monotonic() < end:
+            self.rclpy.spin_once(self.client, timeout_sec=0.05)
         latencies = [
             (self.answers.pop(k) - stamp) / 1e6 for k, stamp in zip(keys, sent, strict=True) if k in self.answers
         ]

@@ -76,6 +76,8 @@ def main() -> None:
             latencies = [node.ask(messages[i % len(messages)]) for i in range(args.frames)]
         node.spin_for(1.5)
         stages = node.stage_means_ms()
+    if not latencies:
+        raise SystemExit(f"no frame was answered ({dropped} dropped): see {workdir}/sonata_perception.log")
     emit(
         f"node_latency_{args.config}_{args.device}",
         {

@@ -17,23 +17,31 @@
 #         source is under .gpu/sonata-ref); 20 steps of bf16 pretraining through torchrun (NCCL).
 #   node: the perception node on CUDA, 64-beam frames at 10 Hz from another process, end to end.
 # --quick fits in about 5 minutes: fewer frames, no pretraining.
+# --dry-run runs every step on the CPU with small models and clouds (no pretraining): the plumbing,
+#         flags and result files, checked before any device time is spent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 LOGS=$(mktemp -d)/gpu_check
 mkdir -p "$OUT" "$LOGS"
 QUICK=0
+DRY=0
 PART=all
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
+        --dry-run) DRY=1 ;;
         --part) PART=$2; shift ;;
-        *) echo "usage: $0 [--quick] [--part core|node|all]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--quick] [--dry-run] [--part core|node|all]" >&2; exit 2 ;;
     esac
     shift
 done
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 FRAMES=$([ "$QUICK" = 1 ] && echo 20 || echo 60)
+DEV=cuda PREC=bf16 LIDAR=sonata_lidar INDOOR=sonata UTONIA=utonia POINTS=120000 RECORD=--record
+if [ "$DRY" = 1 ]; then  # the JSONs stay in the logs: nothing is recorded
+    DEV=cpu PREC=fp32 LIDAR=demo INDOOR=tiny UTONIA=utonia_tiny POINTS=5000 FRAMES=2 QUICK=1 RECORD=
+fi
 status=0
 step() {  # name command...: run, log to $OUT/<name>.log, remember a failure, go on
     local name=$1; shift
@@ -51,22 +59,22 @@ results() {  # the benchmark JSONs written by --record
     cp benchmarks/results/*.json "$LOGS/" 2>/dev/null || true
 }
 
-{ nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
+{ [ "$DRY" = 1 ] || nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"; } \
     > "$LOGS/device.log" 2>&1
 
 if [ "$PART" = core ] || [ "$PART" = all ]; then
     step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test
-    step encoder_lidar python3 benchmarks/encoder.py --config sonata_lidar --points 120000 --device cuda \
-        --precision bf16 --repeats "$FRAMES" --record
-    step encoder_lidar_buckets python3 benchmarks/encoder.py --config sonata_lidar --points 120000 --device cuda \
-        --precision bf16 --repeats "$FRAMES" --buckets --record
-    step encoder_indoor python3 benchmarks/encoder.py --config sonata --scene room --points 120000 --device cuda \
-        --precision bf16 --repeats "$FRAMES" --record
-    step encoder_utonia python3 benchmarks/encoder.py --config utonia --points 120000 --device cuda \
-        --precision bf16 --repeats "$FRAMES" --record
+    step encoder_lidar python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
+        --precision "$PREC" --repeats "$FRAMES" $RECORD
+    step encoder_lidar_buckets python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
+        --precision "$PREC" --repeats "$FRAMES" --buckets $RECORD
+    step encoder_indoor python3 benchmarks/encoder.py --config "$INDOOR" --scene room --points "$POINTS" --device "$DEV" \
+        --precision "$PREC" --repeats "$FRAMES" $RECORD
+    step encoder_utonia python3 benchmarks/encoder.py --config "$UTONIA" --points "$POINTS" --device "$DEV" \
+        --precision "$PREC" --repeats "$FRAMES" $RECORD
     if [ -d .gpu/sonata-ref ]; then
         step vs_reference python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
-            --reference-path .gpu/sonata-ref/deps --config sonata --device cuda --record
+            --reference-path .gpu/sonata-ref/deps --config "$INDOOR" --device "$DEV" $RECORD
     fi
     if [ "$QUICK" = 0 ]; then
         drive=$(mktemp -d)/drive
@@ -81,8 +89,8 @@ fi
 
 if [ "$PART" = node ] || [ "$PART" = all ]; then
     [ -f .gpu/ros_setup.sh ] && source .gpu/ros_setup.sh
-    step node_latency python3 benchmarks/node_latency.py --config sonata_lidar --device cuda --precision bf16 \
-        --frames "$FRAMES" --rate-hz 10 --record
+    step node_latency python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" --precision "$PREC" \
+        --frames "$FRAMES" --rate-hz 10 $RECORD
     results
 fi
 tar -C "$(dirname "$LOGS")" -czf "$OUT/gpu_check.tar.gz" gpu_check
