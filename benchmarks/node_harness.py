@@ -170,7 +170,8 @@ def running_node(
 ) -> Iterator[NodeClient]:
     """Start the perception node `name` (params file + `parameters`, input on /bench/points) and a client
     that publishes to `input_topics` (a multi-LiDAR node's, given in `parameters` too)."""
-    args = [arg for key, value in parameters.items() for arg in ("-p", f"{key}:={value}")]
+    # an empty value cannot be passed as a ROS argument: such a parameter keeps the node's default
+    args = [arg for key, value in parameters.items() if value != "" for arg in ("-p", f"{key}:={value}")]
     log = workdir / f"{name}.log"
     process = subprocess.Popen(
         [
