@@ -17,6 +17,8 @@ import torch
 import sonata_model as sm
 
 ROOT = Path(__file__).resolve().parents[1]
+DISCOVERY_TIMEOUT_S = 60.0
+"""DDS discovery between processes: well under a second here, but over 20 s once on a loaded CI machine."""
 ROS_ENV = {
     "ROS_DOMAIN_ID": str(random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)),
     "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",

@@ -13,7 +13,7 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
+from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until, write_test_model
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -118,7 +118,12 @@ class Conversation:
 @pytest.fixture(scope="module")
 def talk(client, node):
     conversation = Conversation(client)
-    spin_until(client, lambda: conversation.publisher.get_subscription_count() > 0, 30, "the node's subscription")
+    spin_until(
+        client,
+        lambda: conversation.publisher.get_subscription_count() > 0,
+        DISCOVERY_TIMEOUT_S,
+        "the node's subscription",
+    )
     return conversation
 
 
@@ -193,7 +198,9 @@ def test_embeddings_are_published_only_to_subscribers(talk, client, node, frame)
         )
         for name in ("embeddings", "embedding_rgb")
     ]
-    spin_until(client, lambda: all(s.get_publisher_count() for s in subscriptions), 20, "embedding publishers")
+    spin_until(
+        client, lambda: all(s.get_publisher_count() for s in subscriptions), DISCOVERY_TIMEOUT_S, "embedding publishers"
+    )
     deadline = time.monotonic() + 30
     while len(received) < 2 and time.monotonic() < deadline:
         talk.ask(cloud(frame, "velodyne"))
@@ -316,7 +323,7 @@ def test_no_inference_without_subscribers(client, model_files):
                 seen.update({kv.key: kv.value for kv in status.values})
 
     subscription = client.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-    spin_until(client, lambda: publisher.get_subscription_count() > 0, 20, "idle node subscription")
+    spin_until(client, lambda: publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "idle node subscription")
     msg = cloud(next(iter(generate_drive("vlp16", frames=1, seed=1))), "velodyne")
 
     def published_and_counted() -> bool:

@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
+from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until, write_test_model
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 from test_node import Conversation, cloud
@@ -60,7 +60,9 @@ def test_utonia_checkpoint_labels_a_velodyne_cloud_outdoors(utonia_files, client
         ready = node.wait_for_line("ready:")
         assert "domain outdoor, scale 0.2, voxel 0.05" in ready and "intensity is not an input" in ready
         talk = Conversation(client, input_topic="/utonia/points")
-        spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 30, "the node's subscription")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
         frame = next(iter(generate_drive("vlp16", frames=1, seed=3)))
         multipath = np.array([[5.0, 1.0, -20.0], [-8.0, 3.0, -12.5], [2.0, -9.0, -6.0]], np.float32)
         frame = Frame(
@@ -96,7 +98,9 @@ def test_a_cloud_without_intensity_is_labelled_with_zero_strength_by_default(tmp
     try:
         node.wait_for_line("ready:")
         talk = Conversation(client, input_topic="/xyz/points")
-        spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 30, "the node's subscription")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
         frame = next(iter(generate_drive("vlp16", frames=1, seed=4)))
         xyz = {axis: frame.coord[:, i] for i, axis in enumerate("xyz")}
         msg = to_message(pack_points(None, xyz), PointCloud2, PointField, Header())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
-from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
+from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until, write_test_model
 from test_node import Conversation, cloud
 
 from sonata_model.io.frame import Frame
@@ -75,7 +75,9 @@ def test_stale_ok_warn_error_and_stale_again(client, model_files, small):
     talk = Conversation(client, "health_states", "/health_states/points")
     try:
         assert wait_level(talk, STALE) == "no input since start (timeout 1 s)"
-        spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 20, "the node's subscription")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
         answer = talk.ask(small)
         assert answer.width == small.width
         assert wait_level(talk, OK, while_waiting=lambda: talk.ask(small)) == "ok"
@@ -108,7 +110,9 @@ def test_processing_time_over_budget_warns_then_errors(client, model_files, smal
     node = start(model_files, "health_budget", processing_budget_ms=0.001, late_frames_error=3, input_timeout_s=60.0)
     talk = Conversation(client, "health_budget", "/health_budget/points")
     try:
-        spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 20, "the node's subscription")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
         talk.ask(small)
         message = wait_level(talk, WARN)
         assert message.startswith("mean processing") and message.endswith("over the 0.001 ms budget")
@@ -124,7 +128,9 @@ def test_consecutive_internal_errors_end_the_process_with_code_70(client, model_
     node = start(model_files, "health_faulty", script="test/faulty_perception.py", exit_after_internal_errors=3)
     talk = Conversation(client, "health_faulty", "/health_faulty/points")
     try:
-        spin_until(client, lambda: talk.publisher.get_subscription_count() > 0, 20, "the node's subscription")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
         assert talk.ask(small).width == small.width  # the first frame works
         deadline = time.monotonic() + 60
         while node.process.poll() is None:
