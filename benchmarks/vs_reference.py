@@ -169,7 +169,7 @@ class ProjectRunner:
     def frame(self) -> float:
         start = time.perf_counter()
         out = self.segmenter(self.cloud["coord"], color=self.cloud["color"], normal=self.cloud["normal"])
-        self.feat = out.embedding_tensor[torch.as_tensor(out.voxel_of_point, device=self.segmenter.device)]
+        self.feat = out.embedding_rows(torch.as_tensor(out.voxel_of_point))  # every point's all-level features
         if self.segmenter.device.type == "cuda":
             torch.cuda.synchronize()
         self.voxels = len(out.voxel_index)

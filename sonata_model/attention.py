@@ -111,7 +111,7 @@ class SerializedAttention(nn.Module):
                 f"SerializedAttention: feat has {feat.shape[0]} rows but the layout was built for "
                 f"{layout.inverse.shape[0]}"
             )
-        qkv = self.qkv(feat.index_select(0, layout.index))  # (S, 3C), gathering C channels rather than 3C
+        qkv = self._qkv_of_slots(feat, layout.index)
         if self.rope is not None:
             if coord is None:
                 raise ValueError("SerializedAttention: RoPE attention needs the points' coordinates")
@@ -120,21 +120,40 @@ class SerializedAttention(nn.Module):
         out = self.proj(attend(qkv, layout).index_select(0, layout.inverse))
         return F.dropout(out, self.proj_drop, training=True) if self.training and self.proj_drop else out
 
+    def _qkv_of_slots(self, feat: Tensor, index: Tensor) -> Tensor:
+        """(S, 3C) qkv of every slot. Gathering C channels before the projection moves a third of the
+        data, projecting before gathering computes each row once: a level whose last patch is mostly
+        copies (a quarter more slots than rows) takes the latter."""
+        if index.shape[0] * 4 > feat.shape[0] * 5:
+            return self.qkv(feat).index_select(0, index)
+        return self.qkv(feat.index_select(0, index))
+
     def _rotate(self, qkv: Tensor, coord: Tensor) -> Tensor:
         """RoPE on the q and k of every slot; v unchanged."""
         slots = qkv.view(qkv.shape[0], 3, self.num_heads, -1)
         return torch.cat((self.rope(slots[:, :2], coord), slots[:, 2:]), dim=1).view_as(qkv)
 
     def _sdpa(self, qkv: Tensor, layout: AttentionLayout) -> Tensor:
-        """All patches in one call, (P, H, L, C/H); the key mask only where a patch has non-key slots."""
-        patches, length = layout.num_patches, layout.length
-        q, k, v = qkv.view(patches, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        mask = layout.bias
+        """The full patches in one call, the partly own patches (queried at their own slots) in another."""
+        full = layout.full_patches
+        slots = qkv.view(layout.num_patches, layout.length, 3, self.num_heads, -1)
+        parts = []
+        if full:
+            parts.append(self._attend(slots[:full], layout.length, None))
+        if full < layout.num_patches:
+            parts.append(self._attend(slots[full:], layout.query_length, layout.bias))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _attend(self, slots: Tensor, queries: int, mask: Tensor | None) -> Tensor:
+        """(P, L, 3, H, C/H) patches -> (P * queries, C): attention of each patch's first `queries` slots."""
+        q, k, v = slots.permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, L, C/H) each
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
         dropout = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
-        return out.transpose(1, 2).reshape(patches * length, self.channels)
+        out = F.scaled_dot_product_attention(
+            q[:, :, :queries], k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale
+        )
+        return out.transpose(1, 2).reshape(-1, self.channels)
 
     def _flash(self, qkv: Tensor, layout: AttentionLayout) -> Tensor:
         """flash_attn over the packed slots as variable-length sequences (half precision, CUDA only)."""

@@ -23,7 +23,10 @@ it (copies, whose outputs are dropped); a cloud of n < K voxels is one sequence 
 has one patch length L (K, or the largest cloud when all are shorter), short clouds' patches are
 padded to L with masked keys, and (bucketed) spare patches complete a fixed count. `AttentionLayout`
 holds it per (level, order) for the kernel chosen: "sdpa" (P x L slots, an additive key mask when
-some slot is not a key) or "flash" (flash_attn varlen: the real slots packed, `cu_seqlens`).
+some slot is not a key) or "flash" (flash_attn varlen: the real slots packed, `cu_seqlens`). A level's
+full patches (every slot its own row's) come first; the others (a cloud's last patch, a short cloud)
+are queried at their own slots only, so a 1,214-voxel level of 1,024-patches attends 1,214 queries,
+not 2,048 (the copies stay keys).
 """
 
 from __future__ import annotations
@@ -92,10 +95,13 @@ class SizeBuckets:
 class AttentionLayout:
     """The slots attention runs on at one level along one curve, and where every row reads its output.
 
-    sdpa: `index` (P * L,) level row of each slot, patch p at slots [p L, (p + 1) L); `bias` (P, 1, 1, L)
-    0 / -inf on the keys (None when every slot is a key). flash: `index` (P * L,) level row of each packed
-    slot, sequence p at [cu_seqlens[p], cu_seqlens[p + 1]) (spare tail slots belong to none).
-    `inverse` (C,) the slot holding each row's own output (padding rows: slot 0).
+    sdpa: `index` (P * L,) level row of each slot, patch p at slots [p L, (p + 1) L); the first
+    `full_patches` patches are queried at all L slots, the others at their first `query_length` slots
+    (their own rows come first); the outputs are those queries in that order. `bias` (P - full_patches,
+    1, 1, L) 0 / -inf on the keys of the partly queried patches (None when every slot is a key).
+    flash: `index` (P * L,) level row of each packed slot, sequence p at [cu_seqlens[p], cu_seqlens[p + 1])
+    (spare tail slots belong to none). `inverse` (C,) the output holding each row's own output
+    (padding rows: 0).
     """
 
     kernel: str
@@ -103,20 +109,22 @@ class AttentionLayout:
     inverse: Tensor
     num_patches: int
     length: int
+    full_patches: int = 0
+    query_length: int = 0
     bias: Tensor | None = None
     cu_seqlens: Tensor | None = None
 
 
 @dataclass
 class ConvPairs:
-    """The neighbour table of a level compacted into pairs, for a CPU: the (row, neighbour) pairs of each
-    non-centre kernel offset, padded to whole chunks of `chunk` pairs, each chunk of one offset. A padding
-    pair reads the zero row (the level's capacity) into row 0."""
+    """The neighbour table of a level compacted into its (row, neighbour) pairs, for a CPU: the pairs of
+    the 26 non-centre kernel offsets, grouped by offset (rows ascending within a group), so that a
+    grouped matmul multiplies each group by its own tap of the weight without copying the weight."""
 
-    source: Tensor  # (Q * chunk,) neighbour row of each pair
-    target: Tensor  # (Q * chunk,) row it contributes to
-    offset: Tensor  # (Q,) kernel offset (weight tap, 0..26) of each chunk
-    chunk: int
+    source: Tensor  # (Q,) neighbour row of each pair
+    target: Tensor  # (Q,) row it contributes to
+    ends: Tensor  # (27,) int32 cumulative pair count after each kernel offset (the centre's group is empty)
+    counts: tuple[int, ...]  # pairs per kernel offset, host side
 
 
 @dataclass
@@ -167,8 +175,8 @@ class FramePlan:
             tuple(
                 (
                     level.capacity,
-                    None if level.pairs is None else (level.pairs.offset.shape[0], level.pairs.chunk),
-                    tuple((t.num_patches, t.length, t.bias is None) for t in level.layouts),
+                    None if level.pairs is None else level.pairs.counts,
+                    tuple((t.num_patches, t.length, t.full_patches, t.query_length, t.bias is None) for t in level.layouts),
                 )
                 for level in self.levels
             ),
@@ -180,7 +188,7 @@ class FramePlan:
         for level in self.levels:
             out += [t for t in (level.coord, level.parent, level.neighbours) if t is not None]
             if level.pairs is not None:
-                out += [level.pairs.source, level.pairs.target, level.pairs.offset]
+                out += [level.pairs.source, level.pairs.target, level.pairs.ends]
             for layout in level.layouts:
                 out += [t for t in (layout.index, layout.inverse, layout.bias, layout.cu_seqlens) if t is not None]
         return out
@@ -246,8 +254,8 @@ def build_plan(
     their lowest member; otherwise the members are level 0's voxels (distinct cells), in their order.
     Raises ValueError naming the cloud when a cloud spans 2**16 voxels or more along an axis, and
     `EmptyCloudError` when a cloud has no valid member. One host sync. `conv_pairs` (CPU tensors only):
-    compact the neighbour table into `ConvPairs` on the levels where that saves work (a second read of
-    the host's own memory, no device to wait for).
+    compact every level's neighbour table into `ConvPairs` (a second read of the host's own memory, no
+    device to wait for).
     """
     if attention not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, got {attention!r}")
@@ -395,16 +403,23 @@ class _Sizes:
         self.base = [int(b) for b in np.cumsum([0, *self.capacity[:-1]])]
         self.total_rows = int(sum(self.capacity))
         self.patches, self.length, self.masked, rows = [], [], [], []
+        self.full, self.query_length = [], []
         for s, counts in enumerate(per_cloud):
             k = patch_sizes[s]
             length = min(k, self.capacity[s] if buckets else int(counts.max()))
-            level = _patches(counts, k, length, self.base[s])
+            level = sorted(_patches(counts, k, length, self.base[s]), key=lambda p: _own_slots(p) < length)
             self.masked.append(buckets is not None or any(p[5] < length for p in level))
-            if buckets:
+            if buckets:  # fixed shapes per bucket: every patch queried whole
                 first_pad = self.base[s] + self.voxels[s]
                 level += [(first_pad, first_pad, 0, length, 0, length)] * (
                     self.capacity[s] // length + num_clouds - len(level)
                 )
+                self.full.append(0)
+                self.query_length.append(length)
+            else:
+                own = [_own_slots(p) for p in level]
+                self.full.append(sum(o == length for o in own))
+                self.query_length.append(max((o for o in own if o < length), default=0))
             self.patches.append(len(level))
             self.length.append(length)
             rows.append(np.array(level, dtype=np.int64).reshape(-1, 6))
@@ -426,8 +441,15 @@ def _patches(counts: np.ndarray, k: int, length: int, base: int) -> list[tuple[i
     return out
 
 
+def _own_slots(patch: tuple[int, ...]) -> int:
+    """How many of a patch's slots hold their own row (the others copy rows of the patch before)."""
+    _, _, index, stride, own, _ = patch
+    return max(0, min(stride, own - index * stride))
+
+
 _PATCH_FIELDS = (
     "first_slot",
+    "query_base",
     "start",
     "last",
     "index",
@@ -451,14 +473,17 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
     lengths = np.array(sizes.length)[level]
     level_first_patch = np.cumsum([0, *sizes.patches[:-1]])[level]
     level_first_slot = np.cumsum([0, *sizes.slots[:-1]])[level]
-    slot_base = (np.arange(len(patches)) - level_first_patch) * lengths
+    position = np.arange(len(patches)) - level_first_patch
+    slot_base = position * lengths
+    full, query_length = np.array(sizes.full)[level], np.array(sizes.query_length)[level]
+    query_base = np.where(position < full, slot_base, full * lengths + (position - full) * query_length)
     packed = patches[:, 5] * (patches[:, 4] > 0)  # real slots per sequence; spare patches none
     packed_base, cu_seqlens = np.zeros(len(patches), dtype=np.int64), []
     for s in range(num_levels):
         ends = np.cumsum(packed[level == s])
         packed_base[level == s] = ends - packed[level == s]
         cu_seqlens.append(np.concatenate([[0], ends]))
-    per_patch = np.stack([level_first_slot + slot_base, *patches.T, slot_base, packed_base, base[level]])
+    per_patch = np.stack([level_first_slot + slot_base, query_base, *patches.T, slot_base, packed_base, base[level]])
     levels = np.arange(num_levels + 1, dtype=np.int64)
     pad_key = (levels << LEVEL_SHIFT) + (PAD_CLOUD << 3 * AXIS_BITS) + MARGIN_KEY
     depth = np.ones((num_levels, PAD_CLOUD + 1), dtype=np.int64)  # padding rows (all at 0): depth 1
@@ -516,63 +541,33 @@ def _neighbours(
 
 
 _CPU_ROW_CHUNK = 8192
-_WEIGHT_COPY_ROWS = 40  # a chunk's copy of its (C_in, C_out) weight costs about as much as 40 rows of matmul
 _CENTRE = 13  # the kernel offset (0, 0, 0): every row with itself, a plain matmul
 
 
-def _pairs(neighbours: Tensor, row_level: Tensor, meta: dict[str, Tensor], sizes: _Sizes) -> list[ConvPairs | None]:
-    """`ConvPairs` for the levels where chunked pairs cost fewer matmul rows than the 27-tap table."""
+def _pairs(neighbours: Tensor, row_level: Tensor, meta: dict[str, Tensor], sizes: _Sizes) -> list[ConvPairs]:
+    """Every level's `ConvPairs`: each found non-centre neighbour once, grouped by (level, offset)."""
     num_levels = len(sizes.capacity)
     found = neighbours < meta["capacity"][row_level][:, None]
     found[:, _CENTRE] = False
-    counts = torch.zeros((num_levels, 27), dtype=torch.long).index_add_(0, row_level, found.long()).tolist()
-    chunks = [_chunk_size(level, rows) for level, rows in zip(counts, sizes.capacity, strict=True)]
-    offsets, bases, level_slots, total = [], np.zeros((num_levels, 27), dtype=np.int64), [], 0
-    for s, (level_counts, chunk) in enumerate(zip(counts, chunks, strict=True)):
-        start = total
-        for k, n in enumerate(level_counts):
-            bases[s, k] = total
-            if chunk and n:
-                offsets += [k] * -(-n // chunk)
-                total += -(-n // chunk) * chunk
-        level_slots.append((start, total))
-    # each found pair's slot: its level's and offset's base + its rank among them (rows in level order)
+    counts = torch.zeros((num_levels, 27), dtype=torch.long).index_add_(0, row_level, found.long())
+    host_counts = np.array(counts.tolist(), dtype=np.int64)  # one read
+    group_end = host_counts.cumsum(axis=None).reshape(num_levels, 27)
+    total = int(group_end[-1, -1])
+    # each found pair's slot: its group's base + its rank among the group's rows (rows in level order);
     # in place where it can be: each (R, 27) int64 temporary of a 100k-voxel frame is 20 MB
     slot = torch.cumsum(found, dim=0).sub_(found.long())
-    slot.sub_(slot[torch.tensor(sizes.base)][row_level]).add_(torch.from_numpy(bases)[row_level])
-    use = torch.tensor([bool(c) for c in chunks])[row_level][:, None] & found
-    slot.masked_fill_(~use, total)
+    slot.sub_(slot[torch.tensor(sizes.base)][row_level]).add_(torch.from_numpy(group_end - host_counts)[row_level])
+    slot.masked_fill_(~found, total)
     rows = torch.arange(neighbours.shape[0]) - torch.tensor(sizes.base)[row_level]
-    spans = [end - start for start, end in level_slots]
-    zero_row = torch.from_numpy(np.repeat(np.array(sizes.capacity, dtype=np.int64), spans))  # padding pairs
-    source = torch.cat((zero_row, zero_row.new_zeros(1))).scatter_(0, slot.flatten(), neighbours.flatten())
-    target = torch.zeros(total + 1, dtype=torch.long)
-    target.scatter_(0, slot.flatten(), rows[:, None].expand_as(slot).flatten())
-    offset = torch.tensor(offsets, dtype=torch.long)
-    out, chunk_start = [], 0
-    for (start, end), chunk in zip(level_slots, chunks, strict=True):
-        if not chunk:
-            out.append(None)
-            continue
-        used = slice(start, end)
-        count = (end - start) // chunk
-        out.append(ConvPairs(source[used], target[used], offset[chunk_start : chunk_start + count], chunk))
-        chunk_start += count
+    source = neighbours.new_empty(total + 1).scatter_(0, slot.flatten(), neighbours.flatten())
+    target = neighbours.new_empty(total + 1).scatter_(0, slot.flatten(), rows[:, None].expand_as(slot).flatten())
+    out, start = [], 0
+    for level_counts, level_end in zip(host_counts, group_end, strict=True):
+        used = slice(start, int(level_end[-1]))
+        ends = torch.from_numpy((level_end - start).astype(np.int32))
+        out.append(ConvPairs(source[used], target[used], ends, tuple(int(c) for c in level_counts)))
+        start = int(level_end[-1])
     return out
-
-
-def _chunk_size(counts: list[int], rows: int) -> int:
-    """The chunk size (a power of two) that costs the fewest matmul rows for these per-offset pair counts,
-    or 0 when the 27-tap table costs less (`_WEIGHT_COPY_ROWS` per chunk for its weight copy)."""
-    best, best_cost = 0, 27 * rows
-    chunk = 16
-    while chunk <= max(16, 2 * rows):
-        chunks = sum(-(-n // chunk) for n in counts)
-        cost = rows + chunks * (chunk + _WEIGHT_COPY_ROWS)
-        if cost < 0.8 * best_cost if not best else cost < best_cost:
-            best, best_cost = chunk, cost
-        chunk *= 2
-    return best
 
 
 _DELTAS: dict[torch.device, Tensor] = {}
@@ -603,7 +598,7 @@ def _layouts(
     index = rows - slot["row_base"]
     is_key = j < slot["keys"]
     if attention == "sdpa":
-        target = slot["slot_base"] + j
+        target = slot["query_base"] + j
     else:
         target = slot["packed_base"] + j
         packed_slot = torch.where(is_key, slot["first_slot"] - slot["slot_base"] + target, num_slots)
@@ -617,8 +612,8 @@ def _layouts(
     biases = torch.split(torch.where(is_key, 0.0, -torch.inf), sizes.slots) if attention == "sdpa" else None
     cu_seqlens = torch.split(meta["cu_seqlens"].int(), [p + 1 for p in sizes.patches]) if attention == "flash" else None
     out = []
-    for s, (patches, length) in enumerate(zip(sizes.patches, sizes.length, strict=True)):
-        bias = biases[s].view(patches, 1, 1, length) if biases is not None and sizes.masked[s] else None
+    for s, (patches, length, full) in enumerate(zip(sizes.patches, sizes.length, sizes.full, strict=True)):
+        bias = biases[s].view(patches, 1, 1, length)[full:] if biases is not None and sizes.masked[s] else None
         out.append(
             tuple(
                 AttentionLayout(
@@ -627,6 +622,8 @@ def _layouts(
                     inverse=level_inverse,
                     num_patches=patches,
                     length=length,
+                    full_patches=full,
+                    query_length=sizes.query_length[s],
                     bias=bias,
                     cu_seqlens=None if cu_seqlens is None else cu_seqlens[s],
                 )

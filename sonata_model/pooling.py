@@ -7,6 +7,7 @@ max-reduced after a linear projection, with torch's native `scatter_reduce` (no 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -42,26 +43,34 @@ class GridPooling(nn.Module):
         return self.act(self.norm(segment_max(self.proj(feat), parent, num_rows)))
 
 
-def upcast(levels: Sequence[Point], start: int = 0) -> Tensor:
-    """Concatenate the features of levels `start..` at the resolution of level `start`.
+def upcast(levels: Sequence[Point], start: int = 0, rows: Tensor | None = None) -> Tensor:
+    """The features of levels `start..` concatenated at the resolution of level `start` (at its `rows`
+    only, when given).
 
     Order is [level start, start + 1, ..., last], as the reference's parent-first concatenation:
     `upcast(levels)` gives the 1232 channels a segmentation head reads (sonata),
-    `upcast(levels, 2)` the 1088-channel stage-2 features of pretraining.
+    `upcast(levels, 2)` the 1088-channel stage-2 features of pretraining. Each level is gathered once,
+    straight from its own rows through the composed pooling inverses, into its columns of the output:
+    one pass over the (rows, C) result, which for a large frame is hundreds of MB.
     """
-    feat = levels[-1].feat
-    for level in range(len(levels) - 1, start, -1):
-        feat = torch.cat((levels[level - 1].feat, feat[levels[level].pooling_inverse]), dim=1)
-    return feat
-
-
-def upcast_rows(levels: Sequence[Point], rows: Tensor) -> Tensor:
-    """`upcast(levels)[rows]` without building the upcast of the other rows."""
-    index, parts = rows, [levels[0].feat[rows]]
-    for level in levels[1:]:
-        index = level.pooling_inverse[index]
-        parts.append(level.feat[index])
-    return torch.cat(parts, dim=1)
+    levels = levels[start:]
+    indices, index = [], rows
+    for i, level in enumerate(levels):
+        if i:
+            index = level.pooling_inverse if index is None else level.pooling_inverse[index]
+        indices.append(index)
+    feats = [level.feat for level in levels]
+    if torch.is_grad_enabled() and any(feat.requires_grad for feat in feats):  # `out=` has no autograd
+        return torch.cat([f if i is None else f[i] for f, i in zip(feats, indices, strict=True)], dim=1)
+    dtype = functools.reduce(torch.promote_types, [feat.dtype for feat in feats])
+    widths = [feat.shape[1] for feat in feats]
+    out = feats[0].new_empty((feats[0].shape[0] if rows is None else rows.shape[0], sum(widths)), dtype=dtype)
+    for feat, index, columns in zip(feats, indices, out.split(widths, dim=1), strict=True):
+        if index is None:
+            columns.copy_(feat)
+        else:
+            torch.index_select(feat.to(dtype), 0, index, out=columns)
+    return out
 
 
 def linear_upcast(levels: Sequence[Point], weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -30,7 +30,7 @@ from .grid import voxel_grid
 from .normals import NORMAL_MODES, estimate_normals
 from .plan import EmptyCloudError, FramePlan, SizeBuckets, build_plan
 from .point import Point
-from .pooling import linear_upcast, upcast, upcast_rows
+from .pooling import linear_upcast, upcast
 from .sparse_conv import default_backend
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -389,7 +389,7 @@ class _Features:
     @torch.inference_mode()
     def rows(self, rows: Tensor) -> Tensor:
         with self.autocast():
-            return upcast_rows(self.levels, rows).float()
+            return upcast(self.levels, rows=rows).float()
 
 
 def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.ndarray:

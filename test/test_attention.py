@@ -118,31 +118,38 @@ def make_module(seed=0, dtype=torch.float64, **kwargs) -> SerializedAttention:
 
 
 def test_layout_pads_last_patch_with_the_points_before_it():
-    # clouds of 13, 3, 8 and 2 voxels, K = 8: 13 = patches [0..7], [8..12 + 5, 6, 7]; the others one each
+    # clouds of 13, 3, 8 and 2 voxels, K = 8: 13 = patches [0..7], [8..12 + 5, 6, 7]; the others one each.
+    # Full patches (every slot its own) first: cloud 0's first, cloud 2; then the partly own ones,
+    # queried at their own slots only: cloud 0's last (5 own), cloud 1 (3), cloud 3 (2).
     counts = [13, 3, 8, 2]
     _, layout, order, _ = batch_of(counts, seed=1)
     starts = np.cumsum([0, *counts[:-1]])
-    assert (layout.num_patches, layout.length) == (5, K)
-    positions = [list(range(8)), [8, 9, 10, 11, 12, 5, 6, 7]]  # cloud 0, curve positions
-    positions += [[13, 14, 15] + [15] * 5, list(range(16, 24)), [24, 25] + [25] * 6]  # short clouds: masked tails
-    keys = [8, 8, 3, 8, 2]
+    assert (layout.num_patches, layout.length, layout.full_patches, layout.query_length) == (5, K, 2, 5)
+    positions = [list(range(8)), list(range(16, 24)), [8, 9, 10, 11, 12, 5, 6, 7]]  # curve positions
+    positions += [[13, 14, 15] + [15] * 5, [24, 25] + [25] * 6]  # short clouds: masked tails
+    keys = [8, 8, 8, 3, 2]
     index = layout.index.view(5, K)
     for p, (pos, n) in enumerate(zip(positions, keys, strict=True)):
         assert torch.equal(index[p, :n], order[pos[:n]]), p
-        assert layout.bias[p, 0, 0, :n].eq(0).all() and layout.bias[p, 0, 0, n:].eq(-torch.inf).all()
-    # every voxel reads the slot of its own (first) curve position
-    own_slot = torch.tensor([*range(8), *range(8, 13), *range(16, 19), *range(24, 32), 32, 33])
+        if p >= layout.full_patches:
+            bias = layout.bias[p - layout.full_patches, 0, 0]
+            assert bias[:n].eq(0).all() and bias[n:].eq(-torch.inf).all()
+    assert layout.bias.shape == (3, 1, 1, K)
+    # every voxel reads the output of its own (first) curve position: 16 full-patch outputs, then 5 per
+    # partly own patch
+    own_output = torch.tensor([*range(8), *range(16, 21), *range(21, 24), *range(8, 16), 26, 27])
     expected = torch.empty(26, dtype=torch.long)
-    expected[order] = own_slot
+    expected[order] = own_output
     assert torch.equal(layout.inverse, expected)
     assert starts.tolist() == [0, 13, 16, 24]
 
 
 def test_layout_of_short_clouds_only_has_the_longest_cloud_as_patch_length():
     _, layout, order, _ = batch_of([3, 5], seed=2)
-    assert (layout.num_patches, layout.length) == (2, 5)
-    assert torch.equal(layout.index.view(2, 5)[0, :3], order[:3]) and torch.equal(layout.index.view(2, 5)[1], order[3:])
-    assert layout.bias[0].flatten().tolist() == [0, 0, 0, -torch.inf, -torch.inf] and not layout.bias[1].any()
+    assert (layout.num_patches, layout.length, layout.full_patches, layout.query_length) == (2, 5, 1, 3)
+    index = layout.index.view(2, 5)
+    assert torch.equal(index[0], order[3:]) and torch.equal(index[1, :3], order[:3])
+    assert layout.bias.flatten().tolist() == [0, 0, 0, -torch.inf, -torch.inf]
 
 
 def test_clouds_of_whole_patches_need_no_mask():

@@ -102,6 +102,25 @@ def test_upcast_concatenates_levels_finest_first_through_the_pooling_indices():
     assert torch.equal(stage1[inv1], feat[:, 3:])
 
 
+def test_upcast_of_rows_with_gradients_and_mixed_dtypes_equals_the_full_upcast():
+    torch.manual_seed(2)
+    levels = plan_levels([150, 90], (4, 8, 4))
+    full = upcast(levels)
+    rows = torch.tensor([0, 7, 7, 149, 200, 239])
+    assert torch.equal(upcast(levels, rows=rows), full[rows])
+    for level in levels:  # the autograd path (a cat of gathers) gives the same values
+        level.feat.requires_grad_(True)
+    with_grad = upcast(levels)
+    assert with_grad.requires_grad and torch.equal(with_grad.detach(), full)
+    with_grad.square().sum().backward()
+    assert all(level.feat.grad is not None for level in levels)
+    levels[0].feat = levels[0].feat.detach().bfloat16()  # autocast leaves levels in several dtypes
+    with torch.no_grad():
+        mixed = upcast(levels)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed[:, 4:], full[:, 4:]) and torch.equal(mixed[:, :4], full[:, :4].bfloat16().float())
+
+
 def test_linear_upcast_equals_a_linear_map_of_the_upcast():
     torch.manual_seed(1)
     levels = plan_levels([300, 120], (6, 8, 5))

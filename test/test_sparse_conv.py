@@ -1,5 +1,5 @@
 """The sparse conv over a plan's level (the torch conv through the 27-tap table or through the CPU's
-chunked pairs, and spconv) equals a dense conv3d evaluated at the active voxels; spconv builds one
+pairs grouped by kernel offset, and spconv) equals a dense conv3d evaluated at the active voxels; spconv builds one
 rulebook per stage; under bf16 autocast nothing computes in fp16."""
 
 from __future__ import annotations
@@ -77,6 +77,35 @@ def test_matches_dense_convolution(layout, training):
     isolated = (grid == 30).all(dim=1).nonzero().item()
     expected = feat[isolated] @ conv.weight[:, 1, 1, 1].t() + conv.bias  # only the centre tap
     torch.testing.assert_close(out[isolated], expected, rtol=1e-5, atol=1e-5)
+
+
+class OpRecorder(TorchDispatchMode):
+    """The names of the aten ops that run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("channels", "grouped"), [(16, True), (5, False)])
+def test_inference_pairs_take_one_grouped_matmul_where_the_channels_align(channels, grouped):
+    """16 fp32 channels (64-byte rows): one grouped matmul for all 26 taps, no copy of the weight; 5 channels
+    (20-byte rows, refused by grouped_mm): a matmul per tap. Both equal the dense conv."""
+    grid = voxel_scene()
+    feat = torch.randn(len(grid), channels)
+    conv = make_conv(channels, channels)
+    level = level_of([grid.numpy()], "pairs")
+    assert sum(level.pairs.counts) == int((level.neighbours < level.capacity).sum()) - len(grid)  # centre apart
+    with torch.inference_mode(), OpRecorder() as recorder:
+        out = conv(feat, level)
+    assert ("_grouped_mm" in recorder.ops) == grouped
+    per_tap = sum(op in ("mm", "matmul") for op in recorder.ops)  # inference mode keeps matmul whole
+    assert per_tap == (0 if grouped else 27)
+    torch.testing.assert_close(out, dense_reference(feat, grid, conv), rtol=1e-4, atol=1e-4)
 
 
 def test_neighbour_table_names_each_offsets_voxel_or_the_zero_row():
