@@ -177,8 +177,7 @@ class FramePlan:
                     level.capacity,
                     None if level.pairs is None else level.pairs.counts,
                     tuple(
-                        (t.num_patches, t.length, t.full_patches, t.query_length, t.bias is None)
-                        for t in level.layouts
+                        (t.num_patches, t.length, t.full_patches, t.query_length, t.bias is None) for t in level.layouts
                     ),
                 )
                 for level in self.levels
