@@ -97,17 +97,18 @@ class SubMConv3d(nn.Module):
 
     def _torch_forward(self, feat: Tensor, level: LevelPlan) -> Tensor:
         work = compute_dtype(feat)
-        padded = F.pad(feat if feat.dtype == work else feat.to(work), (0, 0, 0, 1))  # row C: zeros, for no neighbour
+        feat = feat if feat.dtype == work else feat.to(work)
         if level.pairs is not None:
-            return self._pairs_forward(padded, level.pairs)
+            return self._pairs_forward(feat, level.pairs)
+        padded = F.pad(feat, (0, 0, 0, 1))  # row C: zeros, for no neighbour
         columns = padded.index_select(0, level.neighbours.flatten()).view(level.capacity, -1)  # (C, 27 C_in)
         return F.linear(columns, self.weight.flatten(1), self.bias)  # autocast casts the weight, not fp32 data
 
-    def _pairs_forward(self, padded: Tensor, pairs: ConvPairs) -> Tensor:
-        """The centre tap as one matmul, the other taps as one grouped matmul over the plan's pairs."""
-        rows = padded.shape[0] - 1
-        out = F.linear(padded[:rows], self.weight[:, 1, 1, 1], self.bias)
-        gathered = padded.index_select(0, pairs.source)
+    def _pairs_forward(self, feat: Tensor, pairs: ConvPairs) -> Tensor:
+        """The centre tap as one matmul, the other taps as one grouped matmul over the plan's pairs (which
+        name found neighbours only: no zero row to read)."""
+        out = F.linear(feat, self.weight[:, 1, 1, 1], self.bias)
+        gathered = feat.index_select(0, pairs.source)
         taps = self.weight.view(self.out_channels, 27, self.in_channels).permute(1, 2, 0).to(gathered.dtype)
         if _grouped_mm_fits(gathered, taps):
             products = F.grouped_mm(gathered, taps, offs=pairs.ends)
@@ -115,7 +116,7 @@ class SubMConv3d(nn.Module):
             parts = gathered.split(pairs.counts)
             products = torch.cat([part @ taps[k] for k, part in enumerate(parts)])
         total = torch.promote_types(out.dtype, torch.float32)  # up to 27 terms: sum them in fp32 at least
-        return out.to(total).index_add(0, pairs.target, products.to(total))
+        return out.to(total).index_add_(0, pairs.target, products.to(total))  # `out` is this call's own
 
     def _spconv_forward(self, feat: Tensor, level: LevelPlan) -> Tensor:
         import spconv.pytorch as spconv

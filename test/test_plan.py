@@ -104,7 +104,9 @@ def test_plan_building_stays_within_its_op_budget():
     finally:
         segmenter_module.build_plan = original
     counts = built["counts"]
-    assert counts.launches <= 120 and counts.total <= 200, counts.summary()
+    # 126 launches / 218 ops when written (the mirrored neighbour search costs 8 launches and halves the
+    # searches); a per-level or per-order loop would add dozens
+    assert counts.launches <= 135 and counts.total <= 230, counts.summary()
     assert built["plan"].levels[0].num_voxels == level.num_voxels
 
 
