@@ -46,6 +46,19 @@ def model_files(config_name: str, checkpoint: str | None, workdir: Path, **overr
     return str(encoder), str(head)
 
 
+def benchmark_parameters(encoder: str, head: str, device: str, precision: str, **extra) -> dict[str, object]:
+    """The node parameters every benchmark sets: model files, device, precision, and reliable input (a
+    benchmark counts every frame it sends)."""
+    return {
+        "checkpoint": encoder,
+        "head": head,
+        "device": device,
+        "precision": precision,
+        "input_reliability": "reliable",
+        **extra,
+    }
+
+
 def drive_messages(sensor: str, frames: int, with_color: bool, seed: int = 0) -> list:
     """PointCloud2 messages (Velodyne layout) of a synthetic drive."""
     from sensor_msgs.msg import PointCloud2, PointField

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from common import emit, summarize
-from node_harness import drive_messages, model_files, running_node
+from node_harness import benchmark_parameters, drive_messages, model_files, running_node
 
 import sonata_model as sm
 from sonata_ros.sim_lidar import cloud_message, mounted_drive
@@ -52,15 +52,9 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="node_latency_"))
     encoder, head = model_files(args.config, args.checkpoint, workdir)
-    parameters = {
-        "checkpoint": encoder,
-        "head": head,
-        "device": args.device,
-        "precision": args.precision,
-        "input_reliability": "reliable",
-        "diagnostics_period_s": 0.5,
-        "normals": "zeros",
-    }
+    parameters = benchmark_parameters(
+        encoder, head, args.device, args.precision, diagnostics_period_s=0.5, normals="zeros"
+    )
     if args.sensors > 1:
         compare_merged_and_sequential(args, workdir, parameters)
         return

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from common import emit
-from node_harness import drive_messages, model_files, running_node
+from node_harness import benchmark_parameters, drive_messages, model_files, running_node
 
 import sonata_model as sm
 
@@ -62,13 +62,7 @@ def main() -> None:
     encoder, head = model_files(args.config, args.checkpoint, workdir, **lidar)
     base = drive_messages(args.sensor, 20, with_color=False)
     rng = np.random.default_rng(0)
-    parameters = {
-        "checkpoint": encoder,
-        "head": head,
-        "device": args.device,
-        "precision": args.precision,
-        "input_reliability": "reliable",
-    }
+    parameters = benchmark_parameters(encoder, head, args.device, args.precision)
     start = time.monotonic()
     with running_node(workdir, parameters) as node:
         rss = {}

@@ -13,7 +13,7 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until, write_test_model
+from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -25,11 +25,6 @@ from sonata_model.synth.drive import generate_drive
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 OUT = "/sonata_perception/output"
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
-    return write_test_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +47,6 @@ def node(model_files):
     if process.process.poll() is None:
         assert process.stop(signal.SIGINT) == 0
     assert "Traceback" not in process.output
-
-
-@pytest.fixture(scope="module")
-def client():
-    rclpy.init()
-    node = rclpy.create_node("test_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
 
 
 class Conversation:

@@ -39,17 +39,6 @@ def utonia_files(tmp_path_factory):
     return directory / "utonia.pth", sm.save_head(directory / "head.pth", head)
 
 
-@pytest.fixture(scope="module")
-def client():
-    import rclpy
-
-    rclpy.init()
-    node = rclpy.create_node("domain_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
 def test_utonia_checkpoint_labels_a_velodyne_cloud_outdoors(utonia_files, client):
     encoder, head = utonia_files
     node = NodeProcess(

@@ -10,27 +10,13 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
-from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until, write_test_model
+from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until
 from test_node import Conversation, cloud
 
 from sonata_model.io.frame import Frame
 from sonata_model.synth.drive import generate_drive
 
 OK, WARN, ERROR, STALE = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR, DiagnosticStatus.STALE
-
-
-@pytest.fixture(scope="module")
-def client():
-    rclpy.init()
-    node = rclpy.create_node("health_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
-    return write_test_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,13 @@ import signal
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import SetParameters
 from rclpy.node import NodeNameNonExistentError
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
+from ros_helpers import NodeProcess, node_parameters, spin_until
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from test_node import cloud
@@ -30,20 +29,6 @@ from sonata_model.synth.drive import generate_drive
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 NAME = "managed_perception"
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
-    return write_test_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def client():
-    rclpy.init()
-    node = rclpy.create_node("lifecycle_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
 
 
 class Manager:

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import psutil
-import pytest
 import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
@@ -41,15 +40,6 @@ def random_cloud(rng: np.random.Generator) -> PointCloud2:
         data=points.tobytes(),
         is_dense=True,
     )
-
-
-@pytest.fixture
-def client():
-    rclpy.init()
-    node = rclpy.create_node("memory_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
 
 
 def test_node_rss_stays_flat_over_1000_varying_clouds(tmp_path, client):

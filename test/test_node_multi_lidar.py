@@ -13,11 +13,10 @@ import signal
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.srv import GetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
+from ros_helpers import NodeProcess, node_parameters, spin_until
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
@@ -45,20 +44,6 @@ def sensor_parameters(sensors: dict, **scales: float) -> dict:
         values[f"sensors.{name}.frame_id"] = f"{name}_lidar"
     values.update({f"sensors.{name}.intensity_scale": scale for name, scale in scales.items()})
     return values
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
-    return write_test_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def client():
-    rclpy.init()
-    node = rclpy.create_node("fleet_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
 
 
 @pytest.fixture(scope="module")

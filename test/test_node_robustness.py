@@ -16,8 +16,6 @@ import time
 import adversarial_clouds as adversarial
 import numpy as np
 import psutil
-import pytest
-import rclpy
 from ros_helpers import TEST_CLASSES as CLASSES
 from ros_helpers import NodeProcess, node_parameters, spin_until, write_test_model
 from test_node import Conversation, cloud, expected_segmentation
@@ -36,15 +34,6 @@ REACH = (AXIS_LIMIT - 2) * GRID / 2
 MAX_RSS_GROWTH_MB = 50
 OUTCOMES = ("frames_processed", "rejected_malformed", "rejected_missing_field", "rejected_empty")
 OUTCOMES += ("rejected_no_valid_points", "rejected_wrong_frame", "rejected_internal_error")
-
-
-@pytest.fixture(scope="module")
-def client():
-    rclpy.init()
-    node = rclpy.create_node("robustness_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
 
 
 def good_clouds(model_files) -> list[tuple]:

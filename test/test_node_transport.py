@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from ros_helpers import ROOT, NodeProcess, spin_until
@@ -23,15 +22,6 @@ CLOUDS = 50
 # (the node's subscription keeps depth 1, so a callback delayed past the next cloud loses one).
 # Without it 16 to 26 of 50 arrived (benchmarks/results/dds_profile.json).
 MIN_ARRIVED = 48
-
-
-@pytest.fixture(scope="module")
-def client():
-    rclpy.init()
-    node = rclpy.create_node("transport_client")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
 
 
 def test_64_beam_clouds_reach_the_node_best_effort_with_the_shipped_profile(client):
