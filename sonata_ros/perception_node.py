@@ -48,7 +48,7 @@ from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.labels import UNKNOWN, LabelSetError
 from sonata_model.io.pointcloud2 import structured_view
 
-from .allocator import return_large_buffers_to_the_os
+from .allocator import OutsizedFrameTrim, fix_malloc_thresholds
 from .frame_sync import FrameSync
 from .health import INTERNAL_ERROR, Health, HealthLimits
 from .inputs import (
@@ -240,6 +240,7 @@ class Perception:
             self.create_timer(self.p["log_period_s"], self._log_status),
         ]
         self._stop = threading.Event()
+        self._heap = OutsizedFrameTrim()
         self._worker = threading.Thread(target=self._work, name="sonata_inference", daemon=True)
         self._worker.start()
 
@@ -315,7 +316,9 @@ class Perception:
                     return
                 continue
             failure = self._attempt(clouds)
+            size = sum(len(msg.data) for msg in clouds if msg is not None)
             del clouds
+            self._heap.after_frame(size)
             if failure is None:
                 continue
             reason, detail = failure
@@ -485,6 +488,7 @@ class Perception:
             "label_set": self.labels.name,
             "input_publishers": str(sum(s.get_publisher_count() for s in self.input_subscriptions)),
             "encoder_forwards": str(self.encoder_forwards),
+            "heap_trims": str(self._heap.trims),  # memory handed back after outsized frames
         }
         if self.multi:
             extra.update(
@@ -676,7 +680,7 @@ def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=NODE_NAME, description="Sonata semantic segmentation of PointCloud2.")
     parser.add_argument("--managed", action="store_true", help="a lifecycle node: starts unconfigured")
     options = parser.parse_args(rclpy.utilities.remove_ros_args(sys.argv if args is None else args)[1:])
-    return_large_buffers_to_the_os()  # before the first frame: RSS stays what the live tensors need
+    fix_malloc_thresholds()  # before the first frame: a flat RSS without page faults on every frame
     stop = init_ros(args)
     try:
         node = ManagedPerceptionNode() if options.managed else PerceptionNode()
