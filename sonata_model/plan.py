@@ -341,7 +341,7 @@ def build_plan(
     split = sizes.capacity
     rows = [torch.split(t, split) for t in (row_values[:total], row_grid, row_cloud, parent_local)]
     tables = torch.split(neighbours, split) if neighbours is not None else [None] * num_levels
-    pairs = _pairs(neighbours, row_level[:total], meta, sizes) if conv_pairs else [None] * num_levels
+    pairs = _pairs(neighbours, sizes) if conv_pairs else [None] * num_levels
     offsets = meta["offset"].unbind(0)
     plan_levels = []
     for s in range(num_levels):
@@ -555,30 +555,25 @@ _CPU_ROW_CHUNK = 8192
 _CENTRE = 13  # the kernel offset (0, 0, 0): every row with itself, a plain matmul
 
 
-def _pairs(neighbours: Tensor, row_level: Tensor, meta: dict[str, Tensor], sizes: _Sizes) -> list[ConvPairs]:
-    """Every level's `ConvPairs`: each found non-centre neighbour once, grouped by (level, offset)."""
-    num_levels = len(sizes.capacity)
-    found = neighbours < meta["capacity"][row_level][:, None]
-    found[:, _CENTRE] = False
-    counts = torch.zeros((num_levels, 27), dtype=torch.long).index_add_(0, row_level, found.long())
-    host_counts = np.array(counts.tolist(), dtype=np.int64)  # one read
-    group_end = host_counts.cumsum(axis=None).reshape(num_levels, 27)
-    total = int(group_end[-1, -1])
-    # each found pair's slot: its group's base + its rank among the group's rows (rows in level order);
-    # in place where it can be: each (R, 27) int64 temporary of a 100k-voxel frame is 20 MB
-    slot = torch.cumsum(found, dim=0).sub_(found.long())
-    slot.sub_(slot[torch.tensor(sizes.base)][row_level]).add_(torch.from_numpy(group_end - host_counts)[row_level])
-    slot.masked_fill_(~found, total)
-    rows = torch.arange(neighbours.shape[0]) - torch.tensor(sizes.base)[row_level]
-    source = neighbours.new_empty(total + 1).scatter_(0, slot.flatten(), neighbours.flatten())
-    target = neighbours.new_empty(total + 1).scatter_(0, slot.flatten(), rows[:, None].expand_as(slot).flatten())
-    out, start = [], 0
-    for level_counts, level_end in zip(host_counts, group_end, strict=True):
-        used = slice(start, int(level_end[-1]))
-        ends = torch.from_numpy((level_end - start).astype(np.int32))
-        out.append(ConvPairs(source[used], target[used], ends, tuple(int(c) for c in level_counts)))
-        start = int(level_end[-1])
-    return out
+def _pairs(neighbours: Tensor, sizes: _Sizes) -> list[ConvPairs]:
+    """Every level's `ConvPairs`: each found non-centre neighbour once, grouped by offset, rows ascending
+    (a CPU's own memory: `nonzero` per level and one read of the counts, no device to wait for)."""
+    levels = []
+    for base, capacity in zip(sizes.base, sizes.capacity, strict=True):
+        table = neighbours[base : base + capacity]
+        found = table < capacity
+        found[:, _CENTRE] = False
+        offset, row = found.T.nonzero(as_tuple=True)  # ordered by (offset, row)
+        levels.append((table[row, offset], row, torch.searchsorted(offset, _GROUP_ENDS)))
+    ends = torch.stack([level[2] for level in levels])
+    counts = torch.diff(ends, dim=1, prepend=ends.new_zeros(len(levels), 1)).tolist()  # one read
+    return [
+        ConvPairs(source, target, level_ends.int(), tuple(level_counts))
+        for (source, target, level_ends), level_counts in zip(levels, counts, strict=True)
+    ]
+
+
+_GROUP_ENDS = torch.arange(1, 28)  # a pair of offset k sorts before k + 1
 
 
 _DELTAS: dict[torch.device, Tensor] = {}
