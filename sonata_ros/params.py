@@ -35,6 +35,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("device", "auto", "auto | cpu | cuda ('auto' uses CUDA when available)."),
     Param("precision", "fp32", "fp32 | fp16 | bf16 (half precisions on CUDA)."),
     Param(
+        "cpu_threads",
+        0,
+        "Torch threads of the CPU forward; 0: torch's default (one per core). The node shares the robot's "
+        "cores with the driver and the rest of the stack: 1 or 2 leave them theirs.",
+    ),
+    Param(
         "attention",
         "auto",
         "auto | sdpa | flash: the attention kernel. auto uses flash_attn on CUDA in fp16 / bf16 when it is installed, "

@@ -180,6 +180,10 @@ class Perception:
 
     def _load_model(self, p: dict) -> None:
         """The segmenter on its device, warmed up, its forwards counted; labels and embedding PCA."""
+        if p["cpu_threads"] < 0:
+            raise ValueError(f"cpu_threads must be 0 (torch's default) or a thread count, got {p['cpu_threads']}")
+        if p["cpu_threads"]:
+            torch.set_num_threads(p["cpu_threads"])
         model = load_model(p["checkpoint"], p["head"], p["label_set"])
         if model.warning:
             self.get_logger().warning(model.warning)
@@ -488,6 +492,7 @@ class Perception:
             "label_set": self.labels.name,
             "input_publishers": str(sum(s.get_publisher_count() for s in self.input_subscriptions)),
             "encoder_forwards": str(self.encoder_forwards),
+            "torch_threads": str(torch.get_num_threads()),
             "heap_trims": str(self._heap.trims),  # memory handed back after outsized frames
         }
         if self.multi:

@@ -36,7 +36,13 @@ def node(model_files):
             "--params-file",
             "config/perception.yaml",
             *node_parameters(
-                encoder, head, frame_id="lidar", max_points=150000, pca_frames=1, missing_intensity="reject"
+                encoder,
+                head,
+                frame_id="lidar",
+                max_points=150000,
+                pca_frames=1,
+                missing_intensity="reject",
+                cpu_threads=1,
             ),
             "-r",
             "~/input/pointcloud:=/test/points",
@@ -163,6 +169,13 @@ def test_every_input_point_gets_a_label_in_the_specified_layout(talk, model_file
     np.testing.assert_array_equal(view["x"][valid], structured_view(msg).reshape(-1)["x"][valid])
     if layout == "ouster":
         assert (~valid).sum() > 1000  # zero returns were kept as points, labelled unknown
+
+
+def test_the_cpu_forward_runs_on_the_threads_it_is_given(talk, frame):
+    """cpu_threads: 1 (torch's default here is one per core, 2) holds the node's forward to one thread."""
+    talk.ask(cloud(frame, "velodyne"))
+    spin_until(talk.client, lambda: "torch_threads" in talk.diagnostics, 10, "the node's diagnostics")
+    assert talk.diagnostics["torch_threads"] == "1"
 
 
 def test_saturating_intensity_is_segmented_and_reported(talk, node, frame):
