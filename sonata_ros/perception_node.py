@@ -233,6 +233,7 @@ class Perception:
     def _activate(self) -> None:
         """Subscribe to the inputs and start the worker and the reporting timers."""
         self.sync: FrameSync[PointCloud2] = FrameSync(len(self.inputs), self.p["sync_timeout_ms"] / 1e3)
+        self._heap = OutsizedFrameTrim()
         self.input_subscriptions = [
             self.create_subscription(
                 PointCloud2, spec.topic, lambda msg, index=index: self._on_cloud(index, msg), self._qos_in
@@ -244,7 +245,6 @@ class Perception:
             self.create_timer(self.p["log_period_s"], self._log_status),
         ]
         self._stop = threading.Event()
-        self._heap = OutsizedFrameTrim()
         self._worker = threading.Thread(target=self._work, name="sonata_inference", daemon=True)
         self._worker.start()
 
