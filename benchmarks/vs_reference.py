@@ -197,7 +197,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--record", action="store_true", help="write benchmarks/results/vs_reference_<device>.json")
+    parser.add_argument("--record", action="store_true", help="write benchmarks/results/<name>.json")
+    parser.add_argument("--name", help="result name (default vs_reference_<device>)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,7 +250,7 @@ def main() -> None:
         "mean_abs_diff": float(difference.mean()),
         "load_average_1min": [round(x, 2) for x in loads],  # before, then after each pair of frames
     }
-    emit(f"vs_reference_{args.device}", result, args.record)
+    emit(args.name or f"vs_reference_{args.device}", result, args.record)
 
 
 if __name__ == "__main__":
