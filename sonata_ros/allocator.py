@@ -8,11 +8,11 @@ plan builds (voxels, 27) index tables of several MB per frame; a million-point c
 MB of temporaries) ratchets its heap up by tens of MB, by different amounts on every run.
 
 Fixed thresholds turn that off. A low mmap threshold (1 MiB) keeps RSS at what the live tensors need,
-but every frame then maps and faults in its buffers afresh: a 120k-point frame took 325k page faults
-and twice the time. So: mappings only for blocks of 32 MiB and more (a giant cloud's, returned when
-freed), and up to 256 MiB of free heap top kept for the next frame: about 8k faults per frame. The heap
-then keeps the working set of the largest frame it has seen, so after a frame far larger than the
-recent ones `OutsizedFrameTrim` hands the free pages back (malloc_trim).
+but every frame then maps and faults in its buffers afresh: a 120k-point frame took 295k page faults
+and 1.6x the time (benchmarks/malloc_policy.py). So: mappings only for blocks of 32 MiB and more (a
+giant cloud's, returned when freed), and up to 256 MiB of free heap top kept for the next frame:
+4.5k faults per frame. The heap then keeps the working set of the largest frame it has seen, so after
+a frame far larger than the recent ones `OutsizedFrameTrim` hands the free pages back (malloc_trim).
 """
 
 from __future__ import annotations
