@@ -13,6 +13,8 @@ launches a kernel for each that is not a view) and sync-shaped ops (each makes t
 GPU), for the whole `Segmenter` call with the embedding read ("frame"), for the frame plan alone
 ("plan", `sonata_model.plan.build_plan`), and for the encoder forward over it ("forward").
 `--buckets` plans with size buckets (padding rows; shapes shared by frames of similar size).
+`--profile` adds one frame under torch.profiler: the self time of its heaviest ops (CPU self time; on a
+GPU the host side only).
 """
 
 from __future__ import annotations
@@ -83,6 +85,18 @@ def count_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[
     return {"frame": _ops_summary(frame), "plan": _ops_summary(plan["counts"]), "forward": _ops_summary(forward)}
 
 
+def profile_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Self time (ms) of the 12 heaviest aten ops over one whole frame (torch.profiler): where it goes."""
+    from torch.profiler import profile
+
+    with profile() as profiler:
+        segmenter(**inputs).embedding_tensor.sum().item()
+    events = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    top = {e.key: round(e.self_cpu_time_total / 1e3, 1) for e in events[:12]}
+    return {"total_self_ms": round(total / 1e3, 1), **top}
+
+
 def _ops_summary(counts: OpCounts) -> dict:
     return {**counts.summary(), "top_ops": dict(counts.ops.most_common(12))}
 
@@ -136,6 +150,7 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash"])
     parser.add_argument("--buckets", action="store_true", help="plan with size buckets (sm.SizeBuckets())")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="add one profiled frame: self ms of the top ops")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/encoder_<config>_<device>.json")
@@ -191,6 +206,8 @@ def main() -> None:
         "total": summarize(totals),
         "ops": count_frame(segmenter, inputs),
     }
+    if args.profile:
+        result["profile_self_ms"] = profile_frame(segmenter, inputs)
     if device.type == "cuda":
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:
