@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash"])
     parser.add_argument("--buckets", action="store_true", help="plan with size buckets (sm.SizeBuckets())")
+    parser.add_argument("--cuda-graphs", action="store_true", help="forward from CUDA graphs (implies --buckets)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="add one profiled frame: self ms of the top ops")
     parser.add_argument("--repeats", type=int, default=10)
@@ -168,10 +169,11 @@ def main() -> None:
         precision=args.precision,
         normals="zeros",
         attention=args.attention,
-        buckets=sm.SizeBuckets() if args.buckets else None,
+        buckets=sm.SizeBuckets() if args.buckets or args.cuda_graphs else None,
+        cuda_graphs=args.cuda_graphs,
     )
     inputs = frame_inputs(args.scene, args.points, config)
-    clock = StageClock(encoder, device)
+    clock = StageClock(encoder, device) if not args.cuda_graphs else None  # a replay runs no stage's hooks
     totals, timings = [], defaultdict(list)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -180,12 +182,13 @@ def main() -> None:
         out = segmenter(**inputs)
         _ = out.embedding_tensor.sum().item()  # wait for the device
         elapsed = (time.perf_counter() - start) * 1e3
-        clock.collect()
+        if clock is not None:
+            clock.collect()
         if run >= args.warmup:
             totals.append(elapsed)
             for name, value in out.timings_ms.items():
                 timings[name].append(value)
-        else:
+        elif clock is not None:
             for samples in clock.samples.values():
                 samples.clear()
     result = {
@@ -196,10 +199,11 @@ def main() -> None:
         "device": args.device,
         "precision": args.precision,
         "attention": segmenter.attention,
-        "buckets": args.buckets,
+        "buckets": args.buckets or args.cuda_graphs,
+        "cuda_graphs": args.cuda_graphs,
         "threads": torch.get_num_threads(),
         "voxels_per_stage": [level.num_voxels for level in segmenter.prepare([sm.Cloud(**inputs)]).plan.levels],
-        "stage_ms": [summarize(clock.samples[i])["median_ms"] for i in sorted(clock.samples)],
+        "stage_ms": clock and [summarize(clock.samples[i])["median_ms"] for i in sorted(clock.samples)],
         "pipeline_ms": {name: summarize(values)["median_ms"] for name, values in timings.items()},
         "plan_ms": summarize(timings["voxelize"])["median_ms"],  # the plan (grid sampling included), features
         "forward_ms": summarize(timings["encoder"])["median_ms"],
@@ -214,7 +218,9 @@ def main() -> None:
         import psutil
 
         result["rss_mib"] = round(psutil.Process().memory_info().rss / 2**20, 1)
-    emit(f"encoder_{args.config}_{args.device}", result, args.record)
+    if segmenter.graphed is not None:
+        result["cuda_graph_captures"] = segmenter.graphed.captures
+    emit(f"encoder_{args.config}_{args.device}" + ("_graphs" if args.cuda_graphs else ""), result, args.record)
 
 
 if __name__ == "__main__":

@@ -47,13 +47,20 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--sensors", type=int, default=1, help="N > 1: one merged forward vs N sequential ones")
     parser.add_argument("--rate-hz", type=float, default=0.0, help="publish at this rate (0: one frame at a time)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="node parameter cuda_graphs (CUDA only)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="node_latency_"))
     encoder, head = model_files(args.config, args.checkpoint, workdir)
     parameters = benchmark_parameters(
-        encoder, head, args.device, args.precision, diagnostics_period_s=0.5, normals="zeros"
+        encoder,
+        head,
+        args.device,
+        args.precision,
+        diagnostics_period_s=0.5,
+        normals="zeros",
+        cuda_graphs=args.cuda_graphs,
     )
     if args.sensors > 1:
         compare_merged_and_sequential(args, workdir, parameters)
@@ -73,13 +80,14 @@ def main() -> None:
     if not latencies:
         raise SystemExit(f"no frame was answered ({dropped} dropped): see {workdir}/sonata_perception.log")
     emit(
-        f"node_latency_{args.config}_{args.device}",
+        f"node_latency_{args.config}_{args.device}" + ("_graphs" if args.cuda_graphs else ""),
         {
             "config": args.config,
             "sensor": args.sensor,
             "points_per_frame": int(np.mean([m.width * m.height for m in messages])),
             "device": args.device,
             "precision": args.precision,
+            "cuda_graphs": args.cuda_graphs,
             "frames": args.frames,
             "rate_hz": args.rate_hz or "one at a time",
             "dropped": dropped,

@@ -13,9 +13,11 @@
 #     source .gpu/setup.sh && bash scripts/gpu_check.sh [--quick] [--part core|node|all]
 #
 #   core: pytest -m cuda; encoder benchmarks (sonata_lidar 120k LiDAR points, sonata indoor room) in
-#         bf16, with and without CUDA graphs; the reference implementation side by side (when its
-#         source is under .gpu/sonata-ref); 20 steps of bf16 pretraining through torchrun (NCCL).
-#   node: the perception node on CUDA, 64-beam frames at 10 Hz from another process, end to end.
+#         bf16, eager, bucketed and replayed from CUDA graphs (--cuda-graphs; CUDA only, so not in
+#         --dry-run); the reference implementation side by side (when its source is under
+#         .gpu/sonata-ref); 20 steps of bf16 pretraining through torchrun (NCCL).
+#   node: the perception node on CUDA, 64-beam frames at 10 Hz from another process, end to end, eager
+#         and with cuda_graphs.
 # --quick fits in about 5 minutes: fewer frames, no pretraining.
 # --dry-run runs every step on the CPU with small models and clouds (no pretraining): the plumbing,
 #         flags and result files, checked before any device time is spent.
@@ -68,6 +70,8 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
         --precision "$PREC" --repeats "$FRAMES" $RECORD
     step encoder_lidar_buckets python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" --buckets $RECORD
+    [ "$DRY" = 1 ] || step encoder_lidar_graphs python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" \
+        --device "$DEV" --precision "$PREC" --repeats "$FRAMES" --cuda-graphs $RECORD
     step encoder_indoor python3 benchmarks/encoder.py --config "$INDOOR" --scene room --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" $RECORD
     step encoder_utonia python3 benchmarks/encoder.py --config "$UTONIA" --points "$POINTS" --device "$DEV" \
@@ -91,6 +95,8 @@ if [ "$PART" = node ] || [ "$PART" = all ]; then
     [ -f .gpu/ros_setup.sh ] && source .gpu/ros_setup.sh
     step node_latency python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" --precision "$PREC" \
         --frames "$FRAMES" --rate-hz 10 $RECORD
+    [ "$DRY" = 1 ] || step node_latency_graphs python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" \
+        --precision "$PREC" --frames "$FRAMES" --rate-hz 10 --cuda-graphs $RECORD
     results
 fi
 tar -C "$(dirname "$LOGS")" -czf "$OUT/gpu_check.tar.gz" gpu_check

@@ -13,6 +13,7 @@ Public API (the node, the offline tools and outside checks use exactly this)::
 from .checkpoint import CheckpointError, LinearHead, load, load_head, save_encoder, save_head
 from .configs import CONFIGS, ConfigError, EncoderConfig, get_config
 from .encoder import SonataEncoder, count_parameters
+from .graphs import GraphedForward
 from .plan import FramePlan, SizeBuckets, build_plan
 from .point import Point
 from .pooling import upcast
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "EncoderConfig",
     "FramePlan",
+    "GraphedForward",
     "LinearHead",
     "Point",
     "SegmentationResult",

@@ -26,6 +26,7 @@ from .checkpoint import LinearHead
 from .configs import FEATURE_CHANNELS
 from .domains import InputTransform
 from .encoder import SonataEncoder
+from .graphs import GraphedForward
 from .grid import voxel_grid
 from .normals import NORMAL_MODES, estimate_normals
 from .plan import EmptyCloudError, FramePlan, SizeBuckets, build_plan
@@ -135,7 +136,9 @@ class Segmenter:
     indoors, "zeros" elsewhere). `attention`: "auto" (flash_attn on CUDA in half precision when
     installed, else sdpa), "sdpa" or "flash". `buckets`: round every level's row count up to a shared
     capacity (`plan.SizeBuckets`), so that frames of similar size share shapes (CUDA graphs, compiled
-    forwards); the padding rows change no output.
+    forwards); the padding rows change no output. `cuda_graphs` (CUDA, with buckets and the torch
+    sparse conv): replay the encoder forward from one captured CUDA graph per bucket
+    (`graphs.GraphedForward`). `forwards` counts the encoder forwards run (eager or replayed).
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class Segmenter:
         transform: InputTransform | None = None,
         attention: str = "auto",
         buckets: SizeBuckets | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
@@ -169,6 +173,11 @@ class Segmenter:
         self.normals = normals
         self.buckets = buckets
         self.config = config
+        self.forwards = 0
+        self.graphed = None
+        if cuda_graphs:
+            _check_graphable(self.device, buckets, encoder.sparse_backend or default_backend())
+            self.graphed = GraphedForward(self.encoder, None if precision == "fp32" else PRECISIONS[precision])
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
@@ -212,7 +221,9 @@ class Segmenter:
 
     def encode(self, prepared: PreparedBatch) -> list[Point]:
         """The encoder's levels (real rows) for a prepared batch (call under `_autocast` and no grad)."""
-        return prepared.plan.points(self.encoder.forward_plan(prepared.plan, prepared.feat))
+        self.forwards += 1
+        forward = self.graphed or self.encoder.forward_plan
+        return prepared.plan.points(forward(prepared.plan, prepared.feat))
 
     def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> PreparedBatch:
         """The domain's input transform and the frame plan, on the device (see `PreparedBatch`)."""
@@ -397,6 +408,16 @@ def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.nda
     if array is None:
         raise ValueError(f"cloud {i}: {name} has {np.size(values)} values, expected {n} x {width}")
     return array
+
+
+def _check_graphable(device: torch.device, buckets: SizeBuckets | None, backend: str) -> None:
+    """CUDA graphs replay fixed shapes on a GPU: a CUDA device, size buckets, the torch sparse conv."""
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graphs needs a CUDA device, the segmenter runs on {device}")
+    if buckets is None:
+        raise ValueError("cuda_graphs needs size buckets (buckets=SizeBuckets()): exact plans rarely repeat a shape")
+    if backend != "torch":
+        raise ValueError(f"cuda_graphs needs the torch sparse conv, not {backend!r} (it builds its pairs on the host)")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

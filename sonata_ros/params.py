@@ -47,6 +47,12 @@ PARAMETERS: tuple[Param, ...] = (
         "else torch's scaled_dot_product_attention.",
     ),
     Param(
+        "cuda_graphs",
+        False,
+        "On CUDA: plan frames in size buckets and replay the encoder forward from one CUDA graph per bucket "
+        "(the first frame of a bucket captures it; the host then launches one graph instead of ~550 kernels).",
+    ),
+    Param(
         "domain",
         "",
         "indoor | outdoor | object: the encoder family's input transform (outdoor: LiDAR in the sensor frame, "

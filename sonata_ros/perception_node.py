@@ -199,12 +199,11 @@ class Perception:
             attention=p["attention"],
             normals=p["normals"] or None,
             transform=_input_transform(encoder.config, p["domain"], p["grid_size"]),
+            buckets=sm.SizeBuckets() if p["cuda_graphs"] else None,
+            cuda_graphs=p["cuda_graphs"],
         )
         warm_up(self.segmenter)
-        self.encoder_forwards = 0
-        self._forward_hook = self.segmenter.encoder.embedding.register_forward_pre_hook(
-            self._count_forward
-        )  # once per forward
+        self._forwards_at_start = self.segmenter.forwards
         self._warn_about_domain(p["checkpoint"])
         if p["embedding_dim"] == 0:
             width = encoder.config.head_channels
@@ -270,9 +269,6 @@ class Perception:
                 self.destroy_publisher(publisher)
         for publisher in self.__dict__.pop("out_inputs", {}).values():
             self.destroy_publisher(publisher)
-        hook = self.__dict__.pop("_forward_hook", None)
-        if hook is not None:
-            hook.remove()
         for name in ("segmenter", "pca", "_pca_samples"):
             self.__dict__.pop(name, None)
         gc.collect()
@@ -290,9 +286,6 @@ class Perception:
                     f"{os.path.basename(checkpoint)} looks like a{'n' * (domain[0] in 'io')} {domain} model but runs "
                     f"with domain {self.segmenter.domain!r}: pass domain:={domain} if that is what it was trained on"
                 )
-
-    def _count_forward(self, module, inputs) -> None:
-        self.encoder_forwards += 1
 
     # ------------------------------------------------------------------------------ runtime
 
@@ -491,10 +484,12 @@ class Perception:
             "device": str(self.segmenter.device),
             "label_set": self.labels.name,
             "input_publishers": str(sum(s.get_publisher_count() for s in self.input_subscriptions)),
-            "encoder_forwards": str(self.encoder_forwards),
+            "encoder_forwards": str(self.segmenter.forwards - self._forwards_at_start),
             "torch_threads": str(torch.get_num_threads()),
             "heap_trims": str(self._heap.trims),  # memory handed back after outsized frames
         }
+        if self.segmenter.graphed is not None:  # each capture is one slow frame: a new size bucket
+            extra["cuda_graph_captures"] = str(self.segmenter.graphed.captures)
         if self.multi:
             extra.update(
                 {

@@ -1,5 +1,6 @@
 """GPU checks of the plan and the forward (marker `cuda`; skipped without CUDA): the forward captured as a
-CUDA graph per bucket and replayed on the next frame equals eager, no host sync inside the forward,
+CUDA graph per bucket and replayed on the next frame equals eager (by hand and through the segmenter's
+`cuda_graphs`), no host sync inside the forward,
 bf16 labels agree with fp32, spconv on CUDA equals the torch conv (one rulebook per stage, never fp16),
 flash_attn equals SDPA, the plan and serialization on the GPU equal the CPU's.
 
@@ -63,6 +64,35 @@ def test_the_forward_captured_per_bucket_replays_the_next_frame_as_eager(name):
     expected = forward(second.plan, second.feat)
     for level, got, want in zip(second.plan.levels, static_out, expected, strict=True):
         torch.testing.assert_close(got[: level.num_voxels], want[: level.num_voxels], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_segmenter_replays_one_graph_per_bucket_and_equals_eager(precision):
+    """`cuda_graphs`: one capture per bucket, a replay for every later frame of it, results equal to the
+    eager forward's, an earlier result still right after the next frame's replay, no host sync inside."""
+    encoder = make_encoder("rope")
+    eager = sm.Segmenter(encoder, None, device=CUDA, domain="outdoor", buckets=WIDE_BUCKETS, precision=precision)
+    graphed = sm.Segmenter(
+        encoder, None, device=CUDA, domain="outdoor", buckets=WIDE_BUCKETS, precision=precision, cuda_graphs=True
+    )
+    first = clouds(seed=5)
+    frames = [first, next_frame(first), clouds(seed=1, sizes=(6000, 300)), first]
+    results = [graphed.segment_batch(frame) for frame in frames]  # read only after every replay
+    assert graphed.graphed.captures == 2 and graphed.forwards == 4
+    tolerance = 1e-4 if precision == "fp32" else 3e-2
+    for frame, got in zip(frames, results, strict=True):
+        for mine, theirs in zip(got, eager.segment_batch(frame), strict=True):
+            assert np.array_equal(mine.voxel_of_point, theirs.voxel_of_point)
+            np.testing.assert_allclose(mine.embedding, theirs.embedding, rtol=tolerance, atol=tolerance)
+    prepared = graphed.prepare(next_frame(first))
+    with torch.inference_mode(), graphed._autocast():
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            graphed.encode(prepared)  # copy into the captured inputs, replay, clone out
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert graphed.graphed.captures == 2
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

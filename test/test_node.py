@@ -345,6 +345,14 @@ def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
     assert f"checkpoint not found: {missing}" in process.output and "Traceback" not in process.output
 
 
+def test_cuda_graphs_on_a_cpu_node_is_a_clear_fatal_error():
+    process = NodeProcess(
+        "sonata_ros.perception_node", ["-p", "device:=cpu", "-p", "cuda_graphs:=true", "-r", "__node:=graphless"]
+    )
+    assert process.process.wait(timeout=60) == 1
+    assert "cuda_graphs needs a CUDA device" in process.output and "Traceback" not in process.output
+
+
 class OutOfMemoryOnce:
     """SIMULATED CUDA out-of-memory (no GPU here): the first call holds the frame's tensor, as a real
     forward does when the allocator gives up, and raises what torch raises on a full GPU; later calls run
