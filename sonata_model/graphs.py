@@ -76,7 +76,9 @@ class GraphedForward:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool), self._autocast():
+        # thread_local: a node's other threads (ROS executor, DDS) never touch CUDA, and a library call
+        # there must not abort this thread's capture
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"), self._autocast():
             outputs = self.encoder.forward_plan(static_plan, static_feat)
         self.captures += 1
         return _Captured(static_plan, static_feat, outputs, graph)
