@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -28,8 +29,8 @@ from .plan import FramePlan
 class _Captured:
     plan: FramePlan  # the plan the graph reads (a private copy: callers keep their own)
     feat: Tensor
-    outputs: list[Tensor]
-    graph: torch.cuda.CUDAGraph
+    outputs: list[Tensor]  # what a replay writes
+    replay: Callable[[], None]
 
 
 class GraphedForward:
@@ -48,42 +49,44 @@ class GraphedForward:
         self._pool = None
 
     def __call__(self, plan: FramePlan, feat: Tensor) -> list[Tensor]:
-        if feat.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need CUDA tensors, the features are on {feat.device}")
         if plan.sparse_backend != "torch":
             raise ValueError("CUDA graphs need the torch sparse conv (spconv builds its pairs on the host)")
         key = (plan.signature, feat.shape[1], feat.dtype)
         captured = self.graphs.get(key)
         if captured is None:
-            captured = self._capture(plan, feat)
-            self.graphs[key] = captured
+            static_plan, static_feat = copy.deepcopy(plan), feat.clone()
+            outputs, replay = self._record(lambda: self._forward(static_plan, static_feat))
+            captured = self.graphs[key] = _Captured(static_plan, static_feat, outputs, replay)
+            self.captures += 1
             if len(self.graphs) > self.capacity:
                 self.graphs.popitem(last=False)
         else:
             self.graphs.move_to_end(key)
             captured.plan.copy_(plan)
             captured.feat.copy_(feat)
-        captured.graph.replay()
+        captured.replay()
         return [out.clone() for out in captured.outputs]
 
-    def _capture(self, plan: FramePlan, feat: Tensor) -> _Captured:
-        static_plan, static_feat = copy.deepcopy(plan), feat.clone()
+    def _forward(self, plan: FramePlan, feat: Tensor) -> list[Tensor]:
+        autocast = nullcontext() if self.dtype is None else torch.autocast("cuda", self.dtype, cache_enabled=False)
+        with autocast:
+            return self.encoder.forward_plan(plan, feat)
+
+    def _record(self, run: Callable[[], list[Tensor]]) -> tuple[list[Tensor], Callable[[], None]]:
+        """Capture `run` (the forward over the static inputs) as a CUDA graph: its outputs and its replay."""
+        device = next(self.encoder.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a model on CUDA, this one is on {device}")
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), self._autocast():  # lazy initialisation outside the capture
-            self.encoder.forward_plan(static_plan, static_feat)
+        with torch.cuda.stream(side):  # lazy initialisation (handles, workspaces) outside the capture
+            run()
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         # thread_local: a node's other threads (ROS executor, DDS) never touch CUDA, and a library call
         # there must not abort this thread's capture
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"), self._autocast():
-            outputs = self.encoder.forward_plan(static_plan, static_feat)
-        self.captures += 1
-        return _Captured(static_plan, static_feat, outputs, graph)
-
-    def _autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self.dtype, cache_enabled=False)
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            outputs = run()
+        return outputs, graph.replay

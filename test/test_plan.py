@@ -178,22 +178,6 @@ def test_a_plan_for_other_orders_or_too_many_clouds_is_refused():
         sm.build_plan(seg.config, grid.float(), grid, torch.arange(600), 600, voxelize=True)
 
 
-def test_cuda_graphs_are_refused_where_a_graph_cannot_replay():
-    """A CUDA graph replays fixed shapes on a GPU: a CPU segmenter, exact plans or spconv's host-built
-    pairs are refused with the reason, before any frame."""
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        sm.Segmenter(make_encoder("tiny"), None, device="cpu", buckets=BUCKETS, cuda_graphs=True)
-    cuda = torch.device("cuda")  # the checks themselves need no GPU
-    with pytest.raises(ValueError, match="needs size buckets"):
-        segmenter_module._check_graphable(cuda, None, "torch")
-    with pytest.raises(ValueError, match="torch sparse conv"):
-        segmenter_module._check_graphable(cuda, BUCKETS, "spconv")
-    segmenter_module._check_graphable(cuda, BUCKETS, "torch")
-    prepared = segmenter(buckets=BUCKETS).prepare(clouds())
-    with pytest.raises(ValueError, match="need CUDA tensors"):
-        sm.GraphedForward(make_encoder("tiny"))(prepared.plan, prepared.feat)
-
-
 def test_the_segmenter_counts_its_forwards():
     seg = segmenter(buckets=BUCKETS)
     seg.segment_batch(clouds())
