@@ -77,6 +77,7 @@ def main() -> None:
             latencies = [node.ask(messages[i % len(messages)]) for i in range(args.frames)]
         node.spin_for(1.5)
         stages = node.stage_means_ms()
+        captures = node.diagnostics.get("cuda_graph_captures")  # with cuda_graphs: slow frames, one per bucket
     if not latencies:
         raise SystemExit(f"no frame was answered ({dropped} dropped): see {workdir}/sonata_perception.log")
     emit(
@@ -88,6 +89,7 @@ def main() -> None:
             "device": args.device,
             "precision": args.precision,
             "cuda_graphs": args.cuda_graphs,
+            "cuda_graph_captures": None if captures is None else int(captures),
             "frames": args.frames,
             "rate_hz": args.rate_hz or "one at a time",
             "dropped": dropped,
