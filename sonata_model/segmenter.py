@@ -221,9 +221,10 @@ class Segmenter:
 
     def encode(self, prepared: PreparedBatch) -> list[Point]:
         """The encoder's levels (real rows) for a prepared batch (call under `_autocast` and no grad)."""
+        forward = self.encoder.forward_plan if self.graphed is None else self.graphed
+        levels = forward(prepared.plan, prepared.feat)
         self.forwards += 1
-        forward = self.graphed or self.encoder.forward_plan
-        return prepared.plan.points(forward(prepared.plan, prepared.feat))
+        return prepared.plan.points(levels)
 
     def prepare(self, clouds: Sequence[Cloud], timer: StageTimer | None = None) -> PreparedBatch:
         """The domain's input transform and the frame plan, on the device (see `PreparedBatch`)."""
