@@ -9,6 +9,8 @@
 # with .gpu/ros-site only):
 #     bash ../shared/gpu/pack.sh            # .gpu/: spconv for CUDA 12.6+, rosbags
 #     bash scripts/gpu_pack_ros.sh          # .gpu/ros-site.tar.xz: rclpy & co. for Python 3.12
+#     cp -r /tmp/sonata-ref .gpu/sonata-ref # the reference for vs_reference (~2 MB; how to build it:
+#                                           # benchmarks/reference_env/README.md); skipped when absent
 # Run on the device (carry .gpu):
 #     source .gpu/setup.sh && bash scripts/gpu_check.sh [--quick] [--part core|node|all]
 #
