@@ -7,6 +7,8 @@
 --scene lidar: a synthetic 64-beam drive frame (sonata_model.synth), cropped or tiled to --points;
 --scene room: the indoor test room (test/scenes.py: floor, walls, boxes) with colour and normals.
 Weights are random (speed does not depend on them). Median of --repeats runs after --warmup runs.
+`--vary`: frame k keeps all but k % of the points, so that every frame has new voxel counts, as a
+stream has (whatever is compiled or cached per shape is paid every frame).
 
 After the timed runs, one more frame runs under `sonata_model.profiling.count_ops`: aten ops (a GPU
 launches a kernel for each that is not a view) and sync-shaped ops (each makes the host wait for a
@@ -151,10 +153,12 @@ def main() -> None:
     parser.add_argument("--buckets", action="store_true", help="plan with size buckets (sm.SizeBuckets())")
     parser.add_argument("--cuda-graphs", action="store_true", help="forward from CUDA graphs (implies --buckets)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--vary", action="store_true", help="each frame 1 %% fewer points: new shapes every frame")
     parser.add_argument("--profile", action="store_true", help="add one profiled frame: self ms of the top ops")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--record", action="store_true", help="write benchmarks/results/encoder_<config>_<device>.json")
+    parser.add_argument("--record", action="store_true", help="write benchmarks/results/<name>.json")
+    parser.add_argument("--name", help="result name (default encoder_<config>_<device>[_graphs])")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,8 +182,9 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for run in range(args.warmup + args.repeats):
+        frame = {k: v[: len(v) - run * (len(v) // 100)] for k, v in inputs.items()} if args.vary else inputs
         start = time.perf_counter()
-        out = segmenter(**inputs)
+        out = segmenter(**frame)
         _ = out.embedding_tensor.sum().item()  # wait for the device
         elapsed = (time.perf_counter() - start) * 1e3
         if clock is not None:
@@ -202,6 +207,7 @@ def main() -> None:
         "buckets": args.buckets or args.cuda_graphs,
         "cuda_graphs": args.cuda_graphs,
         "threads": torch.get_num_threads(),
+        "vary": args.vary,
         "voxels_per_stage": [level.num_voxels for level in segmenter.prepare([sm.Cloud(**inputs)]).plan.levels],
         "stage_ms": clock and [summarize(clock.samples[i])["median_ms"] for i in sorted(clock.samples)],
         "pipeline_ms": {name: summarize(values)["median_ms"] for name, values in timings.items()},
@@ -220,7 +226,8 @@ def main() -> None:
         result["rss_mib"] = round(psutil.Process().memory_info().rss / 2**20, 1)
     if segmenter.graphed is not None:
         result["cuda_graph_captures"] = segmenter.graphed.captures
-    emit(f"encoder_{args.config}_{args.device}" + ("_graphs" if args.cuda_graphs else ""), result, args.record)
+    default_name = f"encoder_{args.config}_{args.device}" + ("_graphs" if args.cuda_graphs else "")
+    emit(args.name or default_name, result, args.record)
 
 
 if __name__ == "__main__":

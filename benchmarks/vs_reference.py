@@ -109,6 +109,12 @@ def random_checkpoint(config_name: str, path: Path, seed: int) -> Path:
     return sm.save_encoder(path, encoder)
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` with the same row of `b`."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
 class ReferenceProcess:
     """The reference in its own process (reference_env/run_reference.py), one frame per request."""
 
@@ -126,6 +132,7 @@ class ReferenceProcess:
             f"--warmup={args.warmup}",
             f"--device={args.device}",
             f"--threads={torch.get_num_threads()}",
+            f"--precision={args.precision}",
         ]
         self.process = subprocess.Popen(
             command, env=env, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True
@@ -160,8 +167,8 @@ class ReferenceProcess:
 class ProjectRunner:
     """This project's side: `Segmenter` and its all-level embedding, per input point."""
 
-    def __init__(self, encoder: sm.SonataEncoder, cloud: dict[str, np.ndarray], device: str) -> None:
-        self.segmenter = sm.Segmenter(encoder, None, device=device, domain="indoor")
+    def __init__(self, encoder: sm.SonataEncoder, cloud: dict[str, np.ndarray], device: str, precision: str) -> None:
+        self.segmenter = sm.Segmenter(encoder, None, device=device, precision=precision, domain="indoor")
         self.cloud = cloud
         self.voxels = 0
         self.feat: torch.Tensor | None = None
@@ -195,6 +202,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast, both sides")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/<name>.json")
@@ -212,7 +220,7 @@ def main() -> None:
         np.savez(cloud_file, **cloud)
         loads = [os.getloadavg()[0]]
         reference = ReferenceProcess(args, cloud_file, checkpoint, work)  # loads and warms up first
-        ours = ProjectRunner(encoder, cloud, args.device)
+        ours = ProjectRunner(encoder, cloud, args.device, args.precision)
         for _ in range(args.warmup):
             ours.frame()
         reference_frames, ours_ms = [], []
@@ -234,13 +242,14 @@ def main() -> None:
         "points": len(cloud["coord"]),
         "voxels": {"reference": reference_frames[-1]["voxels"], "ours": ours.voxels},
         "device": args.device,
+        "precision": args.precision,
         "reference": {
             **reference_summary,
             "version": args.reference_version or reference_version(args.reference),
             "torch_threads": reference.ready["torch_threads"],
             "stand_ins": "torch_scatter.segment_csr via torch.segment_reduce, timm DropPath, no huggingface_hub "
-            "(benchmarks/reference_env); CPU spconv: Native algorithm, bias added after the conv, one thread; "
-            "curve orders not shuffled",
+            "(benchmarks/reference_env); CPU spconv: Native algorithm, bias added after the conv, one thread, "
+            "fp32 (no bf16 kernels); curve orders not shuffled",
         },
         "ours": {**ours_summary, "sparse_backend": default_backend(), "attention": ours.segmenter.attention},
         "speedup": round(reference_summary["median_ms"] / ours_summary["median_ms"], 2),
@@ -248,6 +257,7 @@ def main() -> None:
         "max_abs_diff": float(difference.max()),
         "max_abs_feature": float(np.abs(reference_feat).max()),
         "mean_abs_diff": float(difference.mean()),
+        "min_cosine": float(cosine(reference_feat, ours_feat).min()),  # per point, over all levels' features
         "load_average_1min": [round(x, 2) for x in loads],  # before, then after each pair of frames
     }
     emit(args.name or f"vs_reference_{args.device}", result, args.record)

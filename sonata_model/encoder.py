@@ -18,7 +18,7 @@ from torch.nn.init import trunc_normal_
 
 from .attention import SerializedAttention
 from .configs import EncoderConfig
-from .onednn import without_onednn
+from .onednn import forward_kernels
 from .plan import AttentionLayout, FramePlan, LevelPlan, build_plan
 from .point import Point
 from .pooling import GridPooling
@@ -184,7 +184,7 @@ class SonataEncoder(nn.Module):
         of every level, (C_s, enc_channels[s]); padding rows' values are unspecified."""
         if torch.compiler.is_compiling():  # a compiled graph has fixed shapes: no oneDNN cache to outgrow
             return self._forward_plan(plan, feat, mask)
-        with without_onednn(feat.device):
+        with forward_kernels(feat.device):
             return self._forward_plan(plan, feat, mask)
 
     def _forward_plan(self, plan: FramePlan, feat: Tensor, mask: Tensor | None) -> list[Tensor]:

@@ -14,6 +14,7 @@ import pytest
 import spconv.pytorch as spconv
 import torch
 from plans import distinct_cells, stage_config
+from test_cpu_half_precision import street_label_agreement
 from test_forward_reference import make_encoder
 from test_plan import WIDE_BUCKETS, clouds, next_frame
 
@@ -23,8 +24,6 @@ from sonata_model.plan import build_plan
 from sonata_model.profiling import count_ops
 from sonata_model.serialization import ORDERS, serialize
 from sonata_model.sparse_conv import SubMConv3d
-from sonata_model.synth.drive import generate_drive
-from sonata_ros.model_loading import load_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -123,15 +122,7 @@ def test_a_frame_on_the_gpu_plans_with_one_host_wait_and_equals_the_cpu():
 
 
 def test_bf16_labels_agree_with_fp32_on_a_street():
-    model = load_model("", "", "")
-    full = sm.Segmenter(model.encoder, model.head, device=CUDA, precision="fp32")
-    half = sm.Segmenter(model.encoder, model.head, device=CUDA, precision="bf16")
-    agree, total = 0, 0
-    for frame in generate_drive("hdl64", frames=2, seed=7):
-        a = full(frame.coord, strength=frame.strength).labels
-        b = half(frame.coord, strength=frame.strength).labels
-        agree, total = agree + int((a == b).sum()), total + len(a)
-    assert agree / total >= 0.99, agree / total
+    assert street_label_agreement(CUDA) >= 0.99
 
 
 def test_spconv_on_cuda_equals_the_torch_conv_and_builds_one_rulebook_per_stage(monkeypatch):

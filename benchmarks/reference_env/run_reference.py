@@ -9,8 +9,10 @@ grid-sample `inverse`.
 Two settings make the run deterministic, as this project's inference is, without changing its maths:
 `shuffle_orders` is off in the model and in every pooling layer (the reference re-shuffles the curve
 orders on every pooling otherwise), and the input cloud has one point per voxel (see vs_reference.py),
-so GridSample's random pick per voxel has one candidate. On CPU, spconv's CUDA build needs three
+so GridSample's random pick per voxel has one candidate. On CPU, spconv's CUDA build needs four
 accommodations (`cpu_spconv`); the conv maths is unchanged.
+
+`--precision bf16 | fp16` runs the forward under torch.autocast, as this project's `precision` does.
 
     python run_reference.py INPUT.npz CHECKPOINT OUTPUT.npy --warmup 1 --device cpu   (then "frame"/"save" on stdin)
 """
@@ -26,10 +28,13 @@ import time
 import numpy as np
 import torch
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes
+
 
 def cpu_spconv() -> None:
     """spconv-cu* on CPU tensors: the Native algorithm only, no bias fused into the conv in eval mode
-    ("cpu don't support act and bias"; added after), and one thread (wrong results with several)."""
+    ("cpu don't support act and bias"; added after), one thread (wrong results with several), and fp32
+    features (it has no bf16 kernels: under bf16 autocast its convs run in fp32)."""
     import spconv.pytorch as spconv
 
     class SubMConv3d(spconv.SubMConv3d):
@@ -38,18 +43,21 @@ def cpu_spconv() -> None:
             super().__init__(*args, **kwargs)
 
         def forward(self, input, add_input=None):
+            if input.features.dtype != torch.float32:  # under bf16 autocast: spconv's CPU build has no bf16
+                input = input.replace_feature(input.features.float())
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                out = self._conv_forward(
-                    self.training,
-                    input,
-                    self.weight,
-                    None,
-                    add_input,
-                    name=self.name,
-                    sparse_unique_name=self._sparse_unique_name,
-                )
+                with torch.autocast("cpu", enabled=False):  # its output buffer too
+                    out = self._conv_forward(
+                        self.training,
+                        input,
+                        self.weight,
+                        None,
+                        add_input,
+                        name=self.name,
+                        sparse_unique_name=self._sparse_unique_name,
+                    )
             finally:
                 torch.set_num_threads(threads)
             return out if self.bias is None else out.replace_feature(out.features + self.bias)
@@ -73,11 +81,13 @@ def build_model(checkpoint: str, device: torch.device):
     return model.to(device).eval()
 
 
-def frame(model, transform, cloud: dict[str, np.ndarray], device: torch.device) -> tuple[torch.Tensor, int]:
-    """(N, C) all-level features per input point, and the number of voxels."""
+def frame(
+    model, transform, cloud: dict[str, np.ndarray], device: torch.device, precision: torch.dtype | None
+) -> tuple[torch.Tensor, int]:
+    """(N, C) all-level features per input point, and the number of voxels; `precision`: autocast dtype."""
     point = transform({key: value.copy() for key, value in cloud.items()})
     inverse = point.pop("inverse")
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=precision, enabled=precision is not None):
         point = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in point.items()}
         point = model(point)
         while "pooling_parent" in point:
@@ -100,7 +110,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     args = parser.parse_args()
+    precision = PRECISIONS[args.precision]
     torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
@@ -112,7 +124,7 @@ def main() -> None:
     transform = sonata.transform.default()
     cloud = dict(np.load(args.input))
     for _ in range(args.warmup):
-        feat, voxels = frame(model, transform, cloud, device)
+        feat, voxels = frame(model, transform, cloud, device, precision)
     reply(
         ready=True,
         parameters=sum(p.numel() for p in model.parameters()),
@@ -122,7 +134,7 @@ def main() -> None:
     for request in sys.stdin:
         if request.strip() == "frame":
             start = time.perf_counter()
-            feat, voxels = frame(model, transform, cloud, device)
+            feat, voxels = frame(model, transform, cloud, device, precision)
             reply(ms=(time.perf_counter() - start) * 1e3, voxels=voxels)
         elif request.strip() == "save":
             np.save(args.output, feat.float().cpu().numpy())
