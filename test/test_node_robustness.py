@@ -5,10 +5,12 @@ adversarial_clouds.py, two clouds of a million identical points and a real cloud
 each only after the node has accounted for the previous one (its /diagnostics counters), so that each
 message's outcome is seen. The node must stay up, answer every good cloud correctly, count every bad
 one under the reason its construction implies (never as an internal error), drop nothing, and keep its
-resident memory flat: the median RSS over the last 200 messages within 50 MB of the median over the
-200 after warm-up (the heap is handed back after each million-point cloud). Medians, because the RSS
-between two messages swings by some 35 MB with what the last frames were (the node keeps the heap of
-its recent frames and trims it after an outsized one).
+resident memory flat: the lowest RSS over the last 200 messages within 50 MB of the lowest over the
+200 after warm-up. The lowest, because RSS sits on plateaus that the allocator moves by ~40 MB when it
+keeps or returns a block (traced message by message in three runs: 338 MB for 2,000 messages in one;
+338 -> 377 -> 338 MB in another; medians of the two windows differed by -4 to +58 MB), while a leak
+raises the floor; the last window holds the second million-point cloud, after which the node trims
+its heap.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ NAME = "robust_perception"
 BAD = 2030  # 70 of each of the 29 kinds
 GOOD_EVERY = 20
 WARMUP = 150  # messages before the memory baseline (includes a million-point cloud)
-RSS_WINDOW = 200  # messages whose median RSS is compared: the first after warm-up, the last
+RSS_WINDOW = 200  # messages whose lowest RSS is compared: the first after warm-up, the last
 GRID = 0.15  # the test model's voxel size
 REACH = (AXIS_LIMIT - 2) * GRID / 2
 MAX_RSS_GROWTH_MB = 50
@@ -141,7 +143,7 @@ def test_thousands_of_malformed_messages_leave_the_node_up_correct_and_lean(clie
                 expected = adversarial.valid_points(case, REACH)
                 np.testing.assert_array_equal(answer["class_id"] != 255, expected, err_msg=case.kind)
                 assert (answer["class_id"][expected] < CLASSES).all()
-        growth_mb = (np.median(rss[-RSS_WINDOW:]) - np.median(rss[:RSS_WINDOW])) / 2**20
+        growth_mb = (min(rss[-RSS_WINDOW:]) - min(rss[:RSS_WINDOW])) / 2**20
         elapsed = time.monotonic() - start
         print(f"{len(messages)} messages in {elapsed:.0f} s; RSS growth after warm-up {growth_mb:.1f} MB")
         print(sorted(seen.items()))
