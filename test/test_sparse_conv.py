@@ -13,7 +13,6 @@ from plans import distinct_cells, stage_config, voxel_plan
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sonata_model as sm
-from sonata_model import sparse_conv
 from sonata_model.plan import SPARSE_BACKENDS, SizeBuckets
 from sonata_model.sparse_conv import SubMConv3d, default_backend
 
@@ -235,11 +234,7 @@ def test_under_bf16_autocast_the_torch_conv_runs_in_bf16_and_spconv_in_fp32(monk
         with recorder:
             low = conv(feat, level_of([grid]))
             low_pairs = conv(feat, level_of([grid], "pairs"))
-        monkeypatch.setattr(sparse_conv, "_SUM_ROWS", 100)  # the bf16 products summed in many slices
-        sliced_pairs = conv(feat, level_of([grid], "pairs"))
         spconv_out = conv(feat, level_of([grid], "spconv"), "spconv")
-    assert level_of([grid], "pairs").pairs.source.shape[0] > 10 * 100
-    torch.testing.assert_close(sliced_pairs, low_pairs, rtol=0, atol=0)
     assert low.dtype == torch.bfloat16 and torch.bfloat16 in recorder.dtypes and torch.float16 not in recorder.dtypes
     for out in (low, low_pairs):
         assert (out.float() - exact).abs().max() < 0.01 * exact.abs().max()  # bf16's 8 bits of mantissa
