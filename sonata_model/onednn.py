@@ -16,6 +16,9 @@ with oneDNN's default caches (1,024 entries each), keeps them (the node grew fro
   default. The caps are read when the process first runs a oneDNN kernel, so they hold when this
   package is imported before any; a value already in the environment is kept.
 
+bf16 is fast where the CPU has AVX-512 BF16 or AMX; elsewhere oneDNN emulates it and it may run slower
+than fp32 (`native_bf16`: the Segmenter warns).
+
 The on/off switch is process-wide in torch; nested and concurrent fp32 forwards are
 reference-counted so that the caller's own setting is restored when the last one leaves.
 """
@@ -59,3 +62,9 @@ def forward_kernels(device: torch.device) -> Iterator[None]:
             _users -= 1
             if _users == 0:
                 torch._C._set_mkldnn_enabled(_saved)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX tiles), as torch reports it."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)

@@ -13,6 +13,7 @@ back on demand, so the large per-voxel embedding costs nothing unless it is read
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .encoder import SonataEncoder
 from .graphs import GraphedForward
 from .grid import voxel_grid
 from .normals import NORMAL_MODES, estimate_normals
+from .onednn import native_bf16
 from .plan import EmptyCloudError, FramePlan, SizeBuckets, build_plan
 from .point import Point
 from .pooling import linear_upcast, upcast
@@ -157,6 +159,12 @@ class Segmenter:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if self.device.type == "cpu" and precision == "bf16" and not native_bf16():
+            warnings.warn(
+                "precision bf16 on a CPU without AVX-512 BF16 or AMX: emulated, it may run slower than fp32 "
+                "(measure with benchmarks/encoder.py --precision bf16)",
+                stacklevel=2,
+            )
         config = encoder.config
         self.transform = transform or config.transform(domain)
         normals = normals or self.transform.default_normals

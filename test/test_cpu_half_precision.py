@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
+import pytest
 import torch
 from test_forward_reference import make_encoder
 
@@ -76,3 +78,16 @@ def test_a_bf16_stream_of_varying_clouds_on_the_cpu_keeps_its_memory():
     rss = np.array(json.loads(done.stdout.splitlines()[-1]))
     growth = np.median(rss[-20:]) - np.median(rss[40:60])
     assert growth < GROWTH_LIMIT_MB, f"RSS grew by {growth:.0f} MB from frame 50 to {FRAMES}"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_may_be_slower(monkeypatch):
+    encoder = make_encoder("tiny")
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False)
+    with pytest.warns(UserWarning, match="without AVX-512 BF16 or AMX"):
+        sm.Segmenter(encoder, None, device="cpu", precision="bf16", domain="outdoor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sm.Segmenter(encoder, None, device="cpu", precision="fp32", domain="outdoor")
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+        sm.Segmenter(encoder, None, device="cpu", precision="bf16", domain="outdoor")
