@@ -17,7 +17,8 @@
 #   core: pytest -m cuda; encoder benchmarks (sonata_lidar 120k LiDAR points, sonata indoor room) in
 #         bf16, eager, bucketed and replayed from CUDA graphs (--cuda-graphs; CUDA only, so not in
 #         --dry-run); the reference implementation side by side (when its source is under
-#         .gpu/sonata-ref); 20 steps of bf16 pretraining through torchrun (NCCL).
+#         .gpu/sonata-ref), in fp32 and in bf16 on both sides; 20 steps of bf16 pretraining through
+#         torchrun (NCCL).
 #   node: the perception node on CUDA, 64-beam frames at 10 Hz from another process, end to end, eager
 #         and with cuda_graphs.
 # --quick fits in about 5 minutes: fewer frames, no pretraining.
@@ -81,6 +82,9 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
     if [ -d .gpu/sonata-ref ]; then
         step vs_reference python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
             --reference-path .gpu/sonata-ref/deps --config "$INDOOR" --device "$DEV" $RECORD
+        step vs_reference_half python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
+            --reference-path .gpu/sonata-ref/deps --config "$INDOOR" --device "$DEV" --precision "$PREC" \
+            --name "vs_reference_${DEV}_$PREC" $RECORD
     fi
     if [ "$QUICK" = 0 ]; then
         drive=$(mktemp -d)/drive
