@@ -14,8 +14,9 @@
 # Run on the device (carry .gpu):
 #     source .gpu/setup.sh && bash scripts/gpu_check.sh [--quick] [--part core|node|all]
 #
-#   core: pytest -m cuda; encoder benchmarks (sonata_lidar 120k LiDAR points, sonata indoor room) in
-#         bf16, eager, bucketed and replayed from CUDA graphs (--cuda-graphs; CUDA only, so not in
+#   core: pytest -m cuda; encoder benchmarks (sonata_lidar 120k LiDAR points, varying by up to 10 %
+#         between frames as a stream does; sonata indoor room) in bf16, eager, bucketed and replayed
+#         from CUDA graphs (--cuda-graphs; CUDA only, so not in
 #         --dry-run); the reference implementation side by side (when its source is under
 #         .gpu/sonata-ref), in fp32 and in bf16 on both sides; 20 steps of bf16 pretraining through
 #         torchrun (NCCL).
@@ -70,11 +71,11 @@ results() {  # the benchmark JSONs written by --record
 if [ "$PART" = core ] || [ "$PART" = all ]; then
     step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test
     step encoder_lidar python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
-        --precision "$PREC" --repeats "$FRAMES" $RECORD
+        --precision "$PREC" --repeats "$FRAMES" --vary $RECORD
     step encoder_lidar_buckets python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
-        --precision "$PREC" --repeats "$FRAMES" --buckets $RECORD
+        --precision "$PREC" --repeats "$FRAMES" --vary --buckets --name "encoder_${LIDAR}_${DEV}_buckets" $RECORD
     [ "$DRY" = 1 ] || step encoder_lidar_graphs python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" \
-        --device "$DEV" --precision "$PREC" --repeats "$FRAMES" --cuda-graphs $RECORD
+        --device "$DEV" --precision "$PREC" --repeats "$FRAMES" --vary --cuda-graphs $RECORD
     step encoder_indoor python3 benchmarks/encoder.py --config "$INDOOR" --scene room --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" $RECORD
     step encoder_utonia python3 benchmarks/encoder.py --config "$UTONIA" --points "$POINTS" --device "$DEV" \
