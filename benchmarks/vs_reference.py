@@ -122,7 +122,8 @@ class ReferenceProcess:
         self.output = work / "reference_feat.npy"
         self.log = (work / "reference_stderr.txt").open("w+")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(args.reference).resolve()), *args.reference_path])
+        folders = [args.reference, *args.reference_path]  # resolved: the process runs in `work`
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(folder).resolve()) for folder in folders)
         command = [
             args.reference_python,
             str(HERE / "reference_env" / "run_reference.py"),
