@@ -207,3 +207,84 @@ def test_spec_parsing():
     for bad in ("bag", "tiff:/x", "frames:", "/data/run1.mcap"):
         with pytest.raises(SourceSpecError, match="KIND:PATH"):
             parse_spec(bad)
+
+
+def pointcept_scene(folder, n: int, seed: int, labels: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """One scene in Pointcept's preprocessed layout (its dtypes: float32, uint8, int64 labels)."""
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(size=(n, 3)).astype(np.float32)
+    arrays = {
+        "coord": rng.uniform(0, 5, (n, 3)).astype(np.float32),
+        "color": rng.integers(0, 256, (n, 3)).astype(np.uint8),
+        "normal": normal / np.linalg.norm(normal, axis=1, keepdims=True),
+        **(labels or {}),
+    }
+    folder.mkdir(parents=True)
+    for key, value in arrays.items():
+        np.save(folder / f"{key}.npy", value)
+    return arrays
+
+
+def test_pointcept_scannet_scenes_read_with_their_labels_and_splits(tmp_path):
+    labelled = {
+        "segment20": np.array([-1, 0, 19, 5] * 25, dtype=np.int64),
+        "segment200": np.arange(100, dtype=np.int64),
+        "instance": np.array([-1, 0, 3, 3] * 25, dtype=np.int64),
+    }
+    train = pointcept_scene(tmp_path / "train" / "scene0000_00", 100, 0, labelled)
+    pointcept_scene(tmp_path / "val" / "scene0011_00", 80, 1, labelled | {k: v[:80] for k, v in labelled.items()})
+    pointcept_scene(tmp_path / "test" / "scene0707_00", 60, 2)  # the test split has no labels
+
+    source = open_source(f"pointcept:{tmp_path}:train")
+    assert len(source) == 1 and source.label_set.name == "scannet20"
+    frame = source[0]
+    assert frame.name == "train/scene0000_00"
+    np.testing.assert_array_equal(frame.coord, train["coord"])
+    np.testing.assert_array_equal(frame.color, train["color"])
+    np.testing.assert_array_equal(frame.normal, train["normal"])
+    assert frame.segment.dtype == np.int32
+    np.testing.assert_array_equal(frame.segment, labelled["segment20"])  # train ids already: not remapped
+    np.testing.assert_array_equal(frame.instance, labelled["instance"] + 1)  # 0 = no instance here
+
+    every = open_source(f"pointcept:{tmp_path}")
+    assert [f.name for f in (every[i] for i in range(len(every)))] == [
+        "test/scene0707_00",
+        "train/scene0000_00",
+        "val/scene0011_00",
+    ]
+    assert every[0].segment is None and len(every[2].segment) == 80
+    two = open_source(f"pointcept:{tmp_path}:train,val")
+    assert [two[i].name for i in range(len(two))] == ["train/scene0000_00", "val/scene0011_00"]
+
+
+def test_pointcept_s3dis_like_scenes_need_their_label_set(tmp_path):
+    segment = np.array([0, 12, 3, -1] * 10, dtype=np.int16)
+    pointcept_scene(tmp_path / "Area_5" / "office_1", 40, 3, {"segment": segment})
+    assert open_source(f"pointcept:{tmp_path}:Area_5")[0].segment is None  # no label set: unlabelled
+    labels = load_label_set("scannet20")  # 20 classes: ids 0..19 are in range
+    labels = replace(labels, name="s3dis_like")
+    frame = open_source(f"pointcept:{tmp_path}:Area_5", label_set=labels)[0]
+    np.testing.assert_array_equal(frame.segment, segment)
+
+
+def test_pointcept_bad_files_name_the_file_and_problem(tmp_path):
+    scene = tmp_path / "train" / "scene0000_00"
+    pointcept_scene(scene, 50, 0, {"segment20": np.full(50, 20, dtype=np.int64)})
+    source = open_source(f"pointcept:{tmp_path}")
+    with pytest.raises(DatasetError, match=r"segment20\.npy: label 20 outside \[-1, 20\)"):
+        source[0]
+    np.save(scene / "segment20.npy", np.zeros(50, dtype=np.float32))
+    with pytest.raises(DatasetError, match=r"segment20\.npy: dtype float32, expected an integer type"):
+        source[0]
+    np.save(scene / "segment20.npy", np.zeros(49, dtype=np.int64))
+    with pytest.raises(DatasetError, match=r"segment20\.npy: shape \(49,\), expected \(50\)"):
+        source[0]
+    np.save(scene / "coord.npy", np.zeros((50, 3), dtype=np.float64))
+    with pytest.raises(DatasetError, match=r"coord\.npy: dtype float64, expected float32"):
+        source[0]
+    with pytest.raises(DatasetError, match="no such split folder"):
+        open_source(f"pointcept:{tmp_path}:val")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no scene folder"):
+        open_source(f"pointcept:{tmp_path / 'empty'}")
+    assert parse_spec(f"pointcept:{tmp_path}:train,val") == ("pointcept", str(tmp_path), "train,val")

@@ -88,3 +88,30 @@ def test_confusion_matrix_ignores_unlabelled_points_and_counts_missing_predictio
     scores.add(truth, predicted)
     np.testing.assert_allclose(scores.iou, [1.0, 0.5, 1 / 3])  # c: 1 hit, 1 missed, 1 false positive
     assert scores.accuracy == 3 / 5
+
+
+def test_probe_and_eval_read_pointcept_scenes_under_a_named_label_set(tmp_path):
+    """S3DIS-style scenes (`segment.npy`) carry no label set of their own: `--label-set` names it."""
+    from test_datasets import pointcept_scene
+
+    rng = np.random.default_rng(0)
+    for split, seed in (("Area_1", 1), ("Area_5", 2)):
+        coord = rng.uniform(0, 4, (3000, 3)).astype(np.float32)
+        segment = (coord[:, 2] > 2).astype(np.int64)  # two classes: low and high
+        pointcept_scene(tmp_path / "data" / split / "office_1", 3000, seed, {"segment": segment, "coord": coord})
+    torch.manual_seed(0)
+    encoder_path = sm.save_encoder(tmp_path / "encoder.pth", sm.SonataEncoder(sm.get_config("tiny")))
+    label_set = tmp_path / "low_high.yaml"
+    label_set.write_text(
+        "name: low_high\nignore_index: -1\nclasses:\n  - {name: low, color: [0, 0, 255]}\n"
+        "  - {name: high, color: [255, 0, 0]}\n"
+    )
+    common = ["--encoder", str(encoder_path), "--device", "cpu", "--label-set", str(label_set)]
+    train, val = f"pointcept:{tmp_path / 'data'}:Area_1", f"pointcept:{tmp_path / 'data'}:Area_5"
+    assert probe_main([*common, "--data", train, "--out", str(tmp_path / "head.pth"), "--steps", "100"]) == 0
+    head = sm.load_head(tmp_path / "head.pth")
+    assert head.label_set == "low_high" and head.class_names == ["low", "high"]
+    report_dir = str(tmp_path / "r")
+    assert eval_main([*common, "--head", str(tmp_path / "head.pth"), "--data", val, "--report", report_dir]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert np.asarray(report["confusion"]).sum() == 3000  # every point of the held-out scene scored

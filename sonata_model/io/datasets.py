@@ -35,13 +35,13 @@ class DatasetError(ValueError):
     """A dataset file that is missing or malformed; the message names the file."""
 
 
-def _load_array(path: Path, dtype, shape_tail: tuple[int, ...], n: int | None) -> np.ndarray:
-    """A memory-mapped .npy checked to be `dtype` and (n or any, *shape_tail)."""
+def load_array(path: Path, dtype, shape_tail: tuple[int, ...], n: int | None) -> np.ndarray:
+    """A memory-mapped .npy checked to be `dtype` (None: any) and (n or any, *shape_tail)."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
-    if array.dtype != np.dtype(dtype):
+    if dtype is not None and array.dtype != np.dtype(dtype):
         raise DatasetError(f"{path}: dtype {array.dtype}, expected {np.dtype(dtype)}")
     if array.ndim != 1 + len(shape_tail) or array.shape[1:] != shape_tail or (n is not None and len(array) != n):
         expected = ("N" if n is None else str(n), *map(str, shape_tail))
@@ -84,14 +84,14 @@ class FrameFolder:
         folder = self.root / name
         if not (folder / "coord.npy").is_file():
             raise DatasetError(f"{folder / 'coord.npy'}: missing (frame {name!r} is listed in index.json)")
-        coord = _load_array(folder / "coord.npy", np.float32, (3,), None)
+        coord = load_array(folder / "coord.npy", np.float32, (3,), None)
         n = len(coord)
         arrays = {
-            key: _load_array(folder / f"{key}.npy", dtype, tail, n)
+            key: load_array(folder / f"{key}.npy", dtype, tail, n)
             for key, (dtype, tail) in _OPTIONAL.items()
             if (folder / f"{key}.npy").is_file()
         }
-        pose = _load_array(folder / "pose.npy", np.float64, (4,), 4) if (folder / "pose.npy").is_file() else None
+        pose = load_array(folder / "pose.npy", np.float64, (4,), 4) if (folder / "pose.npy").is_file() else None
         stamp_ns, frame_id = _read_meta(folder / "meta.json")
         return Frame(coord=coord, pose=pose, name=name, stamp_ns=stamp_ns, frame_id=frame_id, **arrays)
 

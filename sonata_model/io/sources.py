@@ -4,6 +4,8 @@
     kitti:/data/semantickitti[:00,01]      SemanticKITTI sequences (all by default; "seq00" also works)
     nuscenes:/data/nuscenes[:v1.0-mini]    nuScenes lidarseg (v1.0-trainval by default)
     frames:/data/extracted                 per-frame folders
+    pointcept:/data/scannet[:train,val]    scenes preprocessed by Pointcept (ScanNet, S3DIS, ...; every
+                                           split by default); ScanNet's 20 classes unless --label-set
     pcd:/data/scans  or  pcd:/data/a.pcd   PCD files (ascii / binary / binary_compressed, any fields):
                                            every *.pcd of a folder in name order, or one file; unlabelled
 
@@ -24,10 +26,15 @@ from .datasets import DatasetError, FrameFolder, NuScenesLidarSeg, SemanticKitti
 from .frame import Frame
 from .labels import LabelSet, load_label_set
 from .pcd import PcdError, PcdSource
+from .pointcept import PointceptScenes
 from .pointcloud2 import PointCloudError
 
-SOURCE_KINDS = ("bag", "kitti", "nuscenes", "frames", "pcd")
-SPEC_SYNTAX = "bag:PATH[:TOPIC], kitti:ROOT[:SEQUENCES], nuscenes:ROOT[:VERSION], frames:DIR, pcd:FILE_OR_DIR"
+SOURCE_KINDS = ("bag", "kitti", "nuscenes", "frames", "pcd", "pointcept")
+SPEC_SYNTAX = (
+    "bag:PATH[:TOPIC], kitti:ROOT[:SEQUENCES], nuscenes:ROOT[:VERSION], frames:DIR, pcd:FILE_OR_DIR, "
+    "pointcept:ROOT[:SPLITS]"
+)
+_SPLITS = re.compile(r"[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*")
 _KITTI_SEQUENCES = re.compile(r"(seq)?\d+(,(seq)?\d+)*")
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,12 @@ class FrameSource(Protocol):
 class DatasetSource:
     """A dataset reader with the `name` and `label_set` of a FrameSource."""
 
-    def __init__(self, reader: SemanticKitti | NuScenesLidarSeg | FrameFolder, name: str, label_set: LabelSet | None):
+    def __init__(
+        self,
+        reader: SemanticKitti | NuScenesLidarSeg | FrameFolder | PointceptScenes,
+        name: str,
+        label_set: LabelSet | None,
+    ):
         self.reader, self.name, self.label_set = reader, name, label_set
 
     def __len__(self) -> int:
@@ -73,6 +85,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
         "nuscenes": tail.startswith("v1.0"),
         "frames": False,
         "pcd": False,
+        "pointcept": _SPLITS.fullmatch(tail) is not None and "/" not in tail,
     }[kind]
     if sep and head and is_option:
         return kind, head, tail
@@ -102,6 +115,9 @@ def open_source(
         return DatasetSource(reader, spec, reader.label_set)
     if kind == "pcd":
         return PcdSource(path, intensity_scale=intensity_scale, label_set=labels)
+    if kind == "pointcept":
+        reader = PointceptScenes(path, option.split(",") if option else None, labels)
+        return DatasetSource(reader, spec, reader.label_set)
     reader = FrameFolder(path)
     if labels is None and reader.label_set_name:
         labels = load_label_set(reader.label_set_name)

@@ -129,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default="eval", help="folder for report.json and confusion.png")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--domain", help="indoor | outdoor | object (default: the encoder checkpoint's)")
+    parser.add_argument("--label-set", help="label set name or YAML path, replacing the sources' own")
     args = parser.parse_args(argv)
     head = load_head(args.head)
-    sources = [open_source(spec) for spec in args.data]
+    sources = [open_source(spec, label_set=args.label_set) for spec in args.data]
     names = head.class_names or (list(sources[0].label_set.names) if sources[0].label_set else None)
     if names is None or len(names) != head.num_classes:
         parser.error("cannot name the head's classes: save it with sonata-probe or use a source with a label set")

@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--domain", help="indoor | outdoor | object (default: the encoder checkpoint's)")
+    parser.add_argument("--label-set", help="label set name or YAML path, replacing the sources' own")
     args = parser.parse_args(argv)
-    sources = [open_source(spec) for spec in args.data]
+    sources = [open_source(spec, label_set=args.label_set) for spec in args.data]
     label_sets = {s.label_set.name for s in sources if s.label_set is not None}
     if len(label_sets) != 1:
         parser.error(f"the sources must share one label set, found {sorted(label_sets) or 'none'}")
