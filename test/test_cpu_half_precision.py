@@ -11,9 +11,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from test_domains import KITTI_SCAN
 from test_forward_reference import make_encoder
 
 import sonata_model as sm
+from sonata_model.io.datasets import read_kitti_scan
 from sonata_model.synth.drive import generate_drive
 from sonata_ros.model_loading import load_model
 
@@ -22,6 +24,7 @@ STREAM = """
 import json, sys
 import numpy as np, psutil, torch
 import sonata_model as sm
+from sonata_model.io.datasets import read_kitti_scan
 torch.set_num_threads(1)
 torch.manual_seed(0)
 config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.15, coord_scale=0.2)
@@ -53,6 +56,18 @@ def street_label_agreement(device: str | torch.device) -> float:
 
 def test_bf16_labels_on_the_cpu_agree_with_fp32_on_a_street():
     assert street_label_agreement("cpu") >= 0.99
+
+
+def test_bf16_labels_on_the_cpu_agree_with_fp32_on_a_real_scan():
+    if not KITTI_SCAN.is_file():
+        pytest.skip(f"real scans not available ({KITTI_SCAN} absent; see shared/real/README.md)")
+    scan = read_kitti_scan(KITTI_SCAN)
+    model = load_model("", "", "")
+    labels = [
+        sm.Segmenter(model.encoder, model.head, device="cpu", precision=p)(scan.coord, strength=scan.strength).labels
+        for p in ("fp32", "bf16")
+    ]
+    assert (labels[0] == labels[1]).mean() >= 0.99
 
 
 def test_a_bf16_forward_on_the_cpu_runs_with_onednn_and_an_fp32_forward_without():
