@@ -33,6 +33,32 @@ def test_extract_writes_every_frame_and_resumes(tmp_path):
     assert resumed["already there"] == 5 and resumed["written"] == 0  # nothing left to do
 
 
+def test_extract_keeps_the_labels_under_the_sources_or_the_named_label_set(tmp_path):
+    from test_datasets import pointcept_scene
+
+    scannet = {"segment20": np.array([-1, 0, 19, 4] * 10, dtype=np.int64)}
+    pointcept_scene(tmp_path / "scannet" / "train" / "scene0000_00", 40, 0, scannet)
+    extract(f"pointcept:{tmp_path / 'scannet'}", tmp_path / "a", workers=1)  # the source's own set
+    frames = open_source(f"frames:{tmp_path / 'a'}")
+    assert frames.label_set.name == "scannet20"
+    np.testing.assert_array_equal(frames[0].segment, scannet["segment20"])
+
+    segment = np.array([0, 1, 1, -1] * 10, dtype=np.int16)
+    pointcept_scene(tmp_path / "s3dis" / "Area_1" / "office_1", 40, 1, {"segment": segment})
+    label_set = tmp_path / "two.yaml"
+    label_set.write_text(
+        "name: two\nignore_index: -1\nclasses: [{name: a, color: [0, 0, 0]}, {name: b, color: [9, 9, 9]}]\n"
+    )
+    out = tmp_path / "b"
+    assert (
+        extract_main(["--data", f"pointcept:{tmp_path / 's3dis'}", "--out", str(out), "--label-set", str(label_set)])
+        == 0
+    )
+    frames = open_source(f"frames:{out}")
+    assert frames.label_set.name == "two"
+    np.testing.assert_array_equal(frames[0].segment, segment)
+
+
 def test_plot_draws_the_metrics(tmp_path):
     rows = [
         "step,loss,mask_loss,roll_mask_loss,unmask_loss,lr,weight_decay,momentum,teacher_temp,mask_size,"

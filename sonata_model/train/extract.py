@@ -20,24 +20,24 @@ from ..io.bags import BagError, iter_bag_frames
 from ..io.datasets import DatasetError, FrameFolderWriter, write_frame_folder
 from ..io.frame import Frame
 from ..io.pcd import PcdError
-from ..io.sources import SKIPPABLE, SPEC_SYNTAX, SourceSpecError, open_source, parse_spec
+from ..io.sources import SKIPPABLE, SPEC_SYNTAX, FrameSource, SourceSpecError, open_source, parse_spec
 
 
 def _write(root: str, frame: Frame) -> bool:
     return write_frame_folder(Path(root), frame)
 
 
-def _frames(spec: str, every: int, counts: Counter):
-    """(index, frame) of every `every`-th readable frame; unreadable ones are counted in `counts`."""
-    kind, path, option = parse_spec(spec)
-    if kind == "bag":  # sequential read: fast, and damaged bags still yield their good frames
+def _frames(spec: str, source: FrameSource | None, every: int, counts: Counter):
+    """(index, frame) of every `every`-th readable frame of `source` (None: the bag of `spec`, read
+    sequentially); unreadable ones are counted in `counts`."""
+    if source is None:  # sequential read: fast, and damaged bags still yield their good frames
+        _, path, option = parse_spec(spec)
         frames = iter_bag_frames(path, option)
         for index, frame in enumerate(frames):
             if index % every == 0:
                 yield index, frame
         counts["unreadable"] += sum(frames.report.skipped.values())
         return
-    source = open_source(spec)
     for index in range(0, len(source), every):
         try:
             frame = source[index]
@@ -48,14 +48,18 @@ def _frames(spec: str, every: int, counts: Counter):
 
 
 def extract(spec: str, out: str | Path, workers: int = 2, every: int = 1, label_set: str | None = None) -> Counter:
-    _, path, _ = parse_spec(spec)
+    """Write the frames of `spec` as a frame folder; `label_set` (name or YAML path) is the one the source
+    is read under (its own by default), recorded in index.json."""
+    kind, path, _ = parse_spec(spec)
     stem = Path(path).name.split(".")[0] or "frame"
-    writer = FrameFolderWriter(out, label_set=label_set)
+    source = None if kind == "bag" else open_source(spec, label_set=label_set)
+    own = source.label_set.name if source is not None and source.label_set is not None else None
+    writer = FrameFolderWriter(out, label_set=label_set or own)
     counts: Counter = Counter()
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = set()
-        for index, frame in _frames(spec, every, counts):
+        for index, frame in _frames(spec, source, every, counts):
             frame.name = f"{stem}_{index:06d}"
             if writer.exists(frame.name):
                 counts["already there"] += 1
@@ -93,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--every", type=int, default=1, help="keep every N-th frame")
-    parser.add_argument("--label-set", help="label set name recorded in index.json (labelled sources)")
+    parser.add_argument(
+        "--label-set", help="label set (name or YAML path) to read the source under, recorded in index.json"
+    )
     args = parser.parse_args(argv)
     try:
         counts = extract(args.data, args.out, args.workers, max(1, args.every), args.label_set)
