@@ -2,6 +2,7 @@
 
     python benchmarks/real_scans.py --record                       # the shipped demo model
     python benchmarks/real_scans.py --encoder runs/x/encoder.pth --head head.pth --domain outdoor
+    python benchmarks/real_scans.py --precision bf16 --name real_scans_bf16 --record --no-figures
 
 The scan is SemanticKITTI's (HDL-64E, 123,389 points, ground truth; `../shared/real/`, never part of
 the repository). Its 19 classes are mapped by name onto the model's label set (for the demo model the
@@ -38,7 +39,9 @@ def main() -> int:
     parser.add_argument("--domain", help="indoor | outdoor | object (default: the checkpoint's)")
     parser.add_argument("--real", type=Path, default=REAL_ROOT, help="the folder of the real scans")
     parser.add_argument("--name", default="real_scans", help="names the JSON and the PNGs (docs/<name>_*.png)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="on the CPU (bf16: autocast)")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--no-figures", action="store_true", help="with --record: the JSON only")
     args = parser.parse_args()
     from sonata_ros.model_loading import load_model
 
@@ -49,7 +52,7 @@ def main() -> int:
     except RealDataMissing as exc:
         print(f"real_scans: {exc}", file=sys.stderr)
         return 2
-    segmenter = sm.Segmenter(model.encoder, model.head, device="cpu", domain=args.domain)
+    segmenter = sm.Segmenter(model.encoder, model.head, device="cpu", domain=args.domain, precision=args.precision)
     cloud, truth = sm.Cloud(scan.coord.astype(np.float32), strength=scan.strength), scan.segment
     start = time.perf_counter()
     predicted = segmenter.segment_batch([cloud])[0].labels
@@ -60,7 +63,8 @@ def main() -> int:
     present = [n for n, count in zip(labels.names, scores.confusion.sum(1), strict=True) if count]
 
     confusion_png, bev_png = DOCS / f"{args.name}_confusion.png", DOCS / f"{args.name}_bev.png"
-    if args.record:
+    figures = args.record and not args.no_figures
+    if figures:
         plot_confusion(scores, confusion_png)
         palette = labels.palette()
         render_bev(
@@ -78,6 +82,7 @@ def main() -> int:
             "scan": "SemanticKITTI (spvnas 000000), HDL-64E, 123,389 points",
             "model": model.description,
             "domain": segmenter.domain,
+            "precision": args.precision,
             "transform": segmenter.transform.describe(),
             "classes_scored": present,
             "miou": round(scores.miou, 4),
@@ -86,7 +91,7 @@ def main() -> int:
             "scored_points": report["points"],
             "unlabelled_points": report["unlabelled"],
             "seconds": round(seconds, 2),
-            "figures": [str(p.relative_to(ROOT)) for p in (confusion_png, bev_png)] if args.record else [],
+            "figures": [str(p.relative_to(ROOT)) for p in (confusion_png, bev_png)] if figures else [],
         },
         args.record,
     )
