@@ -11,6 +11,7 @@ import pytest
 from sonata_model.io.datasets import DatasetError, FrameFolder, FrameFolderWriter, write_kitti
 from sonata_model.io.frame import Frame
 from sonata_model.io.labels import load_label_set
+from sonata_model.io.ply import PlyError
 from sonata_model.io.sources import SkippingSource, SourceSpecError, open_source, parse_spec
 from sonata_model.synth.drive import generate_drive
 
@@ -288,3 +289,76 @@ def test_pointcept_bad_files_name_the_file_and_problem(tmp_path):
     with pytest.raises(DatasetError, match="no scene folder"):
         open_source(f"pointcept:{tmp_path / 'empty'}")
     assert parse_spec(f"pointcept:{tmp_path}:train,val") == ("pointcept", str(tmp_path), "train,val")
+
+
+def write_ply(path, vertex: dict[str, np.ndarray], faces: np.ndarray | None = None, order: str = "<") -> None:
+    """A binary PLY as ScanNet writes it: vertex scalars, then uchar-counted int triangles."""
+    names = {"f4": "float", "u1": "uchar", "u2": "ushort", "i4": "int"}
+    dtype = np.dtype([(k, order + v.dtype.str[1:]) for k, v in vertex.items()])
+    records = np.empty(len(next(iter(vertex.values()))), dtype)
+    for key, value in vertex.items():
+        records[key] = value
+    fmt = "binary_little_endian" if order == "<" else "binary_big_endian"
+    header = ["ply", f"format {fmt} 1.0", "comment test", f"element vertex {len(records)}"]
+    header += [f"property {names[v.dtype.str[1:]]} {k}" for k, v in vertex.items()]
+    body = records.tobytes()
+    if faces is not None:
+        header += [f"element face {len(faces)}", "property list uchar int vertex_indices"]
+        face_records = np.empty(len(faces), np.dtype([("n", "u1"), ("i", order + "i4", (faces.shape[1],))]))
+        face_records["n"], face_records["i"] = faces.shape[1], faces
+        body += face_records.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\n".join([*header, "end_header"]) + "\n").encode() + body)
+
+
+def square_mesh() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A unit square in the z = 0 plane (two counter-clockwise triangles) and a lone vertex above it."""
+    coord = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0.5, 0.5, 2]], np.float32)
+    vertex = {"x": coord[:, 0], "y": coord[:, 1], "z": coord[:, 2]}
+    vertex |= {c: np.arange(5, dtype=np.uint8) * (i + 1) for i, c in enumerate(("red", "green", "blue", "alpha"))}
+    return vertex, np.array([[0, 1, 2], [0, 2, 3]])
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_scannet_meshes_read_as_points_with_normals_and_mapped_labels(tmp_path, order):
+    vertex, faces = square_mesh()
+    scene = tmp_path / "scans" / "scene0000_00"
+    write_ply(scene / "scene0000_00_vh_clean_2.ply", vertex, faces, order)
+    nyu40 = np.array([1, 2, 40, 39, 33], np.uint16)  # wall, floor, otherprop (not a class), otherfurniture, toilet
+    write_ply(scene / "scene0000_00_vh_clean_2.labels.ply", {**vertex, "label": nyu40}, faces, order)
+    write_ply(tmp_path / "scans_test" / "scene0707_00" / "scene0707_00_vh_clean_2.ply", vertex, faces, order)
+
+    source = open_source(f"scannet:{tmp_path}")
+    assert len(source) == 2 and source.label_set.name == "scannet20"
+    frame = source[0]
+    assert frame.name == "scene0000_00"
+    np.testing.assert_array_equal(frame.coord[:, 0], vertex["x"])
+    np.testing.assert_array_equal(frame.color[:, 2], vertex["blue"])
+    np.testing.assert_allclose(frame.normal[:4], np.tile([0, 0, 1], (4, 1)), atol=1e-6)
+    np.testing.assert_array_equal(frame.normal[4], [0, 0, 0])  # in no triangle
+    np.testing.assert_array_equal(frame.segment, [0, 1, -1, 19, 16])
+    assert source[1].segment is None and source[1].name == "scene0707_00"
+
+
+def test_scannet_bad_meshes_name_the_file_and_problem(tmp_path):
+    vertex, faces = square_mesh()
+    mesh = tmp_path / "scans" / "scene0000_00" / "scene0000_00_vh_clean_2.ply"
+    write_ply(mesh, vertex, faces)
+    source = open_source(f"scannet:{tmp_path}")
+    mesh.write_bytes(mesh.read_bytes()[:-10])
+    with pytest.raises(PlyError, match=r"vh_clean_2\.ply: truncated: 2 face records"):
+        source[0]
+    write_ply(mesh, vertex, np.array([[0, 1, 2, 3]]))
+    with pytest.raises(PlyError, match="faces must be triangles"):
+        source[0]
+    write_ply(mesh, vertex, np.array([[0, 1, 7]]))
+    with pytest.raises(DatasetError, match=r"a face names a vertex outside 0\.\.4"):
+        source[0]
+    mesh.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 0\nend_header\n")
+    with pytest.raises(PlyError, match=r"format 'format ascii 1\.0' not supported"):
+        source[0]
+    mesh.write_bytes(b"not a mesh")
+    with pytest.raises(PlyError, match="not a PLY file"):
+        source[0]
+    with pytest.raises(DatasetError, match="no ScanNet mesh"):
+        open_source(f"scannet:{tmp_path / 'scans' / 'nothing'}")

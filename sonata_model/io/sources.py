@@ -6,6 +6,7 @@
     frames:/data/extracted                 per-frame folders
     pointcept:/data/scannet[:train,val]    scenes preprocessed by Pointcept (ScanNet, S3DIS, ...; every
                                            split by default); ScanNet's 20 classes unless --label-set
+    scannet:/data/scannet                  the ScanNet v2 download (`*_vh_clean_2.ply` meshes + labels)
     pcd:/data/scans  or  pcd:/data/a.pcd   PCD files (ascii / binary / binary_compressed, any fields):
                                            every *.pcd of a folder in name order, or one file; unlabelled
 
@@ -26,13 +27,15 @@ from .datasets import DatasetError, FrameFolder, NuScenesLidarSeg, SemanticKitti
 from .frame import Frame
 from .labels import LabelSet, load_label_set
 from .pcd import PcdError, PcdSource
+from .ply import PlyError
 from .pointcept import PointceptScenes
 from .pointcloud2 import PointCloudError
+from .scannet import ScanNetScenes
 
-SOURCE_KINDS = ("bag", "kitti", "nuscenes", "frames", "pcd", "pointcept")
+SOURCE_KINDS = ("bag", "kitti", "nuscenes", "frames", "pcd", "pointcept", "scannet")
 SPEC_SYNTAX = (
     "bag:PATH[:TOPIC], kitti:ROOT[:SEQUENCES], nuscenes:ROOT[:VERSION], frames:DIR, pcd:FILE_OR_DIR, "
-    "pointcept:ROOT[:SPLITS]"
+    "pointcept:ROOT[:SPLITS], scannet:ROOT"
 )
 _SPLITS = re.compile(r"[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*")
 _KITTI_SEQUENCES = re.compile(r"(seq)?\d+(,(seq)?\d+)*")
@@ -60,7 +63,7 @@ class DatasetSource:
 
     def __init__(
         self,
-        reader: SemanticKitti | NuScenesLidarSeg | FrameFolder | PointceptScenes,
+        reader: SemanticKitti | NuScenesLidarSeg | FrameFolder | PointceptScenes | ScanNetScenes,
         name: str,
         label_set: LabelSet | None,
     ):
@@ -86,6 +89,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
         "frames": False,
         "pcd": False,
         "pointcept": _SPLITS.fullmatch(tail) is not None and "/" not in tail,
+        "scannet": False,
     }[kind]
     if sep and head and is_option:
         return kind, head, tail
@@ -118,13 +122,16 @@ def open_source(
     if kind == "pointcept":
         reader = PointceptScenes(path, option.split(",") if option else None, labels)
         return DatasetSource(reader, spec, reader.label_set)
+    if kind == "scannet":
+        reader = ScanNetScenes(path, labels)
+        return DatasetSource(reader, spec, reader.label_set)
     reader = FrameFolder(path)
     if labels is None and reader.label_set_name:
         labels = load_label_set(reader.label_set_name)
     return DatasetSource(reader, spec, labels)
 
 
-SKIPPABLE = (DatasetError, PointCloudError, PcdError, BagError, OSError, ValueError)
+SKIPPABLE = (DatasetError, PointCloudError, PcdError, PlyError, BagError, OSError, ValueError)
 
 
 class SkippingSource:
