@@ -44,7 +44,8 @@ class PointceptScenes:
         self.scenes = sorted(coord.parent for top in tops for coord in top.rglob("coord.npy"))
         if not self.scenes:
             raise DatasetError(f"{self.root}: no scene folder (<split>/<scene>/coord.npy) under {tops[0]}")
-        scannet = any((scene / f"{SCANNET_SEGMENT}.npy").is_file() for scene in self.scenes)  # test: unlabelled
+        # any scene: ScanNet's test split has no labels
+        scannet = any((scene / f"{SCANNET_SEGMENT}.npy").is_file() for scene in self.scenes)
         self.label_set = label_set or (load_label_set("scannet20") if scannet else None)
 
     def __len__(self) -> int:
