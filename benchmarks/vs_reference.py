@@ -22,8 +22,9 @@ the small stand-ins in `benchmarks/reference_env/` (`segment_csr` via `torch.seg
 Making the comparison exact. The reference's GridSample ("train" mode) keeps a random point per voxel
 and this project the first, so the cloud is reduced beforehand to one point per 2 cm voxel, with the
 reduction made stable under both sides' centre shift: the points that set the bounding box are kept
-(the shift cannot change) and every other point lies at least 1e-3 voxel from a voxel boundary (the
-reference divides by the grid size in float64, this project in float32). Both sides then keep every
+(the shift cannot change) and every other point lies at least 1e-3 voxel from a voxel boundary (both
+sides divide by the grid size in float64, but each computes the centre shift its own way, which may
+round differently in float32). Both sides then keep every
 point, and each input point's features are compared. The reference's curve orders are not shuffled
 (its default in pooling layers, even at inference); see run_reference.py.
 """

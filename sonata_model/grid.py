@@ -1,6 +1,9 @@
 """Voxel grid arithmetic shared by the frame plan, the normals and pretraining: cells and packed keys.
 
-As the reference's GridSample, per cloud: grid = floor(coord / grid_size) minus the cloud's minimum,
+As the reference's GridSample, per cloud: grid = floor(coord / grid_size) minus the cloud's minimum
+(the division in float64, as the reference's numpy does: in float32 a point within ~1e-7 of a cell
+boundary lands in the cell next to the reference's, and data stored at millimetre precision puts many
+points exactly on the boundaries of a 2 cm grid),
 or minus a fixed `origin` cell (outdoor domains anchor the grid on their range box, so that a voxel's
 grid coordinate, hence its place along the serialization curves, does not depend on what else is in
 the scan: cropping a scan or one far return no longer regroups every attention patch).
@@ -46,7 +49,7 @@ def voxel_grid(
     """(N, 3) int64 grid coordinates: floor(coord / grid_size) minus the minimum over each cloud's valid
     points (rows with `valid` False get coordinates relative to their cloud too, but take no part), or
     minus the cell of `origin` (units of `coord`, a corner no valid point lies below) in every cloud."""
-    cell = torch.floor(coord / grid_size).long()
+    cell = torch.floor(coord.double() / grid_size).long()
     if origin is not None:
         return cell - torch.floor(torch.tensor(origin, dtype=torch.float64) / grid_size).long().to(coord.device)
     if valid is not None:

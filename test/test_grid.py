@@ -37,6 +37,18 @@ def test_voxels_inverse_and_representatives_match_numpy():
     assert torch.equal(level.coord, coord[plan.representative])
 
 
+def test_points_on_cell_boundaries_fall_in_the_references_cells():
+    """Millimetre-precision data on a 2 cm grid: a twentieth of the coordinates lie on cell boundaries,
+    where a float32 division puts points in the neighbouring cell; the reference divides in float64."""
+    millimetres = np.random.default_rng(4).integers(-3000, 3000, (20000, 3))
+    coord = (millimetres * 0.001).astype(np.float32)
+    cell = np.floor(coord / np.array(0.02)).astype(np.int64)  # the reference's GridSample arithmetic
+    batch = torch.zeros(len(coord), dtype=torch.long)
+    grid = voxel_grid(torch.from_numpy(coord), batch, 1, 0.02)
+    assert np.array_equal(grid.numpy(), cell - cell.min(axis=0))
+    assert (np.floor(coord / np.float32(0.02)).astype(np.int64) != cell).any()  # float32 would fail here
+
+
 def test_batch_equals_each_cloud_alone():
     a, b = cloud(800, 1), cloud(500, 2, scale=10.0) + 100
     both, level = sample(torch.cat((a, b)), [800, 500], 0.5)

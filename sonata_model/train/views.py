@@ -104,7 +104,7 @@ class PretrainBatch:
 
 def grid_sample_numpy(coord: np.ndarray, grid_size: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(indices of one random point per voxel, their grid coordinates with the minimum subtracted)."""
-    cell = np.floor(coord / grid_size).astype(np.int64)
+    cell = np.floor(coord / np.float64(grid_size)).astype(np.int64)  # float64, as the reference (see grid.py)
     cell -= cell.min(axis=0)
     key = (cell[:, 0] << 42) | (cell[:, 1] << 21) | cell[:, 2]
     order = rng.permutation(len(coord))
