@@ -10,6 +10,7 @@ from plans import stage_config
 
 from sonata_model.grid import offset_to_batch, pack_keys, unpack_keys, voxel_grid
 from sonata_model.plan import EmptyCloudError, build_plan
+from sonata_model.train.views import grid_sample_numpy
 
 
 def cloud(n: int, seed: int, scale: float = 3.0) -> torch.Tensor:
@@ -37,16 +38,28 @@ def test_voxels_inverse_and_representatives_match_numpy():
     assert torch.equal(level.coord, coord[plan.representative])
 
 
-def test_points_on_cell_boundaries_fall_in_the_references_cells():
-    """Millimetre-precision data on a 2 cm grid: a twentieth of the coordinates lie on cell boundaries,
-    where a float32 division puts points in the neighbouring cell; the reference divides in float64."""
+def millimetre_cloud() -> tuple[np.ndarray, np.ndarray]:
+    """Millimetre-precision data and its 2 cm cells by the reference's GridSample arithmetic (float64):
+    a twentieth of the coordinates lie on cell boundaries, where a float32 division puts points in the
+    neighbouring cell."""
     millimetres = np.random.default_rng(4).integers(-3000, 3000, (20000, 3))
     coord = (millimetres * 0.001).astype(np.float32)
-    cell = np.floor(coord / np.array(0.02)).astype(np.int64)  # the reference's GridSample arithmetic
-    batch = torch.zeros(len(coord), dtype=torch.long)
-    grid = voxel_grid(torch.from_numpy(coord), batch, 1, 0.02)
-    assert np.array_equal(grid.numpy(), cell - cell.min(axis=0))
-    assert (np.floor(coord / np.float32(0.02)).astype(np.int64) != cell).any()  # float32 would fail here
+    cell = np.floor(coord / np.array(0.02)).astype(np.int64)
+    assert (np.floor(coord / np.float32(0.02)).astype(np.int64) != cell).any()  # float32 would fail the tests
+    return coord, cell - cell.min(axis=0)
+
+
+def test_points_on_cell_boundaries_fall_in_the_references_cells():
+    coord, expected = millimetre_cloud()
+    grid = voxel_grid(torch.from_numpy(coord), torch.zeros(len(coord), dtype=torch.long), 1, 0.02)
+    assert np.array_equal(grid.numpy(), expected)
+
+
+def test_pretraining_grid_sampling_uses_the_references_cells():
+    coord, expected = millimetre_cloud()
+    index, grid = grid_sample_numpy(coord, 0.02, np.random.default_rng(0))
+    assert np.array_equal(grid, expected[index])
+    assert len(index) == len(np.unique(expected, axis=0))  # one point per cell
 
 
 def test_batch_equals_each_cloud_alone():
