@@ -67,6 +67,23 @@ def pack_keys(grid: Tensor, batch: Tensor | int, level: Tensor | int = 0) -> Ten
     return (grid * _constants(grid.device)[0]).sum(dim=-1) + (cloud_level << 3 * AXIS_BITS)
 
 
+def level_keys(grid: Tensor, batch: Tensor, num_levels: int) -> Tensor:
+    """(L, N) key of every (N, 3) grid coordinate at levels 0..L-1: `pack_keys` of its cell at level l
+    (grid >> l) plus the one-cell margin, for all levels in a few ops (the level and margin terms are
+    constants)."""
+    shifts, level_terms = _level_constants(num_levels, grid.device)
+    weights = _constants(grid.device)[0]
+    return ((grid >> shifts) * weights).sum(dim=-1) + level_terms + (batch << 3 * AXIS_BITS)
+
+
+@functools.cache
+def _level_constants(num_levels: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(L, 1, 1) shifts and (L, 1) level field + margin of `level_keys`, built once per device."""
+    levels = torch.arange(num_levels, dtype=torch.long)
+    terms = (levels << LEVEL_SHIFT) + MARGIN_KEY
+    return levels.view(-1, 1, 1).to(device), terms.view(-1, 1).to(device)
+
+
 def unpack_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of `pack_keys` without the level: (grid (..., 3) int64, cloud (...) int64)."""
     _, shifts, masks = _constants(keys.device)

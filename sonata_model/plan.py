@@ -31,8 +31,9 @@ not 2,048 (the copies stay keys).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +50,8 @@ from .grid import (
     MAX_CLOUDS,
     PAD_CLOUD,
     kernel_offsets,
+    level_keys,
     offset_keys,
-    pack_keys,
     unpack_keys,
 )
 from .point import Point
@@ -91,6 +92,21 @@ class SizeBuckets:
             k += 1
 
 
+class _view:  # lower case: a decorator, like functools.cached_property
+    """A property computed once per instance, then an ordinary attribute: `functools.cached_property`
+    without its lock (Python 3.11's), which `torch.compile` cannot enter."""
+
+    def __init__(self, compute: Callable) -> None:
+        self.compute, self.name = compute, compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
 @dataclass
 class AttentionLayout:
     """The slots attention runs on at one level along one curve, and where every row reads its output.
@@ -115,6 +131,17 @@ class AttentionLayout:
     cu_seqlens: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class PatchShape:
+    """The attention patches of one level (the same along every order): what the forward's shapes are."""
+
+    num_patches: int
+    length: int
+    full_patches: int
+    query_length: int
+    masked: bool  # some slot of a partly queried patch is not a key: sdpa gets a bias
+
+
 @dataclass
 class ConvPairs:
     """The neighbour table of a level compacted into its (row, neighbour) pairs, for a CPU: the pairs of
@@ -127,28 +154,115 @@ class ConvPairs:
     counts: tuple[int, ...]  # pairs per kernel offset, host side
 
 
-@dataclass
+@dataclass(eq=False)
+class FrameTensors:
+    """The plan's device tensors, each over the rows (or attention slots) of all levels at once: level s
+    owns rows [base_s, base_s + capacity_s). A `LevelPlan`'s tensors are views of these, so copying one
+    frame's plan into another's (a captured graph's inputs) is one copy per field, not per level and order."""
+
+    coord: Tensor  # (R, 3) float: level 0 the representatives', then means of the pooled rows
+    origin_coord: Tensor | None  # (R, 3) the same for the members' pre-augmentation coordinates
+    grid_coord: Tensor  # (R, 3) int64 (padding rows: 0)
+    batch: Tensor  # (R,) int64 cloud of each row (padding rows: PAD_CLOUD)
+    offset: Tensor  # (L, B) int64 cumulative real voxel counts per level
+    parent: Tensor  # (R,) row one level up of each row, counted within that level (last level: unused)
+    neighbours: Tensor | None  # (R, 27) int64 level row at each kernel offset, the capacity where none
+    index: Tensor  # (K, S) level row of each attention slot of every level, along each order
+    inverse: Tensor  # (K, R) the attention output holding each row's own output, along each order
+    bias: Tensor | None  # (S,) 0 / -inf: whether each slot is a key (sdpa)
+    cu_seqlens: Tensor | None  # (P + L,) int32 sequence bounds of every level (flash)
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor, in a fixed order."""
+        return [t for t in vars(self).values() if t is not None]
+
+
+@dataclass(eq=False)
 class LevelPlan:
-    """One level: `capacity` rows of which the first `num_voxels` are real (see the module docstring)."""
+    """One level: `capacity` rows of which the first `num_voxels` are real (see the module docstring).
+
+    Its tensors are views of the frame's `FrameTensors`, taken on first use (a CPU plan's conv pairs
+    excepted): a forward replayed from a captured graph never takes them again, and a plan whose
+    levels are not all read (the node reads level 0 only) never takes the others."""
 
     num_voxels: int
     capacity: int
     counts: tuple[int, ...]  # real voxels per cloud
-    coord: Tensor  # (C, 3) float: level 0 the representatives', then means of the pooled rows
-    origin_coord: Tensor | None  # (C, 3) the same for the members' pre-augmentation coordinates
-    grid_coord: Tensor  # (C, 3) int64 (padding rows: 0)
-    batch: Tensor  # (C,) int64 cloud of each row (padding rows: PAD_CLOUD)
-    offset: Tensor  # (B,) int64 cumulative real voxel counts
-    parent: Tensor | None  # (C of the finer level,) row here of each finer row (levels >= 1)
-    neighbours: Tensor | None  # (C, 27) int64 row at each kernel offset, C (a zero row) where none (torch conv)
-    pairs: ConvPairs | None  # the table compacted (torch conv on a CPU, where it is cheaper)
-    layouts: tuple[AttentionLayout, ...]  # one per order of the plan
     spatial_shape: tuple[int, int, int]  # grid extent (spconv)
+    patches: PatchShape
+    pairs: ConvPairs | None  # the neighbour table compacted (torch conv on a CPU, where it is cheaper)
+    frame: FrameTensors = field(repr=False)
+    stage: int
+    rows: slice  # this level's rows of the frame's tensors
+    finer_rows: slice | None  # the finer level's (levels >= 1)
+    slots: slice  # this level's attention slots
+    sequences: slice  # this level's entries of cu_seqlens (flash)
+    kernel: str  # the attention kernel
+    num_orders: int
     rulebook: dict = field(default_factory=dict, repr=False)  # spconv's pairs, built by the stage's first conv
 
     @property
     def padded(self) -> bool:
         return self.capacity > self.num_voxels
+
+    @_view
+    def coord(self) -> Tensor:
+        """(C, 3) float: level 0 the representatives', then means of the pooled rows."""
+        return self.frame.coord[self.rows]
+
+    @_view
+    def origin_coord(self) -> Tensor | None:
+        return None if self.frame.origin_coord is None else self.frame.origin_coord[self.rows]
+
+    @_view
+    def grid_coord(self) -> Tensor:
+        """(C, 3) int64 (padding rows: 0)."""
+        return self.frame.grid_coord[self.rows]
+
+    @_view
+    def batch(self) -> Tensor:
+        """(C,) int64 cloud of each row (padding rows: PAD_CLOUD)."""
+        return self.frame.batch[self.rows]
+
+    @_view
+    def offset(self) -> Tensor:
+        """(B,) int64 cumulative real voxel counts."""
+        return self.frame.offset[self.stage]
+
+    @_view
+    def parent(self) -> Tensor | None:
+        """(C of the finer level,) row here of each finer row (levels >= 1)."""
+        return None if self.finer_rows is None else self.frame.parent[self.finer_rows]
+
+    @_view
+    def neighbours(self) -> Tensor | None:
+        """(C, 27) int64 row at each kernel offset, C (a zero row) where none (torch conv)."""
+        return None if self.frame.neighbours is None else self.frame.neighbours[self.rows]
+
+    @_view
+    def layouts(self) -> tuple[AttentionLayout, ...]:
+        """One `AttentionLayout` per order of the plan."""
+        shape, frame = self.patches, self.frame
+        bias = None
+        if frame.bias is not None and shape.masked:
+            bias = frame.bias[self.slots].view(shape.num_patches, 1, 1, shape.length)[shape.full_patches :]
+        cu_seqlens = None if frame.cu_seqlens is None else frame.cu_seqlens[self.sequences]
+        indexes = frame.index[:, self.slots].unbind(0) if self.num_orders > 1 else (frame.index[0, self.slots],)
+        inverses = frame.inverse[:, self.rows].unbind(0) if self.num_orders > 1 else (frame.inverse[0, self.rows],)
+        return tuple(
+            AttentionLayout(
+                kernel=self.kernel,
+                index=index,
+                inverse=inverse,
+                num_patches=shape.num_patches,
+                length=shape.length,
+                full_patches=shape.full_patches,
+                query_length=shape.query_length,
+                bias=bias,
+                cu_seqlens=cu_seqlens,
+            )
+            for index, inverse in zip(indexes, inverses, strict=True)
+        )
 
 
 @dataclass
@@ -160,6 +274,7 @@ class FramePlan:
     orders: tuple[str, ...]
     attention: str
     sparse_backend: str
+    frame: FrameTensors
     voxel_of_member: Tensor  # (N,) level-0 row of each member; -1 for members that took no part
     representative: Tensor  # (C_0,) member kept for each level-0 row: the lowest (padding rows: 0)
 
@@ -173,37 +288,23 @@ class FramePlan:
             self.attention,
             self.sparse_backend,
             tuple(
-                (
-                    level.capacity,
-                    None if level.pairs is None else level.pairs.counts,
-                    tuple(
-                        (t.num_patches, t.length, t.full_patches, t.query_length, t.bias is None) for t in level.layouts
-                    ),
-                )
+                (level.capacity, None if level.pairs is None else level.pairs.counts, level.patches)
                 for level in self.levels
             ),
         )
 
-    def tensors(self) -> list[Tensor]:
-        """The device tensors the forward reads, in a fixed order."""
-        out = []
-        for level in self.levels:
-            out += [t for t in (level.coord, level.parent, level.neighbours) if t is not None]
-            if level.pairs is not None:
-                out += [level.pairs.source, level.pairs.target, level.pairs.ends]
-            for layout in level.layouts:
-                out += [t for t in (layout.index, layout.inverse, layout.bias, layout.cu_seqlens) if t is not None]
-        return out
-
     def copy_(self, other: FramePlan) -> FramePlan:
-        """Copy `other`'s forward tensors into this plan's (equal signatures), e.g. a captured graph's."""
+        """Copy `other`'s tensors into this plan's (equal signatures), e.g. a captured graph's: one copy
+        per field of `FrameTensors`; the views this plan's levels took see the new values."""
         if other.signature != self.signature:
             raise ValueError("FramePlan.copy_: the plans' signatures differ (different bucket or batch)")
-        for mine, theirs in zip(self.tensors(), other.tensors(), strict=True):
+        for mine, theirs in zip(self.frame.tensors(), other.frame.tensors(), strict=True):
             mine.copy_(theirs)
         for mine, theirs in zip(self.levels, other.levels, strict=True):
-            for name in ("num_voxels", "counts", "origin_coord", "grid_coord", "batch", "offset"):
-                setattr(mine, name, getattr(theirs, name))
+            mine.num_voxels, mine.counts = theirs.num_voxels, theirs.counts
+            if mine.pairs is not None:
+                for name in ("source", "target", "ends"):
+                    getattr(mine.pairs, name).copy_(getattr(theirs.pairs, name))
         self.voxel_of_member, self.representative = other.voxel_of_member, other.representative
         return self
 
@@ -229,8 +330,7 @@ class FramePlan:
     def shift_coords(self, shift: Tensor) -> None:
         """Subtract a (B, 3) per-cloud shift from the coordinates of every level (means commute with it)."""
         padded = torch.cat((shift, shift.new_zeros(PAD_CLOUD + 1 - shift.shape[0], 3)))
-        for level in self.levels:
-            level.coord = level.coord - padded[level.batch]
+        self.frame.coord.sub_(padded[self.frame.batch])  # in place: the levels' views see it
 
 
 def build_plan(
@@ -273,105 +373,121 @@ def build_plan(
     if num_levels > (1 << (63 - LEVEL_SHIFT)) - 1:
         raise ValueError(f"at most {(1 << (63 - LEVEL_SHIFT)) - 1} encoder stages, got {num_levels}")
     device, n = grid_coord.device, grid_coord.shape[0]
-    levels = torch.arange(num_levels, device=device)
 
     # Every member's key at every level, sorted per level: equal keys are one voxel.
-    key = pack_keys((grid_coord >> levels[:, None, None]) + 1, batch, levels[:, None])  # (L, N)
+    key = level_keys(grid_coord, batch, num_levels)  # (L, N)
     if valid is not None:
         key = torch.where(valid, key, _INVALID)
     sorted_key, perm = torch.sort(key, dim=1)
     first = torch.nn.functional.pad(sorted_key[:, 1:] != sorted_key[:, :-1], (1, 0), value=True)
-    rank = torch.cumsum(first, dim=1) - 1
+    rank = torch.cumsum(first, dim=1)  # 1 + the member's voxel within its level
     cloud = (sorted_key >> 3 * AXIS_BITS) & PAD_CLOUD  # invalid members land in the padding cloud's column
-    counts = torch.zeros((num_levels, PAD_CLOUD + 1), dtype=torch.long, device=device)
-    counts.scatter_add_(1, cloud, first.long())
-    extent = grid_coord if valid is None else torch.where(valid[:, None], grid_coord, 0)
-    extent = counts.new_zeros((PAD_CLOUD + 1, 3)).scatter_reduce_(0, batch[:, None].expand_as(extent), extent, "amax")
-    stats = torch.cat((counts[:, :num_clouds].flatten(), extent[:num_clouds].flatten())).tolist()  # the sync
-    per_cloud = np.array(stats[: num_levels * num_clouds], dtype=np.int64).reshape(num_levels, num_clouds)
-    extents = np.array(stats[num_levels * num_clouds :], dtype=np.int64).reshape(num_clouds, 3)
+    stats = torch.zeros(num_levels * (PAD_CLOUD + 1) + (PAD_CLOUD + 1) * 3, dtype=torch.long, device=device)
+    counts, extent = stats[: num_levels * (PAD_CLOUD + 1)], stats[num_levels * (PAD_CLOUD + 1) :]
+    counts.view(num_levels, -1).scatter_add_(1, cloud, first.long())
+    cells = grid_coord if valid is None else torch.where(valid[:, None], grid_coord, 0)
+    extent.view(-1, 3).scatter_reduce_(0, batch[:, None].expand_as(cells), cells, "amax")
+    host = stats.cpu().numpy()  # the sync: voxels per level and cloud, each cloud's extent
+    per_cloud = host[: counts.shape[0]].reshape(num_levels, -1)[:, :num_clouds]
+    extents = host[counts.shape[0] :].reshape(-1, 3)[:num_clouds]
     _check(per_cloud, extents, n, voxelize, grid_size)
 
     sizes = _Sizes(per_cloud, n if not voxelize else None, buckets, config.enc_patch_size, num_clouds)
     meta = _upload(sizes, extents, device)
     total = sizes.total_rows
 
-    # Rows: each member's row at every level; keys, grid and cloud of every row; its lowest member.
-    member_row = torch.empty_like(rank).scatter_(1, perm, rank + meta["base"][:, None])
+    # Rows: each member's row at every level, in an (L + 1, N + 1) table whose last column is a stand-in
+    # member of the padding rows (each level's first padding row) and whose last row is the dump row (R),
+    # so that "the row one level up" of padding and last-level rows needs no case of its own.
+    member_row = torch.full((num_levels + 1, n + 1), total, dtype=torch.long, device=device)
+    member_row[:, n] = meta["pad_row"]
+    members = member_row[:num_levels, :n]
+    members.scatter_(1, perm, rank + meta["row_start"][:, None])
     if not voxelize:
-        member_row[0] = torch.arange(n, device=device)
+        torch.arange(n, device=device, out=member_row[0, :n])
     if valid is not None:
-        member_row = torch.where(valid, member_row, total)  # the dump row past the last level
-    row_level = torch.repeat_interleave(meta["level"], meta["rows"], output_size=total + 1)
-    row_key = meta["pad_key"][row_level].scatter_(0, member_row.flatten(), key.flatten())[:total]
-    row_grid, row_cloud = unpack_keys(row_key - MARGIN_KEY)
-    rep = torch.zeros(total + 1, dtype=torch.long, device=device)
+        members.masked_fill_(valid.logical_not(), total)  # the dump row
+    row_level = torch.repeat_interleave(meta["level"], meta["rows"], output_size=total + 1)  # + the dump row
+    row_key = meta["pad_key"][row_level].index_put_((members,), key)[:total]
+    row_level = row_level[:total]
+    unmargined = row_key - MARGIN_KEY
+    row_grid, row_cloud = unpack_keys(unmargined)
+    rep = torch.full((total + 1,), n, dtype=torch.long, device=device)  # padding rows: the stand-in
     rep.scatter_reduce_(
-        0,
-        member_row.flatten(),
-        torch.arange(n, device=device).expand(num_levels, n).flatten(),
-        "amin",
-        include_self=False,
+        0, member_row.view(-1), torch.arange(n + 1, device=device).expand_as(member_row).flatten(), "amin"
     )
 
     # Pooling: the row one level up of every row (padding rows: the next level's first padding row).
-    is_pad = row_cloud == PAD_CLOUD
-    up = (row_level[:total] + 1).clamp(max=num_levels - 1)
-    parent = torch.where(is_pad, meta["pad_parent"][row_level[:total]], member_row[up, rep[:total]])
-    parent = torch.where(row_level[:total] == num_levels - 1, total, parent)
-    ancestors = member_row[:, rep[: sizes.capacity[0]]]  # (L, C_0): each level-0 row's row at every level
-    ancestors = torch.where(is_pad[: sizes.capacity[0]], meta["pad_row"][:, None], ancestors)
+    up = row_level + 1
+    parent = member_row[up, rep[:total]]  # last level: the dump row
+    ancestors = member_row[:num_levels, rep[: sizes.capacity[0]]]  # (L, C_0): each level-0 row's row at every level
+    representative = rep[: sizes.capacity[0]].clamp(max=n - 1)  # padding rows: any member
 
     # Coordinates: level 0 the representatives', each coarser level the mean of its children's.
-    children = torch.zeros(total + 1, device=device).index_add_(0, parent, torch.ones(total, device=device))
-    weight = torch.cumprod(1 / children.clamp(min=1)[ancestors], dim=0)  # level 0 rows have no children: 1
+    children = torch.zeros(total + 1, device=device).index_add_(0, parent, _constants(device).one.expand(total))
+    weight = torch.cumprod(children.clamp(min=1)[ancestors].reciprocal(), dim=0)  # level 0 rows have no children: 1
     values = coord if origin_coord is None else torch.cat((coord, origin_coord), dim=1)
-    values = values[rep[: sizes.capacity[0]]]
+    values = values[representative]
     row_values = values.new_zeros((total + 1, values.shape[1]))
     row_values.index_add_(0, ancestors.flatten(), (weight[..., None] * values).flatten(0, 1))
 
     neighbours = None
     if sparse_backend == "torch":
-        neighbours = _neighbours(row_key, row_level[:total], meta, sorted_key[0] if not voxelize else None, perm[0])
-    cloud_of_row = (row_level[:total] << BATCH_BITS) + row_cloud
+        neighbours = _neighbours(row_key, row_level, meta, sorted_key[0] if not voxelize else None, perm[0])
+    cloud_of_row = unmargined >> 3 * AXIS_BITS  # (level, cloud) as one number
     order = serialize(row_grid, cloud_of_row, num_levels << BATCH_BITS, config.order, meta["depth"]).order
-    layouts = _layouts(order, meta, sizes, attention, total)
-
-    parent_local = parent - meta["base"][up]
-    split = sizes.capacity
-    rows = [torch.split(t, split) for t in (row_values[:total], row_grid, row_cloud, parent_local)]
-    tables = torch.split(neighbours, split) if neighbours is not None else [None] * num_levels
+    index, inverse, bias, cu_seqlens = _layouts(order, meta, sizes, attention, total)
+    frame = FrameTensors(
+        coord=row_values[:total, :3],
+        origin_coord=None if origin_coord is None else row_values[:total, 3:],
+        grid_coord=row_grid,
+        batch=row_cloud,
+        offset=meta["offset"],
+        parent=parent - meta["base"][up],
+        neighbours=neighbours,
+        index=index,
+        inverse=inverse,
+        bias=bias,
+        cu_seqlens=cu_seqlens,
+    )
     pairs = _pairs(neighbours, sizes) if conv_pairs else [None] * num_levels
-    offsets = meta["offset"].unbind(0)
-    plan_levels = []
-    for s in range(num_levels):
-        level_values = rows[0][s]
-        plan_levels.append(
-            LevelPlan(
-                num_voxels=sizes.voxels[s],
-                capacity=sizes.capacity[s],
-                counts=tuple(int(c) for c in per_cloud[s]),
-                coord=level_values[:, :3],
-                origin_coord=None if origin_coord is None else level_values[:, 3:],
-                grid_coord=rows[1][s],
-                batch=rows[2][s],
-                offset=offsets[s],
-                parent=rows[3][s - 1] if s else None,
-                neighbours=tables[s],
-                pairs=pairs[s],
-                layouts=layouts[s],
-                spatial_shape=tuple(int(v) for v in (extents.max(axis=0) >> s) + 1),
-            )
+    rows = [slice(base, base + capacity) for base, capacity in zip(sizes.base, sizes.capacity, strict=True)]
+    slot_ends, sequence_ends = np.cumsum(sizes.slots), np.cumsum(np.array(sizes.patches) + 1)
+    plan_levels = [
+        LevelPlan(
+            num_voxels=sizes.voxels[s],
+            capacity=sizes.capacity[s],
+            counts=tuple(int(c) for c in per_cloud[s]),
+            spatial_shape=tuple(int(v) for v in (extents.max(axis=0) >> s) + 1),
+            patches=PatchShape(
+                sizes.patches[s],
+                sizes.length[s],
+                sizes.full[s],
+                sizes.query_length[s],
+                attention == "sdpa" and sizes.masked[s],
+            ),
+            pairs=pairs[s],
+            frame=frame,
+            stage=s,
+            rows=rows[s],
+            finer_rows=rows[s - 1] if s else None,
+            slots=slice(int(slot_ends[s]) - sizes.slots[s], int(slot_ends[s])),
+            sequences=slice(int(sequence_ends[s]) - sizes.patches[s] - 1, int(sequence_ends[s])),
+            kernel=attention,
+            num_orders=len(config.order),
         )
-    voxel_of_member = member_row[0] if valid is None else torch.where(valid, member_row[0], -1)
+        for s in range(num_levels)
+    ]
+    voxel_of_member = member_row[0, :n] if valid is None else torch.where(valid, member_row[0, :n], -1)
     return FramePlan(
         levels=plan_levels,
         num_clouds=num_clouds,
         orders=tuple(config.order),
         attention=attention,
         sparse_backend=sparse_backend,
+        frame=frame,
         voxel_of_member=voxel_of_member,
-        representative=rep[: sizes.capacity[0]],
+        representative=representative,
     )
 
 
@@ -494,15 +610,16 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
     parts = {
         "pad_key": pad_key,
         "depth": depth,
-        "base": base,
+        "base": np.append(base, sizes.total_rows),  # + the dump row's "level"
+        "row_start": base - 1,
         "capacity": np.array(sizes.capacity),
         "rows": np.append(sizes.capacity, 1),
         "level": levels,
-        "pad_row": pad_row,
-        "pad_parent": np.append(pad_row[1:], sizes.total_rows),
+        "pad_row": np.append(pad_row, sizes.total_rows),
         "offset": np.cumsum(sizes.per_cloud, axis=1),
         "patch": per_patch,
         "length": lengths,
+        "patch_id": np.arange(len(patches)),
         "cu_seqlens": np.concatenate(cu_seqlens),
     }
     flat = torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.int64).ravel() for v in parts.values()]))
@@ -533,7 +650,8 @@ def _neighbours(
         rows = torch.arange(total, device=device)
         rows[: level0_perm.shape[0]] = level0_perm
     table = torch.full((total + 1, 27), total, dtype=torch.long, device=device)  # global rows; R: none / dump
-    half = _delta_keys(device)[:_CENTRE]
+    constants = _constants(device)
+    half = constants.delta_keys[:_CENTRE]
     step = _CPU_ROW_CHUNK if device.type == "cpu" else total
     for start in range(0, total, max(step, 1)):
         end = min(start + step, total)
@@ -545,7 +663,7 @@ def _neighbours(
         table[start:end, :_CENTRE] = position.masked_fill_(miss, total)
     own = torch.arange(total, device=device)
     table[:total, _CENTRE] = own
-    mirrored = torch.arange(26, _CENTRE, -1, device=device).add(table[:total, :_CENTRE], alpha=27)  # miss: row R
+    mirrored = constants.mirrored_columns.add(table[:total, :_CENTRE], alpha=27)  # miss: row R
     table.view(-1).scatter_(0, mirrored.flatten(), own[:, None].expand(total, _CENTRE).flatten())
     table = table[:total].sub_(meta["base"][row_level][:, None])  # level rows; a miss lies past its level's
     return table.clamp_(max=meta["capacity"][row_level][:, None])
@@ -576,25 +694,31 @@ def _pairs(neighbours: Tensor, sizes: _Sizes) -> list[ConvPairs]:
 _GROUP_ENDS = torch.arange(1, 28)  # a pair of offset k sorts before k + 1
 
 
-_DELTAS: dict[torch.device, Tensor] = {}
+@dataclass(frozen=True)
+class _DeviceConstants:
+    delta_keys: Tensor  # (27,) key offsets of the 3x3x3 kernel, in the weight's (kx, ky, kz) order
+    mirrored_columns: Tensor  # (13,) 26 - k: the column where a hit at offset k is written back mirrored
+    one: Tensor  # a float 1, expanded as a count's source (no fill per frame)
 
 
-def _delta_keys(device: torch.device) -> Tensor:
-    """Key offsets of the 3x3x3 kernel, in the weight's (kx, ky, kz) order (built once per device)."""
-    if device not in _DELTAS:
-        _DELTAS[device] = offset_keys(kernel_offsets(KERNEL_SIZE, device))
-    return _DELTAS[device]
+@functools.cache
+def _constants(device: torch.device) -> _DeviceConstants:
+    """The plan's constant tensors, built once per device."""
+    return _DeviceConstants(
+        delta_keys=offset_keys(kernel_offsets(KERNEL_SIZE, device)),
+        mirrored_columns=torch.arange(26, _CENTRE, -1, device=device),
+        one=torch.ones((), device=device),
+    )
 
 
 def _layouts(
     order: Tensor, meta: dict[str, Tensor], sizes: _Sizes, attention: str, total_rows: int
-) -> list[tuple[AttentionLayout, ...]]:
-    """Attention layouts of every (level, order), computed for all of them at once over the flat slots."""
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """`FrameTensors`' attention fields (index, inverse, bias, cu_seqlens) of every (level, order), computed
+    for all of them at once over the flat slots."""
     num_slots = sum(sizes.slots)
     device = order.device
-    owner = torch.repeat_interleave(
-        torch.arange(meta["length"].shape[0], device=device), meta["length"], output_size=num_slots
-    )
+    owner = torch.repeat_interleave(meta["patch_id"], meta["length"], output_size=num_slots)
     slot = dict(zip(_PATCH_FIELDS, meta["patch"][:, owner].unbind(0), strict=True))
     j = torch.arange(num_slots, device=device) - slot["first_slot"]
     q = slot["index"] * slot["stride"] + j
@@ -613,27 +737,6 @@ def _layouts(
         )[:, :num_slots]
     inverse = torch.zeros((len(order), total_rows + 1), dtype=torch.long, device=device)
     inverse.scatter_(1, torch.where(own, rows, total_rows), target.expand_as(rows))
-    indexes = torch.split(index, sizes.slots, dim=1)
-    inverses = torch.split(inverse[:, :total_rows], sizes.capacity, dim=1)
-    biases = torch.split(torch.where(is_key, 0.0, -torch.inf), sizes.slots) if attention == "sdpa" else None
-    cu_seqlens = torch.split(meta["cu_seqlens"].int(), [p + 1 for p in sizes.patches]) if attention == "flash" else None
-    out = []
-    for s, (patches, length, full) in enumerate(zip(sizes.patches, sizes.length, sizes.full, strict=True)):
-        bias = biases[s].view(patches, 1, 1, length)[full:] if biases is not None and sizes.masked[s] else None
-        out.append(
-            tuple(
-                AttentionLayout(
-                    kernel=attention,
-                    index=level_index,
-                    inverse=level_inverse,
-                    num_patches=patches,
-                    length=length,
-                    full_patches=full,
-                    query_length=sizes.query_length[s],
-                    bias=bias,
-                    cu_seqlens=None if cu_seqlens is None else cu_seqlens[s],
-                )
-                for level_index, level_inverse in zip(indexes[s].unbind(0), inverses[s].unbind(0), strict=True)
-            )
-        )
-    return out
+    bias = torch.where(is_key, 0.0, -torch.inf) if attention == "sdpa" and any(sizes.masked) else None
+    cu_seqlens = meta["cu_seqlens"].int() if attention == "flash" else None
+    return index, inverse[:, :total_rows], bias, cu_seqlens
