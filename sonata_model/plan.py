@@ -15,7 +15,10 @@ the reference sorts unique rows, then padding rows when the plan is bucketed (`S
 similar size share every shape). Padding rows are inert: no real row reads them (they are nobody's
 neighbour, sit in no real attention patch, pool only into padding rows), so they change no real
 voxel's output. A plan built from voxels (`voxelize=False`, pretraining views) keeps their row order at
-level 0.
+level 0. The rows of all levels are stored one after the other in `FrameTensors` (one tensor per
+field, whatever the number of levels and orders); a `LevelPlan`'s tensors are views of them, taken on
+first use. So building a plan takes no per-level view, a forward replayed from a captured graph takes
+none at all, and copying one frame's plan into a graph's inputs is a copy per field.
 
 Attention patches follow the reference's rule: a cloud of n >= K voxels is cut into ceil(n / K)
 patches of K consecutive curve positions, the last one completed with the K - n % K positions before
