@@ -147,9 +147,9 @@ class PatchShape:
 
 @dataclass
 class ConvPairs:
-    """The neighbour table of a level compacted into its (row, neighbour) pairs, for a CPU: the pairs of
-    the 26 non-centre kernel offsets, grouped by offset (rows ascending within a group), so that a
-    grouped matmul multiplies each group by its own tap of the weight without copying the weight."""
+    """A level's neighbours as (row, neighbour) pairs, for a CPU: the pairs of the 26 non-centre kernel
+    offsets, grouped by offset, so that a grouped matmul multiplies each group by its own tap of the
+    weight without copying the weight (each row at most once per group)."""
 
     source: Tensor  # (Q,) neighbour row of each pair
     target: Tensor  # (Q,) row it contributes to
@@ -434,9 +434,13 @@ def build_plan(
     row_values = values.new_zeros((total + 1, values.shape[1]))
     row_values.index_add_(0, ancestors.flatten(), (weight[..., None] * values).flatten(0, 1))
 
-    neighbours = None
+    neighbours, pairs = None, [None] * num_levels
     if sparse_backend == "torch":
-        neighbours = _neighbours(row_key, row_level, meta, sorted_key[0] if not voxelize else None, perm[0])
+        search, rows = _search_keys(row_key, None if voxelize else sorted_key[0], perm[0])
+        if conv_pairs:
+            pairs = _pairs(row_key, sizes, search, rows)
+        else:
+            neighbours = _neighbours(row_key, row_level, meta, search, rows)
     cloud_of_row = unmargined >> 3 * AXIS_BITS  # (level, cloud) as one number
     order = serialize(row_grid, cloud_of_row, num_levels << BATCH_BITS, config.order, meta["depth"]).order
     index, inverse, bias, cu_seqlens = _layouts(order, meta, sizes, attention, total)
@@ -453,7 +457,6 @@ def build_plan(
         bias=bias,
         cu_seqlens=cu_seqlens,
     )
-    pairs = _pairs(neighbours, sizes) if conv_pairs else [None] * num_levels
     rows = [slice(base, base + capacity) for base, capacity in zip(sizes.base, sizes.capacity, strict=True)]
     slot_ends, sequence_ends = np.cumsum(sizes.slots), np.cumsum(np.array(sizes.patches) + 1)
     plan_levels = [
@@ -635,38 +638,48 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
     return meta
 
 
-def _neighbours(
-    row_key: Tensor, row_level: Tensor, meta: dict[str, Tensor], level0_sorted: Tensor | None, level0_perm: Tensor
-) -> Tensor:
-    """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none.
+def _search_keys(row_key: Tensor, level0_sorted: Tensor | None, level0_perm: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The sorted keys that neighbours are searched in and, when level 0 kept the members' order (its
+    keys are searched in their sorted order), the row of each searched position (None: the position)."""
+    if level0_sorted is None:
+        return row_key, None
+    search = torch.cat((level0_sorted, row_key[level0_sorted.shape[0] :]))
+    rows = torch.arange(row_key.shape[0], device=row_key.device)
+    rows[: level0_perm.shape[0]] = level0_perm
+    return search, rows
 
-    Only the 13 offsets before the centre are searched: b is a's neighbour at offset d exactly when a
-    is b's at -d (kernel index 26 - k), so the other 13 columns are those hits written back mirrored.
-    On a CPU the rows are searched in chunks: each (rows, 13) int64 temporary of a 100k-voxel frame is
-    10 MB, and a process's allocator keeps such peaks resident; a GPU takes all rows at once."""
-    total, device = row_key.shape[0], row_key.device
-    search = row_key
-    if level0_sorted is not None:  # level 0 kept the members' order: search their sorted keys
-        search = torch.cat((level0_sorted, row_key[level0_sorted.shape[0] :]))
-    rows = None
-    if level0_sorted is not None:
-        rows = torch.arange(total, device=device)
-        rows[: level0_perm.shape[0]] = level0_perm
-    table = torch.full((total + 1, 27), total, dtype=torch.long, device=device)  # global rows; R: none / dump
-    constants = _constants(device)
-    half = constants.delta_keys[:_CENTRE]
-    step = _CPU_ROW_CHUNK if device.type == "cpu" else total
-    for start in range(0, total, max(step, 1)):
-        end = min(start + step, total)
-        wanted = row_key[start:end, None] + half
+
+def _before_centre(search: Tensor, rows: Tensor | None, keys: Tensor, out: Tensor) -> Tensor:
+    """Write into `out` (K, 13) the row of each key's neighbour at each of the 13 kernel offsets before
+    the centre, R (the number of rows) where there is none.
+
+    b is a's neighbour at offset d exactly when a is b's at -d (kernel index 26 - k), so these 13 hits
+    give all 26. On a CPU the keys are searched in chunks: each (K, 13) int64 temporary of a 100k-voxel
+    frame is 10 MB, and a process's allocator keeps such peaks resident; a GPU takes all keys at once."""
+    total = search.shape[0]
+    half = _constants(keys.device).delta_keys[:_CENTRE]
+    step = _CPU_ROW_CHUNK if keys.device.type == "cpu" else keys.shape[0]
+    for start in range(0, keys.shape[0], max(step, 1)):
+        wanted = keys[start : start + step, None] + half
         position = torch.searchsorted(search, wanted).clamp_(max=total - 1)
         miss = search[position] != wanted
         if rows is not None:
             position = rows[position]
-        table[start:end, :_CENTRE] = position.masked_fill_(miss, total)
+        out[start : start + step] = position.masked_fill_(miss, total)
+    return out
+
+
+def _neighbours(
+    row_key: Tensor, row_level: Tensor, meta: dict[str, Tensor], search: Tensor, rows: Tensor | None
+) -> Tensor:
+    """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none:
+    the 13 searched columns, the centre, and the other 13 as those hits written back mirrored."""
+    total, device = row_key.shape[0], row_key.device
+    table = torch.full((total + 1, 27), total, dtype=torch.long, device=device)  # global rows; R: none / dump
+    _before_centre(search, rows, row_key, out=table[:total, :_CENTRE])
     own = torch.arange(total, device=device)
     table[:total, _CENTRE] = own
-    mirrored = constants.mirrored_columns.add(table[:total, :_CENTRE], alpha=27)  # miss: row R
+    mirrored = _constants(device).mirrored_columns.add(table[:total, :_CENTRE], alpha=27)  # miss: row R
     table.view(-1).scatter_(0, mirrored.flatten(), own[:, None].expand(total, _CENTRE).flatten())
     table = table[:total].sub_(meta["base"][row_level][:, None])  # level rows; a miss lies past its level's
     return table.clamp_(max=meta["capacity"][row_level][:, None])
@@ -676,25 +689,32 @@ _CPU_ROW_CHUNK = 8192
 _CENTRE = 13  # the kernel offset (0, 0, 0): every row with itself, a plain matmul
 
 
-def _pairs(neighbours: Tensor, sizes: _Sizes) -> list[ConvPairs]:
-    """Every level's `ConvPairs`: each found non-centre neighbour once, grouped by offset, rows ascending
+def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None) -> list[ConvPairs]:
+    """Every level's `ConvPairs`, straight from the search (no table): each level's hits at the 13 offsets
+    before the centre, grouped by offset, and the same hits swapped for the mirrored offsets 26 - k
     (a CPU's own memory: `nonzero` per level and one read of the counts, no device to wait for)."""
     levels = []
     for base, capacity in zip(sizes.base, sizes.capacity, strict=True):
-        table = neighbours[base : base + capacity]
-        found = table < capacity
-        found[:, _CENTRE] = False
-        offset, row = found.T.nonzero(as_tuple=True)  # ordered by (offset, row)
-        levels.append((table[row, offset], row, torch.searchsorted(offset, _GROUP_ENDS)))
+        level = slice(base, base + capacity)  # searched within the level: its keys are a sorted run
+        level_rows = None if rows is None or base else rows[level]  # only level 0 can keep an order
+        found = torch.empty((capacity, _CENTRE), dtype=torch.long, device=row_key.device)
+        _before_centre(search[level], level_rows, row_key[level], out=found)  # level rows; C: none
+        offset, row = (found < capacity).T.nonzero(as_tuple=True)  # ordered by (offset, row)
+        levels.append((row, found[row, offset], torch.searchsorted(offset, _GROUP_ENDS)))
     ends = torch.stack([level[2] for level in levels])
     counts = torch.diff(ends, dim=1, prepend=ends.new_zeros(len(levels), 1)).tolist()  # one read
-    return [
-        ConvPairs(source, target, level_ends.int(), tuple(level_counts))
-        for (source, target, level_ends), level_counts in zip(levels, counts, strict=True)
-    ]
+    out = []
+    for (row, neighbour, _), half in zip(levels, counts, strict=True):
+        mirrored = half[::-1]  # offset 14 mirrors offset 12, ..., 26 mirrors 0
+        source = torch.cat((neighbour, *reversed(row.split(half))))
+        target = torch.cat((row, *reversed(neighbour.split(half))))
+        level_counts = (*half, 0, *mirrored)
+        level_ends = torch.tensor(np.cumsum(level_counts), dtype=torch.int32, device=row_key.device)
+        out.append(ConvPairs(source, target, level_ends, level_counts))
+    return out
 
 
-_GROUP_ENDS = torch.arange(1, 28)  # a pair of offset k sorts before k + 1
+_GROUP_ENDS = torch.arange(1, _CENTRE + 1)  # a hit at offset k sorts before k + 1
 
 
 @dataclass(frozen=True)

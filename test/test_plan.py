@@ -117,12 +117,12 @@ def test_plan_building_stays_within_its_op_budget():
 def test_a_levels_tensors_are_views_taken_once_on_first_use():
     """Building a plan takes no per-level or per-order view; the first read of a level's tensors takes
     them (a handful of views, no kernel), later reads reuse them."""
-    prepared = segmenter().prepare(clouds())
+    prepared = segmenter(buckets=BUCKETS).prepare(clouds())  # the table layout (a CPU's exact plans: pairs)
     level = prepared.plan.levels[1]
     assert "layouts" not in vars(level) and "neighbours" not in vars(level)
     with torch.inference_mode(), count_ops() as first:
         layouts, table, parent = level.layouts, level.neighbours, level.parent
-    assert first.launches == 0 and 0 < first.views <= 8, first.summary()
+    assert first.launches == 0 and 0 < first.views <= 10, first.summary()
     with torch.inference_mode(), count_ops() as again:
         assert level.layouts is layouts and level.neighbours is table and level.parent is parent
     assert again.total == 0

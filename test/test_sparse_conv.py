@@ -99,13 +99,33 @@ def test_inference_pairs_take_one_grouped_matmul_where_the_channels_align(channe
     feat = torch.randn(len(grid), channels)
     conv = make_conv(channels, channels)
     level = level_of([grid.numpy()], "pairs")
-    assert sum(level.pairs.counts) == int((level.neighbours < level.capacity).sum()) - len(grid)  # centre apart
+    assert sum(level.pairs.counts) == int((level_of([grid.numpy()]).neighbours < level.capacity).sum()) - len(grid)
     with torch.inference_mode(), OpRecorder() as recorder:
         out = conv(feat, level)
     assert ("_grouped_mm" in recorder.ops) == grouped
     per_tap = sum(op in ("mm", "matmul") for op in recorder.ops)  # inference mode keeps matmul whole
     assert per_tap == (0 if grouped else 27)
     torch.testing.assert_close(out, dense_reference(feat, grid, conv), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_pairs_are_the_neighbour_tables_hits_grouped_by_offset():
+    """The pairs (built from the search, without a table) name the table's neighbours exactly, at every
+    level, with level 0 in the members' (unsorted) order: (offset, target, source) as sets, groups in
+    offset order, the centre's group empty, each target at most once per group."""
+    rng = np.random.default_rng(7)
+    grids = [distinct_cells(900, 14, rng), distinct_cells(300, 9, rng)]
+    config = stage_config(stages=3)
+    pairs_plan = voxel_plan(grids, config, conv_pairs=True)
+    table_plan = voxel_plan(grids, config)
+    for with_pairs, with_table in zip(pairs_plan.levels, table_plan.levels, strict=True):
+        table, pairs = with_table.neighbours, with_pairs.pairs
+        assert with_pairs.neighbours is None and pairs.counts[13] == 0
+        found = (table < with_table.capacity).nonzero().tolist()  # (row, offset)
+        expected = {(k, row, int(table[row, k])) for row, k in found if k != 13}
+        groups = torch.repeat_interleave(torch.arange(27), torch.tensor(pairs.counts))
+        got = set(zip(groups.tolist(), pairs.target.tolist(), pairs.source.tolist(), strict=True))
+        assert got == expected and len(got) == len(pairs.target) == len({(k, t) for k, t, _ in got})
+        assert pairs.ends.tolist() == np.cumsum(pairs.counts).tolist()
 
 
 def test_neighbour_table_names_each_offsets_voxel_or_the_zero_row():
