@@ -13,7 +13,9 @@ within a 10 % band, as a sensor's stream has (what is compiled or cached per sha
 After the timed runs, one more frame runs under `sonata_model.profiling.count_ops`: aten ops (a GPU
 launches a kernel for each that is not a view) and sync-shaped ops (each makes the host wait for a
 GPU), for the whole `Segmenter` call with the embedding read ("frame"), for the frame plan alone
-("plan", `sonata_model.plan.build_plan`), and for the encoder forward over it ("forward").
+("plan", `sonata_model.plan.build_plan`), and for the encoder forward over it ("forward"); and the
+plan and forward once more in the shape a GPU runs ("plan_gpu_shape", "forward_gpu_shape": size
+buckets, the neighbour table instead of a CPU's conv pairs, the neighbour search in one call).
 `--buckets` plans with size buckets (padding rows; shapes shared by frames of similar size).
 `--profile` adds one frame under torch.profiler: the self time of its heaviest ops (CPU self time; on a
 GPU the host side only).
@@ -65,15 +67,31 @@ def frame_inputs(scene: str, points: int, config: sm.EncoderConfig) -> dict[str,
 
 
 def count_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Ops of one whole frame (with the embedding read), of its plan and of the encoder forward."""
+    """Ops of one whole frame (with the embedding read), of its plan and of the encoder forward; and of
+    the plan and forward in the shape a GPU runs ("gpu_shape": size buckets, the neighbour table, the
+    search in one call), counted on this device."""
     with count_ops() as frame:
         segmenter(**inputs).embedding_tensor  # noqa: B018  (computed on first access)
-    original, plan = segmenter_module.build_plan, {}
+    out = {"frame": _ops_summary(frame)}
+    for name, overrides in (("", {}), ("_gpu_shape", GPU_SHAPE)):
+        plan, prepared = _count_plan(segmenter, inputs, overrides)
+        with torch.inference_mode(), segmenter._autocast(), count_ops() as forward:
+            segmenter.encoder.forward_plan(prepared.plan, prepared.feat)
+        out |= {f"plan{name}": _ops_summary(plan), f"forward{name}": _ops_summary(forward)}
+    return out
+
+
+GPU_SHAPE = {"buckets": sm.SizeBuckets(), "conv_pairs": False, "search_chunk": 1 << 40}
+
+
+def _count_plan(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray], overrides: dict) -> tuple:
+    """The ops of `build_plan` in one `prepare` (its keyword arguments replaced by `overrides`)."""
+    original, counts = segmenter_module.build_plan, {}
 
     def counted(*args, **kwargs):
-        with count_ops() as counts:
-            result = original(*args, **kwargs)
-        plan["counts"] = counts
+        with count_ops() as plan:
+            result = original(*args, **{**kwargs, **overrides})
+        counts["plan"] = plan
         return result
 
     segmenter_module.build_plan = counted
@@ -82,9 +100,7 @@ def count_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[
             prepared = segmenter.prepare([sm.Cloud(**inputs)])
     finally:
         segmenter_module.build_plan = original
-    with torch.inference_mode(), segmenter._autocast(), count_ops() as forward:
-        segmenter.encoder.forward_plan(prepared.plan, prepared.feat)
-    return {"frame": _ops_summary(frame), "plan": _ops_summary(plan["counts"]), "forward": _ops_summary(forward)}
+    return counts["plan"], prepared
 
 
 def profile_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[str, float]:

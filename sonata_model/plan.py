@@ -351,6 +351,7 @@ def build_plan(
     buckets: SizeBuckets | None = None,
     grid_size: float | None = None,
     conv_pairs: bool = False,
+    search_chunk: int | None = None,
 ) -> FramePlan:
     """The plan of `num_clouds` clouds for an encoder shaped like `config`.
 
@@ -359,8 +360,9 @@ def build_plan(
     their lowest member; otherwise the members are level 0's voxels (distinct cells), in their order.
     Raises ValueError naming the cloud when a cloud spans 2**16 voxels or more along an axis, and
     `EmptyCloudError` when a cloud has no valid member. One host sync. `conv_pairs` (CPU tensors only):
-    compact every level's neighbour table into `ConvPairs` (a second read of the host's own memory, no
-    device to wait for).
+    every level's neighbours as `ConvPairs` instead of a table (a second read of the host's own memory,
+    no device to wait for). `search_chunk`: rows per neighbour search call (None: 8192 on a CPU, whose
+    allocator keeps a large temporary resident; all at once elsewhere).
     """
     if attention not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, got {attention!r}")
@@ -438,9 +440,9 @@ def build_plan(
     if sparse_backend == "torch":
         search, rows = _search_keys(row_key, None if voxelize else sorted_key[0], perm[0])
         if conv_pairs:
-            pairs = _pairs(row_key, sizes, search, rows)
+            pairs = _pairs(row_key, sizes, search, rows, search_chunk)
         else:
-            neighbours = _neighbours(row_key, row_level, meta, search, rows)
+            neighbours = _neighbours(row_key, row_level, meta, search, rows, search_chunk)
     cloud_of_row = unmargined >> 3 * AXIS_BITS  # (level, cloud) as one number
     order = serialize(row_grid, cloud_of_row, num_levels << BATCH_BITS, config.order, meta["depth"]).order
     index, inverse, bias, cu_seqlens = _layouts(order, meta, sizes, attention, total)
@@ -649,16 +651,17 @@ def _search_keys(row_key: Tensor, level0_sorted: Tensor | None, level0_perm: Ten
     return search, rows
 
 
-def _before_centre(search: Tensor, rows: Tensor | None, keys: Tensor, out: Tensor) -> Tensor:
+def _before_centre(search: Tensor, rows: Tensor | None, keys: Tensor, out: Tensor, chunk: int | None) -> Tensor:
     """Write into `out` (K, 13) the row of each key's neighbour at each of the 13 kernel offsets before
     the centre, R (the number of rows) where there is none.
 
     b is a's neighbour at offset d exactly when a is b's at -d (kernel index 26 - k), so these 13 hits
     give all 26. On a CPU the keys are searched in chunks: each (K, 13) int64 temporary of a 100k-voxel
-    frame is 10 MB, and a process's allocator keeps such peaks resident; a GPU takes all keys at once."""
+    frame is 10 MB, and a process's allocator keeps such peaks resident; a GPU takes all keys at once
+    (`chunk` None)."""
     total = search.shape[0]
     half = _constants(keys.device).delta_keys[:_CENTRE]
-    step = _CPU_ROW_CHUNK if keys.device.type == "cpu" else keys.shape[0]
+    step = chunk or (_CPU_ROW_CHUNK if keys.device.type == "cpu" else keys.shape[0])
     for start in range(0, keys.shape[0], max(step, 1)):
         wanted = keys[start : start + step, None] + half
         position = torch.searchsorted(search, wanted).clamp_(max=total - 1)
@@ -670,13 +673,13 @@ def _before_centre(search: Tensor, rows: Tensor | None, keys: Tensor, out: Tenso
 
 
 def _neighbours(
-    row_key: Tensor, row_level: Tensor, meta: dict[str, Tensor], search: Tensor, rows: Tensor | None
+    row_key: Tensor, row_level: Tensor, meta: dict[str, Tensor], search: Tensor, rows: Tensor | None, chunk: int | None
 ) -> Tensor:
     """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none:
     the 13 searched columns, the centre, and the other 13 as those hits written back mirrored."""
     total, device = row_key.shape[0], row_key.device
     table = torch.full((total + 1, 27), total, dtype=torch.long, device=device)  # global rows; R: none / dump
-    _before_centre(search, rows, row_key, out=table[:total, :_CENTRE])
+    _before_centre(search, rows, row_key, out=table[:total, :_CENTRE], chunk=chunk)
     own = torch.arange(total, device=device)
     table[:total, _CENTRE] = own
     mirrored = _constants(device).mirrored_columns.add(table[:total, :_CENTRE], alpha=27)  # miss: row R
@@ -689,7 +692,7 @@ _CPU_ROW_CHUNK = 8192
 _CENTRE = 13  # the kernel offset (0, 0, 0): every row with itself, a plain matmul
 
 
-def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None) -> list[ConvPairs]:
+def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None, chunk: int | None) -> list[ConvPairs]:
     """Every level's `ConvPairs`, straight from the search (no table): each level's hits at the 13 offsets
     before the centre, grouped by offset, and the same hits swapped for the mirrored offsets 26 - k
     (a CPU's own memory: `nonzero` per level and one read of the counts, no device to wait for)."""
@@ -698,7 +701,7 @@ def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None) 
         level = slice(base, base + capacity)  # searched within the level: its keys are a sorted run
         level_rows = None if rows is None or base else rows[level]  # only level 0 can keep an order
         found = torch.empty((capacity, _CENTRE), dtype=torch.long, device=row_key.device)
-        _before_centre(search[level], level_rows, row_key[level], out=found)  # level rows; C: none
+        _before_centre(search[level], level_rows, row_key[level], out=found, chunk=chunk)  # level rows; C: none
         offset, row = (found < capacity).T.nonzero(as_tuple=True)  # ordered by (offset, row)
         levels.append((row, found[row, offset], torch.searchsorted(offset, _GROUP_ENDS)))
     ends = torch.stack([level[2] for level in levels])
