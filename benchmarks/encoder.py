@@ -231,16 +231,16 @@ def main() -> None:
         "plan_ms": summarize(timings["voxelize"])["median_ms"],  # the plan (grid sampling included), features
         "forward_ms": summarize(timings["encoder"])["median_ms"],
         "total": summarize(totals),
-        "ops": count_frame(segmenter, inputs),
     }
-    if args.profile:
-        result["profile_self_ms"] = profile_frame(segmenter, inputs)
-    if device.type == "cuda":
+    if device.type == "cuda":  # the timed frames' memory, before the counted ones below
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:
         import psutil
 
         result["rss_mib"] = round(psutil.Process().memory_info().rss / 2**20, 1)
+    result["ops"] = count_frame(segmenter, inputs)
+    if args.profile:
+        result["profile_self_ms"] = profile_frame(segmenter, inputs)
     if segmenter.graphed is not None:
         result["cuda_graph_captures"] = segmenter.graphed.captures
     default_name = f"encoder_{args.config}_{args.device}" + ("_graphs" if args.cuda_graphs else "")
