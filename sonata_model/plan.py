@@ -193,7 +193,7 @@ class LevelPlan:
     counts: tuple[int, ...]  # real voxels per cloud
     spatial_shape: tuple[int, int, int]  # grid extent (spconv)
     patches: PatchShape
-    pairs: ConvPairs | None  # the neighbour table compacted (torch conv on a CPU, where it is cheaper)
+    pairs: ConvPairs | None  # the neighbours as pairs, instead of the table (torch conv on a CPU: cheaper)
     frame: FrameTensors = field(repr=False)
     stage: int
     rows: slice  # this level's rows of the frame's tensors
