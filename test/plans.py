@@ -39,6 +39,7 @@ def voxel_plan(
     buckets: SizeBuckets | None = None,
     backend: str = "torch",
     conv_pairs: bool = False,
+    search_chunk: int | None = None,
 ) -> FramePlan:
     """The plan of clouds of distinct voxels `grids` (level 0 keeps their rows), coordinates at the
     voxel centres of a 10 cm grid."""
@@ -56,4 +57,5 @@ def voxel_plan(
         sparse_backend=backend,
         buckets=buckets,
         conv_pairs=conv_pairs,
+        search_chunk=search_chunk,
     )

@@ -128,6 +128,23 @@ def test_conv_pairs_are_the_neighbour_tables_hits_grouped_by_offset():
         assert pairs.ends.tolist() == np.cumsum(pairs.counts).tolist()
 
 
+@pytest.mark.parametrize("conv_pairs", [False, True], ids=["table", "pairs"])
+def test_a_search_in_chunks_finds_what_one_search_finds(conv_pairs):
+    """A CPU searches neighbours 8,192 rows at a time: chunks of any size (here 7 and 1,000 rows, which
+    split levels and clouds anywhere) give the same table and pairs as one search."""
+    rng = np.random.default_rng(11)
+    grids = [distinct_cells(700, 12, rng), distinct_cells(200, 8, rng)]
+    config = stage_config(stages=3)
+    plans = [voxel_plan(grids, config, conv_pairs=conv_pairs, search_chunk=chunk) for chunk in (None, 7, 1000)]
+    for levels in zip(*(plan.levels for plan in plans), strict=True):
+        for level in levels[1:]:
+            if conv_pairs:
+                for name in ("source", "target", "ends"):
+                    assert torch.equal(getattr(level.pairs, name), getattr(levels[0].pairs, name))
+            else:
+                assert torch.equal(level.neighbours, levels[0].neighbours)
+
+
 def test_neighbour_table_names_each_offsets_voxel_or_the_zero_row():
     grid = voxel_scene()
     level = level_of([grid.numpy()])
