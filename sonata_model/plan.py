@@ -438,11 +438,11 @@ def build_plan(
 
     neighbours, pairs = None, [None] * num_levels
     if sparse_backend == "torch":
-        search, rows = _search_keys(row_key, None if voxelize else sorted_key[0], perm[0])
+        search, search_rows = _search_keys(row_key, None if voxelize else sorted_key[0], perm[0])
         if conv_pairs:
-            pairs = _pairs(row_key, sizes, search, rows, search_chunk)
+            pairs = _pairs(row_key, sizes, search, search_rows, search_chunk)
         else:
-            neighbours = _neighbours(row_key, row_level, meta, search, rows, search_chunk)
+            neighbours = _neighbours(row_key, row_level, meta, search, search_rows, search_chunk)
     cloud_of_row = unmargined >> 3 * AXIS_BITS  # (level, cloud) as one number
     order = serialize(row_grid, cloud_of_row, num_levels << BATCH_BITS, config.order, meta["depth"]).order
     index, inverse, bias, cu_seqlens = _layouts(order, meta, sizes, attention, total)
