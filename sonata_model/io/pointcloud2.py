@@ -154,6 +154,7 @@ class PackedPoints:
     is_bigendian: bool
     is_dense: bool
     data: np.ndarray  # uint8, contiguous, row_step * height bytes
+    storage: array.array | None = None  # the array.array('B') that `data` views, when packed here
 
 
 def _buffer(msg) -> np.ndarray:
@@ -405,7 +406,8 @@ def pack_points(
             "itemsize": step,
         }
     )
-    buffer = np.zeros(n * step, dtype=np.uint8)
+    storage = array.array("B", b"\0") * (n * step)  # zeros; an rclpy message takes it without a copy
+    buffer = np.frombuffer(storage, dtype=np.uint8)
     points = buffer.view(dtype)
     for name, values in arrays.items():
         if name not in dtype.names:
@@ -422,6 +424,7 @@ def pack_points(
         is_bigendian=False,
         is_dense=False,
         data=buffer,
+        storage=storage,
     )
 
 
@@ -444,13 +447,17 @@ def to_message(packed: PackedPoints, msg_cls, field_cls, header):
             data=packed.data,
             is_dense=packed.is_dense,
         )
-    msg = msg_cls()
+    # Jazzy's generated setters copy an array.array unless the message checks its fields; older ones
+    # never copy it. Either way the packed storage becomes the message's data as it is.
+    msg = msg_cls(check_fields=True) if "_check_fields" in getattr(msg_cls, "__slots__", ()) else msg_cls()
     msg.header = header
     msg.height, msg.width = packed.height, packed.width
     msg.fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in packed.fields]
     msg.is_bigendian, msg.is_dense = packed.is_bigendian, packed.is_dense
     msg.point_step, msg.row_step = packed.point_step, packed.row_step
-    data = array.array("B")
-    data.frombytes(packed.data.data)
+    data = packed.storage
+    if data is None:  # packed elsewhere (a PCD file's points): one copy into an array.array
+        data = array.array("B")
+        data.frombytes(packed.data.data)
     msg.data = data
     return msg
