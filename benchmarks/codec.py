@@ -1,11 +1,12 @@
-"""CPU side of the hot path: decode + mask + the node's output message for a 120k-point Velodyne frame.
+"""CPU side of the hot path: decode + crop + the node's output message for a 120k-point Velodyne frame.
 
     python benchmarks/codec.py [--points 120000] [--repeats 50] [--record]
 
 The frame is synthetic (64 rings x azimuth columns, ~2 % NaN returns) in the Velodyne layout
-(x, y, z, intensity f32, ring u16, time f32; point_step 22, unaligned). The output is built by the
-node's own code (`sonata_ros.messages.segmentation_cloud`: every input point with class_id, probability
-and rgb), so the figure is what the node spends outside the model.
+(x, y, z, intensity f32, ring u16, time f32; point_step 22, unaligned). The input is decoded and
+cropped and the output built by the node's own code (`sonata_ros.inputs.decode_input` and `merge` with
+the node's default crop; `sonata_ros.messages.segmentation_cloud`: every input point with class_id,
+probability and rgb), so the figure is what the node spends outside the model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,19 @@ from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
 from sonata_model.io.pointcloud2 import LAYOUTS, decode, pack_points, structured_view, to_message
+from sonata_ros.inputs import Crop, InputSpec, Needs, decode_input, merge
 from sonata_ros.messages import packed_palette, segmentation_cloud
+from sonata_ros.params import PARAMETERS
+
+SPEC = InputSpec("", "~/input/pointcloud", np.eye(3, dtype=np.float32), np.zeros(3, np.float32))
+NEEDS = Needs(strength=True, reject_without_strength=False, colour=False)
+CROP = Crop(min_range=0.0, max_range=0.0, box=np.zeros(6), reach=3000.0)  # the node's defaults: no crop
+MAX_POINTS = next(p.default for p in PARAMETERS if p.name == "max_points")
+
+
+class _QuietLogger:
+    def warning(self, *args, **kwargs) -> None:
+        pass
 
 
 def velodyne_frame(points: int) -> PointCloud2:
@@ -63,12 +76,13 @@ def main() -> None:
     palette = packed_palette(np.random.default_rng(2).integers(0, 256, (13, 3)).astype(np.uint8))
 
     def decode_and_answer() -> PointCloud2:
-        """The node's path around the model: decode (valid-point mask), labels in, output message out."""
-        cloud = decode(msg, need_strength=True)
+        """The node's path around the model: decode and crop, labels in, output message out."""
+        sensor = decode_input(msg, SPEC, NEEDS, CROP, _QuietLogger())
+        merged = merge([sensor], MAX_POINTS, _QuietLogger())
         class_id = np.full(n, 255, np.uint8)
-        class_id[cloud.valid] = np.arange(len(cloud.coord)) % 13  # stands in for the model's labels
+        class_id[sensor.decoded.valid] = np.arange(len(merged.cloud.coord)) % 13  # stands in for the model's labels
         probability = np.zeros(n, np.float32)
-        probability[cloud.valid] = 0.9
+        probability[sensor.decoded.valid] = 0.9
         view = structured_view(msg).reshape(-1)
         xyz = np.stack([view[a].astype(np.float32) for a in "xyz"], axis=1)
         return segmentation_cloud(msg.header, xyz, class_id, probability, palette, msg.height)

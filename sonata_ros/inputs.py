@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sonata_model.geometry import quaternion_matrix
+from sonata_model.geometry import all_columns, quaternion_matrix, row_norms
 from sonata_model.io.pointcloud2 import DecodedCloud, MissingFieldError, PointCloudError, decode
 
 SINGLE_INPUT_TOPIC = "~/input/pointcloud"
@@ -41,6 +41,11 @@ class InputSpec:
     translation: np.ndarray  # (3,) float32
     frame_id: str = ""  # expected header.frame_id; empty accepts any
     intensity_scale: float = 0.0  # 0: per field
+
+    @property
+    def is_identity(self) -> bool:
+        """The sensor frame is the base frame (the points need no transform)."""
+        return not self.translation.any() and np.array_equal(self.rotation, np.eye(3))
 
     @property
     def output_topic(self) -> str:
@@ -81,13 +86,13 @@ class Crop:
 
     def keep(self, sensor: np.ndarray, base: np.ndarray) -> np.ndarray:
         keep = np.ones(len(sensor), bool)
-        distance = np.linalg.norm(sensor, axis=1)
+        distance = row_norms(sensor)
         if self.min_range > 0:
             keep &= distance >= self.min_range
         if self.max_range > 0:
             keep &= distance <= self.max_range
         if self.box.any():
-            keep &= np.all((base >= self.box[:3]) & (base <= self.box[3:]), axis=1)
+            keep &= all_columns((base >= self.box[:3]) & (base <= self.box[3:]))
         return keep
 
 
@@ -134,8 +139,8 @@ def decode_input(msg, spec: InputSpec, needs: Needs, crop: Crop, logger) -> Sens
     if len(cloud.coord) == 0:
         raise InputRejected("no_valid_points", f"{spec.prefix}all {cloud.num_input_points} points are NaN, inf or zero")
     with np.errstate(over="ignore", invalid="ignore"):  # huge finite coordinates overflow to inf: out of reach
-        base = cloud.coord @ spec.rotation.T + spec.translation
-        in_reach = np.abs(base).max(axis=1) <= crop.reach
+        base = cloud.coord if spec.is_identity else cloud.coord @ spec.rotation.T + spec.translation
+        in_reach = all_columns(np.abs(base) <= crop.reach)
     if not in_reach.any():
         raise InputRejected(
             "no_valid_points",

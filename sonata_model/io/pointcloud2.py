@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import all_columns
+
 INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
 DATATYPES: dict[int, np.dtype] = {
     INT8: np.dtype("i1"),
@@ -269,7 +271,7 @@ def decode_points(
         normal = None
         if all(n in names for n in NORMAL_FIELDS):
             normal = np.stack([_first_channel(view[n][valid]) for n in NORMAL_FIELDS], axis=1)
-            normal[~np.isfinite(normal).all(axis=1)] = 0.0  # PCL marks normals it could not estimate with NaN
+            normal[~all_columns(np.isfinite(normal))] = 0.0  # PCL marks normals it could not estimate with NaN
     return DecodedCloud(
         coord=coord,
         strength=strength,
