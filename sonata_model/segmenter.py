@@ -219,7 +219,7 @@ class Segmenter:
         features = _Features(levels, self._autocast)
         labels = probability = None
         if logits is not None:
-            probability, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+            probability, labels = most_likely(logits)
             inside = prepared.voxel_of_point >= 0
             voxel = prepared.voxel_of_point.clamp(min=0)
             labels = torch.where(inside, labels[voxel], -1)
@@ -410,6 +410,16 @@ class _Features:
     def rows(self, rows: Tensor) -> Tensor:
         with self.autocast():
             return upcast(self.levels, rows=rows).float()
+
+
+def most_likely(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(probability, class) of each row's most likely class under softmax: the first largest logit, and
+    1 / sum(exp(logit - largest)). Computed over a (classes, rows) copy: a CPU reduces a dozen classes
+    along the last dimension row by row, 3-4x slower than across rows (softmax + max: 12 vs 4 ms on a
+    59k-voxel frame)."""
+    columns = logits.float().t().contiguous()
+    largest, label = columns.max(dim=0)
+    return columns.sub_(largest).exp_().sum(dim=0).reciprocal_(), label
 
 
 def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.ndarray:

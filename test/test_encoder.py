@@ -83,6 +83,17 @@ def test_every_input_point_gets_the_label_of_its_voxel(tiny):
     assert set(out.timings_ms) == {"prepare", "voxelize", "encoder", "head"}
 
 
+def test_the_most_likely_class_is_softmaxs_largest_entry_ties_to_the_first():
+    logits = torch.randn(5000, 13, generator=torch.Generator().manual_seed(0)) * 8
+    logits[:50, 4] = logits[:50, 9] = logits[:50].max(dim=1).values + 1  # ties: the first class wins
+    logits[50:60] += 1e4  # large logits do not overflow
+    for dtype in (torch.float32, torch.bfloat16):
+        probability, label = sm.segmenter.most_likely(logits.to(dtype))
+        expected_probability, expected_label = torch.softmax(logits.to(dtype).float(), dim=1).max(dim=1)
+        assert torch.equal(label, expected_label) and (label[:50] == 4).all()
+        torch.testing.assert_close(probability, expected_probability, rtol=1e-6, atol=0)
+
+
 def test_inference_is_bit_identical_twice(tiny):
     scene = room(3000, seed=2)
     first = tiny(scene["coord"], color=scene["color"], normal=scene["normal"])
