@@ -19,7 +19,7 @@ from common import emit, summarize
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
-from sonata_model.io.pointcloud2 import LAYOUTS, decode, pack_points, structured_view, to_message
+from sonata_model.io.pointcloud2 import LAYOUTS, decode, pack_points, structured_view, to_message, xyz_points
 from sonata_ros.inputs import Crop, InputSpec, Needs, decode_input, merge
 from sonata_ros.messages import packed_palette, segmentation_cloud
 from sonata_ros.params import PARAMETERS
@@ -83,8 +83,7 @@ def main() -> None:
         class_id[sensor.decoded.valid] = np.arange(len(merged.cloud.coord)) % 13  # stands in for the model's labels
         probability = np.zeros(n, np.float32)
         probability[sensor.decoded.valid] = 0.9
-        view = structured_view(msg).reshape(-1)
-        xyz = np.stack([view[a].astype(np.float32) for a in "xyz"], axis=1)
+        xyz = xyz_points(structured_view(msg).reshape(-1))  # as the node's _input_points
         return segmentation_cloud(msg.header, xyz, class_id, probability, palette, msg.height)
 
     result = {

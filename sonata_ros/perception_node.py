@@ -46,7 +46,7 @@ from sonata_model.domains import InputTransform
 from sonata_model.embedding_pca import EmbeddingPCA
 from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.labels import UNKNOWN, LabelSetError
-from sonata_model.io.pointcloud2 import structured_view
+from sonata_model.io.pointcloud2 import structured_view, xyz_points
 
 from .allocator import OutsizedFrameTrim, fix_malloc_thresholds
 from .frame_sync import FrameSync
@@ -639,9 +639,7 @@ def _input_points(sensor: SensorCloud, point_class: np.ndarray, point_probabilit
     probability = np.zeros(decoded.num_input_points, np.float32)
     class_id[rows] = point_class[start : start + len(rows)]
     probability[rows] = point_probability[start : start + len(rows)]
-    view = structured_view(msg).reshape(-1)
-    xyz = np.stack([view[a].astype(np.float32) for a in "xyz"], axis=1)
-    return xyz, class_id, probability
+    return xyz_points(structured_view(msg).reshape(-1)), class_id, probability
 
 
 def _stamp_ns(msg: PointCloud2) -> int:

@@ -34,6 +34,7 @@ from sonata_model.io.pointcloud2 import (
     structured_view,
     to_message,
     unpack_rgb,
+    xyz_points,
 )
 
 TYPES = get_typestore(Stores.ROS2_JAZZY).types
@@ -251,6 +252,29 @@ def test_rclpy_message_builds_and_decodes():
     cloud = decode(msg)
     np.testing.assert_array_equal(cloud.coord[:, 2], arrays["z"])
     np.testing.assert_allclose(cloud.strength, 0.1, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("fields", "shared"),
+    [
+        (LAYOUTS["velodyne"], True),  # x, y, z consecutive float32: a view of the message
+        ([FieldSpec("z", 0, FLOAT32), FieldSpec("y", 4, FLOAT32), FieldSpec("x", 8, FLOAT32)], False),
+        ([FieldSpec("x", 0, FLOAT64), FieldSpec("y", 8, FLOAT64), FieldSpec("z", 16, FLOAT64)], False),
+        ([FieldSpec("x", 0, FLOAT32), FieldSpec("y", 8, FLOAT32), FieldSpec("z", 4, FLOAT32)], False),
+    ],
+    ids=["velodyne", "reversed", "float64", "shuffled"],
+)
+def test_xyz_points_views_consecutive_float32_fields_and_copies_the_rest(fields, shared):
+    from sensor_msgs.msg import PointCloud2, PointField
+    from std_msgs.msg import Header
+
+    arrays = lidar_arrays(50)
+    packed = pack_points(fields, arrays, point_step=24)
+    xyz = xyz_points(structured_view(to_message(packed, PointCloud2, PointField, Header())).reshape(-1))
+    expected = np.stack([arrays[a] for a in "xyz"], axis=1).astype(np.float32)
+    np.testing.assert_array_equal(xyz, expected)
+    assert xyz.dtype == np.float32 and np.shares_memory(xyz, packed.data) == shared
+    assert not xyz.flags.writeable or not shared  # the message's bytes are not written through it
 
 
 def test_an_rclpy_message_takes_the_packed_buffer_without_a_copy():

@@ -224,6 +224,18 @@ def structured_view(msg) -> np.ndarray:
     return np.ndarray((height, width), dtype=dtype, buffer=data, offset=0, strides=(row_step, point_step))
 
 
+def xyz_points(view: np.ndarray) -> np.ndarray:
+    """(N, 3) float32 x, y, z of a flat structured view of points: a read-only view of the same bytes
+    when they are three consecutive native float32 fields (every common driver's layout), else a copy.
+    An output cloud that repeats the input's points then reads them once, while packing."""
+    fields = view.dtype.fields
+    start = fields["x"][1]
+    if all(fields[a][0] == np.dtype(np.float32) and fields[a][1] == start + 4 * i for i, a in enumerate("xyz")):
+        x = view["x"]
+        return np.lib.stride_tricks.as_strided(x, shape=(len(x), 3), strides=(x.strides[0], 4), writeable=False)
+    return np.stack([view[a].astype(np.float32) for a in "xyz"], axis=1)
+
+
 def _field(view: np.ndarray, names: Sequence[str]) -> str | None:
     return next((n for n in names if n in view.dtype.names), None)
 
