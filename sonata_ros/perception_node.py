@@ -50,6 +50,7 @@ from sonata_model.io.pointcloud2 import structured_view, xyz_points
 
 from .allocator import OutsizedFrameTrim, fix_malloc_thresholds
 from .frame_sync import FrameSync
+from .gc_policy import freeze_startup_objects, thaw
 from .health import INTERNAL_ERROR, Health, HealthLimits
 from .inputs import (
     SINGLE_INPUT_TOPIC,
@@ -170,6 +171,7 @@ class Perception:
             depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability[p["input_reliability"]]
         )
         self._create_publishers()
+        self._frozen_objects = freeze_startup_objects()  # full collections no longer walk the model
         intensity = "" if "strength" in keys else " (intensity is not an input of this model)"
         merged = f", {len(self.inputs)} inputs merged in {p['base_frame']}" if self.multi else ""
         self.get_logger().info(
@@ -271,6 +273,7 @@ class Perception:
             self.destroy_publisher(publisher)
         for name in ("segmenter", "pca", "_pca_samples"):
             self.__dict__.pop(name, None)
+        thaw()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -487,6 +490,7 @@ class Perception:
             "encoder_forwards": str(self.segmenter.forwards - self._forwards_at_start),
             "torch_threads": str(torch.get_num_threads()),
             "heap_trims": str(self._heap.trims),  # memory handed back after outsized frames
+            "gc_frozen_objects": str(self._frozen_objects),  # never walked by a collection (gc_policy)
         }
         if self.segmenter.graphed is not None:  # each capture is one slow frame: a new size bucket
             extra["cuda_graph_captures"] = str(self.segmenter.graphed.captures)

@@ -178,6 +178,14 @@ def test_the_cpu_forward_runs_on_the_threads_it_is_given(talk, frame):
     assert talk.diagnostics["torch_threads"] == "1"
 
 
+def test_the_configured_node_is_out_of_the_garbage_collectors_walks(talk, frame):
+    """What the node holds once configured (torch, the model, rclpy: well over 10k objects) is frozen, so
+    a full collection set off by a frame walks only that frame's objects (sonata_ros.gc_policy)."""
+    talk.ask(cloud(frame, "velodyne"))
+    spin_until(talk.client, lambda: "gc_frozen_objects" in talk.diagnostics, 10, "the node's diagnostics")
+    assert talk.counter("gc_frozen_objects") > 10_000
+
+
 def test_saturating_intensity_is_segmented_and_reported(talk, node, frame):
     """Ouster's xyzi point type carries signal photons (thousands) as float intensity: /255 saturates."""
     photons = {"x": frame.coord[:, 0], "y": frame.coord[:, 1], "z": frame.coord[:, 2]}
