@@ -290,6 +290,8 @@ def test_an_rclpy_message_takes_the_packed_buffer_without_a_copy():
     packed = pack_points(fields, arrays, point_step=16)
     msg = to_message(packed, PointCloud2, PointField, Header())
     assert msg.data is packed.storage
+    numpy_sized = replace(packed, height=np.int64(2), width=np.int64(3), row_step=np.int64(48), is_dense=np.bool_(0))
+    assert to_message(numpy_sized, PointCloud2, PointField, Header()).height == 2  # sizes given as numpy scalars
     data = np.frombuffer(msg.data, np.uint8).reshape(6, 16)
     assert not data[:, 13:].any() and data[:, 12].tolist() == list(range(6))
     np.testing.assert_array_equal(decode(msg).coord, xyz)

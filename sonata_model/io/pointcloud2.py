@@ -465,10 +465,10 @@ def to_message(packed: PackedPoints, msg_cls, field_cls, header):
     # never copy it. Either way the packed storage becomes the message's data as it is.
     msg = msg_cls(check_fields=True) if "_check_fields" in getattr(msg_cls, "__slots__", ()) else msg_cls()
     msg.header = header
-    msg.height, msg.width = packed.height, packed.width
+    msg.height, msg.width = int(packed.height), int(packed.width)  # a checking message refuses numpy ints
     msg.fields = [field_cls(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in packed.fields]
-    msg.is_bigendian, msg.is_dense = packed.is_bigendian, packed.is_dense
-    msg.point_step, msg.row_step = packed.point_step, packed.row_step
+    msg.is_bigendian, msg.is_dense = bool(packed.is_bigendian), bool(packed.is_dense)
+    msg.point_step, msg.row_step = int(packed.point_step), int(packed.row_step)
     data = packed.storage
     if data is None:  # packed elsewhere (a PCD file's points): one copy into an array.array
         data = array.array("B")
