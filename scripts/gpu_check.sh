@@ -4,24 +4,22 @@
 # (default ./gpu_out; the device tool returns at most 8): summary.log, and gpu_check.tar.gz with every
 # log, the pytest report and the benchmark JSONs.
 #
-# Prepare on the CPU machine, in the project root (both archives are git-ignored, < 64 MiB together
-# with the tree; if they do not fit, run `--part core` with .gpu/spconv-site only and `--part node`
-# with .gpu/ros-site only):
-#     bash ../shared/gpu/pack.sh            # .gpu/: spconv for CUDA 12.6+, rosbags
-#     bash scripts/gpu_pack_ros.sh          # .gpu/ros-site.tar.xz: rclpy & co. for Python 3.12
-#     cp -r /tmp/sonata-ref .gpu/sonata-ref # the reference for vs_reference (~2 MB; how to build it:
-#                                           # benchmarks/reference_env/README.md); skipped when absent
-# Run on the device (carry .gpu):
-#     source .gpu/setup.sh && bash scripts/gpu_check.sh [--quick] [--part core|node|all]
+# Prepare on the CPU machine, in the project root (the two parts each fit the 64 MiB upload with the
+# tree; together they do not):
+#     bash scripts/gpu_prepare.sh           # .gpu/: spconv for CUDA 12.6+, the ROS prefix, the reference;
+#                                           # prints each part's carry list and upload size
+#     bash scripts/gpu_rehearse.sh          # both parts' dry runs here, in the device's Python and torch
+# Run on the device (carry the part's list):
+#     source .gpu/setup.sh && bash scripts/gpu_check.sh --part core [--quick]
+#     bash scripts/gpu_check.sh --part node [--quick]
 #
-#   core: pytest -m cuda; encoder benchmarks (sonata_lidar 120k LiDAR points, varying by up to 10 %
-#         between frames as a stream does; sonata indoor room) in bf16, eager, bucketed and replayed
-#         from CUDA graphs (--cuda-graphs; CUDA only, so not in
-#         --dry-run); the reference implementation side by side (when its source is under
-#         .gpu/sonata-ref), in fp32 and in bf16 on both sides; 20 steps of bf16 pretraining through
-#         torchrun (NCCL).
-#   node: the perception node on CUDA, 64-beam frames at 10 Hz from another process, end to end, eager
-#         and with cuda_graphs.
+#   core: pytest -m cuda test/test_cuda.py; encoder benchmarks (sonata_lidar 120k LiDAR points,
+#         varying by up to 10 % between frames as a stream does; sonata indoor room) in bf16, eager,
+#         bucketed and replayed from CUDA graphs (--cuda-graphs; CUDA only, so not in --dry-run); the
+#         reference implementation side by side (when its source is under .gpu/sonata-ref), in fp32
+#         and in bf16 on both sides; 20 steps of bf16 pretraining through torchrun (NCCL).
+#   node: pytest -m cuda test/test_cuda_node.py (the node on CUDA, over DDS); the perception node on
+#         CUDA, 64-beam frames at 10 Hz from another process, end to end, eager and with cuda_graphs.
 # --quick fits in about 5 minutes: fewer frames, no pretraining.
 # --dry-run runs every step on the CPU with small models and clouds (no pretraining): the plumbing,
 #         flags and result files, checked before any device time is spent.
@@ -69,7 +67,7 @@ results() {  # the benchmark JSONs written by --record
     > "$LOGS/device.log" 2>&1
 
 if [ "$PART" = core ] || [ "$PART" = all ]; then
-    step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test
+    step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test/test_cuda.py
     step encoder_lidar python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" --vary $RECORD
     step encoder_lidar_buckets python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
@@ -80,11 +78,12 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
         --precision "$PREC" --repeats "$FRAMES" $RECORD
     step encoder_utonia python3 benchmarks/encoder.py --config "$UTONIA" --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" $RECORD
-    if [ -d .gpu/sonata-ref ]; then
+    if [ -d .gpu/sonata-ref ]; then  # the reference imports spconv from wherever this Python finds it
+        spconv_site=$(python3 -c "import os, spconv; print(os.path.dirname(os.path.dirname(spconv.__file__)))")
         step vs_reference python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
-            --reference-path .gpu/sonata-ref/deps --config "$INDOOR" --device "$DEV" $RECORD
+            --reference-path .gpu/sonata-ref/deps "$spconv_site" --config "$INDOOR" --device "$DEV" $RECORD
         step vs_reference_half python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
-            --reference-path .gpu/sonata-ref/deps --config "$INDOOR" --device "$DEV" --precision "$PREC" \
+            --reference-path .gpu/sonata-ref/deps "$spconv_site" --config "$INDOOR" --device "$DEV" --precision "$PREC" \
             --name "vs_reference_${DEV}_$PREC" $RECORD
     fi
     if [ "$QUICK" = 0 ]; then
@@ -100,6 +99,8 @@ fi
 
 if [ "$PART" = node ] || [ "$PART" = all ]; then
     [ -f .gpu/ros_setup.sh ] && source .gpu/ros_setup.sh
+    step pytest_cuda_node python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda_node.xml" \
+        test/test_cuda_node.py
     step node_latency python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" --precision "$PREC" \
         --frames "$FRAMES" --rate-hz 10 $RECORD
     [ "$DRY" = 1 ] || step node_latency_graphs python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" \

@@ -41,11 +41,12 @@ FRAMES = 250
 GROWTH_LIMIT_MB = 100
 
 
-def street_label_agreement(device: str | torch.device) -> float:
-    """Share of points of two synthetic 64-beam frames that the shipped model labels alike in bf16 and fp32."""
+def street_label_agreement(device: str | torch.device, precision: str = "bf16") -> float:
+    """Share of points of two synthetic 64-beam frames that the shipped model labels alike in `precision`
+    and fp32."""
     model = load_model("", "", "")
     full = sm.Segmenter(model.encoder, model.head, device=device, precision="fp32")
-    half = sm.Segmenter(model.encoder, model.head, device=device, precision="bf16")
+    half = sm.Segmenter(model.encoder, model.head, device=device, precision=precision)
     agree, total = 0, 0
     for frame in generate_drive("hdl64", frames=2, seed=7):
         a = full(frame.coord, strength=frame.strength).labels

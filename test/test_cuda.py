@@ -1,8 +1,9 @@
 """GPU checks of the plan and the forward (marker `cuda`; skipped without CUDA): the forward captured as a
 CUDA graph per bucket and replayed on the next frame equals eager (by hand and through the segmenter's
-`cuda_graphs`), no host sync inside the forward,
-bf16 labels agree with fp32, spconv on CUDA equals the torch conv (one rulebook per stage, never fp16),
-flash_attn equals SDPA, the plan and serialization on the GPU equal the CPU's.
+`cuda_graphs`), no host sync inside the forward; bf16 and fp16 labels agree with fp32's, half-precision
+embeddings of the 108M LiDAR encoder point as fp32's, a frame run twice gives the same bits; spconv on CUDA
+equals the torch conv (one rulebook per stage, never fp16), flash_attn equals SDPA, the plan and
+serialization on the GPU equal the CPU's.
 
     pytest -m cuda test/test_cuda.py
 """
@@ -24,6 +25,8 @@ from sonata_model.plan import build_plan
 from sonata_model.profiling import count_ops
 from sonata_model.serialization import ORDERS, serialize
 from sonata_model.sparse_conv import SubMConv3d
+from sonata_model.synth.drive import generate_drive
+from sonata_ros.model_loading import load_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -121,8 +124,40 @@ def test_a_frame_on_the_gpu_plans_with_one_host_wait_and_equals_the_cpu():
         np.testing.assert_allclose(mine.embedding, theirs.embedding, rtol=1e-3, atol=1e-3)
 
 
-def test_bf16_labels_agree_with_fp32_on_a_street():
-    assert street_label_agreement(CUDA) >= 0.99
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_labels_agree_with_fp32_on_a_street(precision):
+    assert street_label_agreement(CUDA, precision) >= 0.99
+
+
+def voxel_cosine(device: str | torch.device, precision: str, config: str = "sonata_lidar") -> float:
+    """Mean over voxels of the cosine similarity between a random-weight encoder's embeddings in `precision`
+    and in fp32, on a synthetic 64-beam frame."""
+    torch.manual_seed(0)
+    encoder = sm.SonataEncoder(sm.get_config(config)).eval()
+    frame = next(iter(generate_drive("hdl64", frames=1, seed=3)))
+    full, half = (
+        torch.from_numpy(segmenter(frame.coord, strength=frame.strength).embedding)
+        for segmenter in (sm.Segmenter(encoder, None, device=device, precision=p) for p in ("fp32", precision))
+    )
+    return torch.nn.functional.cosine_similarity(full, half, dim=1).mean().item()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_embeddings_of_the_108m_lidar_encoder_point_as_fp32s(precision):
+    assert voxel_cosine(CUDA, precision) >= 0.99
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_frame_segmented_twice_in_a_row_gives_the_same_labels_and_embeddings(precision):
+    model = load_model("", "", "")
+    segmenter = sm.Segmenter(model.encoder, model.head, device=CUDA, precision=precision)
+    frame = next(iter(generate_drive("hdl64", frames=1, seed=4)))
+    runs = []
+    for _ in range(2):  # each run read before the next one
+        result = segmenter(frame.coord, strength=frame.strength)
+        runs.append((result.labels, result.probability, result.embedding))
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_spconv_on_cuda_equals_the_torch_conv_and_builds_one_rulebook_per_stage(monkeypatch):
