@@ -21,7 +21,7 @@
 #   node: pytest -m cuda test/test_cuda_node.py (the node on CUDA, over DDS); the perception node on
 #         CUDA, 64-beam frames at 10 Hz from another process, end to end, eager and with cuda_graphs.
 # --quick fits in about 5 minutes: fewer frames, no pretraining.
-# --dry-run runs every step on the CPU with small models and clouds (no pretraining): the plumbing,
+# --dry-run runs every step on the CPU with small models and clouds (two pretraining steps): the plumbing,
 #         flags and result files, checked before any device time is spent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,8 +43,10 @@ done
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 FRAMES=$([ "$QUICK" = 1 ] && echo 20 || echo 60)
 DEV=cuda PREC=bf16 LIDAR=sonata_lidar INDOOR=sonata UTONIA=utonia POINTS=120000 RECORD=--record
-if [ "$DRY" = 1 ]; then  # the JSONs stay in the logs: nothing is recorded
-    DEV=cpu PREC=fp32 LIDAR=demo INDOOR=tiny UTONIA=utonia_tiny POINTS=5000 FRAMES=2 QUICK=1 RECORD=
+PRETRAIN=(--steps 20 --workers 4)
+if [ "$DRY" = 1 ]; then  # the JSONs stay in the logs: nothing is recorded; two steps of a small encoder
+    DEV=cpu PREC=fp32 LIDAR=demo INDOOR=tiny UTONIA=utonia_tiny POINTS=5000 FRAMES=2 QUICK=0 RECORD=
+    PRETRAIN=(--steps 2 --workers 1 --encoder demo --set view.max_size=4096)
 fi
 status=0
 step() {  # name command...: run, log to $OUT/<name>.log, remember a failure, go on
@@ -90,8 +92,8 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
         drive=$(mktemp -d)/drive
         step synth_drive python3 -m sonata_model.synth.cli --sensor hdl64 --frames 16 --seed 1 --format frames --out "$drive"
         step pretrain_bf16 torchrun --nproc-per-node 1 -m sonata_model.train.pretrain \
-            --config config/pretrain/lidar.yaml --data "frames:$drive" --steps 20 --workers 4 \
-            --out "$LOGS/pretrain" --set amp=bf16 --set log_every=1 --set checkpoint_every=20
+            --config config/pretrain/lidar.yaml --data "frames:$drive" --out "$LOGS/pretrain" --set amp=bf16 \
+            --set log_every=1 --set checkpoint_every=20 "${PRETRAIN[@]}"
         rm -rf "$LOGS/pretrain/checkpoints" "$LOGS/pretrain/encoder.pth"  # keep metrics.csv, not 400 MB of weights
     fi
     results
