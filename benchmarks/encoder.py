@@ -17,8 +17,8 @@ GPU), for the whole `Segmenter` call with the embedding read ("frame"), for the 
 plan and forward once more in the shape a GPU runs ("plan_gpu_shape", "forward_gpu_shape": size
 buckets, the neighbour table instead of a CPU's conv pairs, the neighbour search in one call).
 `--buckets` plans with size buckets (padding rows; shapes shared by frames of similar size).
-`--profile` adds one frame under torch.profiler: the self time of its heaviest ops (CPU self time; on a
-GPU the host side only).
+`--profile` adds one frame under torch.profiler: the self time of its heaviest ops on the host and, on a
+GPU, on the device.
 """
 
 from __future__ import annotations
@@ -103,16 +103,26 @@ def _count_plan(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray], override
     return counts["plan"], prepared
 
 
-def profile_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Self time (ms) of the 12 heaviest aten ops over one whole frame (torch.profiler): where it goes."""
-    from torch.profiler import profile
+def profile_frame(segmenter: sm.Segmenter, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Where one whole frame goes (torch.profiler): the 12 heaviest aten ops by self time on the host
+    ("host_self_ms") and, on a GPU, by self time on the device ("device_self_ms", kernels included)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    with profile() as profiler:
+    cuda = segmenter.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as profiler:
         segmenter(**inputs).embedding_tensor.sum().item()
-    events = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    total = sum(e.self_cpu_time_total for e in events)
-    top = {e.key: round(e.self_cpu_time_total / 1e3, 1) for e in events[:12]}
-    return {"total_self_ms": round(total / 1e3, 1), **top}
+    events = profiler.key_averages()
+    out = {"host_self_ms": _heaviest(events, "self_cpu_time_total")}
+    if cuda:
+        out["device_self_ms"] = _heaviest(events, "self_device_time_total")
+    return out
+
+
+def _heaviest(events, attribute: str, top: int = 12) -> dict[str, float]:
+    ranked = sorted(events, key=lambda e: -getattr(e, attribute))
+    total = sum(getattr(e, attribute) for e in events)
+    return {"total": round(total / 1e3, 2)} | {e.key: round(getattr(e, attribute) / 1e3, 2) for e in ranked[:top]}
 
 
 def _ops_summary(counts: OpCounts) -> dict:
@@ -240,7 +250,7 @@ def main() -> None:
         result["rss_mib"] = round(psutil.Process().memory_info().rss / 2**20, 1)
     result["ops"] = count_frame(segmenter, inputs)
     if args.profile:
-        result["profile_self_ms"] = profile_frame(segmenter, inputs)
+        result["profile"] = profile_frame(segmenter, inputs)
     if segmenter.graphed is not None:
         result["cuda_graph_captures"] = segmenter.graphed.captures
     default_name = f"encoder_{args.config}_{args.device}" + ("_graphs" if args.cuda_graphs else "")

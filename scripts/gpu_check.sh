@@ -14,7 +14,8 @@
 #     bash scripts/gpu_check.sh --part node [--quick]
 #
 #   core: pytest -m cuda test/test_cuda.py; encoder benchmarks (sonata_lidar 120k LiDAR points,
-#         varying by up to 10 % between frames as a stream does; sonata indoor room) in bf16, eager,
+#         varying by up to 10 % between frames as a stream does, with a torch.profiler summary of one
+#         frame on the host and the device; sonata indoor room) in bf16, eager,
 #         bucketed and replayed from CUDA graphs (--cuda-graphs; CUDA only, so not in --dry-run); the
 #         reference implementation side by side (when its source is under .gpu/sonata-ref), in fp32
 #         and in bf16 on both sides; 20 steps of bf16 pretraining through torchrun (NCCL).
@@ -71,7 +72,7 @@ results() {  # the benchmark JSONs written by --record
 if [ "$PART" = core ] || [ "$PART" = all ]; then
     step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test/test_cuda.py
     step encoder_lidar python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
-        --precision "$PREC" --repeats "$FRAMES" --vary $RECORD
+        --precision "$PREC" --repeats "$FRAMES" --vary --profile $RECORD
     step encoder_lidar_buckets python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" --vary --buckets --name "encoder_${LIDAR}_${DEV}_buckets" $RECORD
     [ "$DRY" = 1 ] || step encoder_lidar_graphs python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" \
