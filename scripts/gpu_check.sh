@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of the project in one script, for the accelerator machine (one H100 / H200, Python
 # 3.12, torch with CUDA, no registry access). What it measures comes back as two files under $OUT
-# (default ./gpu_out; the device tool returns at most 8): summary.log, and gpu_check.tar.gz with every
-# log, the pytest report and the benchmark JSONs.
+# (default ./gpu_out; the device tool returns at most 8), refreshed after every step: summary.log, and
+# gpu_check.tar.gz with every log, the pytest reports and the benchmark JSONs. Each step runs under
+# $STEP_TIMEOUT seconds (default 300).
 #
 # Prepare on the CPU machine, in the project root (the two parts each fit the 64 MiB upload with the
 # tree; together they do not):
@@ -49,21 +50,28 @@ if [ "$DRY" = 1 ]; then  # the JSONs stay in the logs: nothing is recorded; two 
     DEV=cpu PREC=fp32 LIDAR=demo INDOOR=tiny UTONIA=utonia_tiny POINTS=5000 FRAMES=2 QUICK=0 RECORD=
     PRETRAIN=(--steps 2 --workers 1 --encoder demo --set view.max_size=4096)
 fi
+STEP_TIMEOUT=${STEP_TIMEOUT:-300}  # one hung step (a DDS discovery, a stuck worker) must not eat the device time
 status=0
-step() {  # name command...: run, log to $OUT/<name>.log, remember a failure, go on
+step() {  # name command...: run under the step timeout, log to <name>.log, remember a failure, go on
     local name=$1; shift
     echo "== $name: $*" | tee -a "$LOGS/summary.log"
-    local start=$SECONDS
-    if "$@" > "$LOGS/$name.log" 2>&1; then
+    local start=$SECONDS code=0
+    timeout --kill-after=10 "$STEP_TIMEOUT" "$@" > "$LOGS/$name.log" 2>&1 || code=$?
+    if [ "$code" = 0 ]; then
         echo "   ok ($((SECONDS - start)) s)" | tee -a "$LOGS/summary.log"
     else
-        echo "   FAILED ($((SECONDS - start)) s), see $name.log" | tee -a "$LOGS/summary.log"
+        local why="exit $code"
+        [ "$code" = 124 ] && why="timed out after $STEP_TIMEOUT s"
+        echo "   FAILED ($why, $((SECONDS - start)) s), see $name.log" | tee -a "$LOGS/summary.log"
         tail -5 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$LOGS/summary.log"
         status=1
     fi
+    deliver
 }
-results() {  # the benchmark JSONs written by --record
+deliver() {  # what ran so far into $OUT, after every step: a command killed at the device's limit still reports
     cp benchmarks/results/*.json "$LOGS/" 2>/dev/null || true
+    tar -C "$(dirname "$LOGS")" -czf "$OUT/gpu_check.tar.gz" gpu_check
+    cp "$LOGS/summary.log" "$OUT/summary.log"
 }
 
 { [ "$DRY" = 1 ] || nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"; } \
@@ -97,7 +105,6 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
             --set log_every=1 --set checkpoint_every=20 "${PRETRAIN[@]}"
         rm -rf "$LOGS/pretrain/checkpoints" "$LOGS/pretrain/encoder.pth"  # keep metrics.csv, not 400 MB of weights
     fi
-    results
 fi
 
 if [ "$PART" = node ] || [ "$PART" = all ]; then
@@ -108,9 +115,7 @@ if [ "$PART" = node ] || [ "$PART" = all ]; then
         --frames "$FRAMES" --rate-hz 10 $RECORD
     [ "$DRY" = 1 ] || step node_latency_graphs python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" \
         --precision "$PREC" --frames "$FRAMES" --rate-hz 10 --cuda-graphs $RECORD
-    results
 fi
-tar -C "$(dirname "$LOGS")" -czf "$OUT/gpu_check.tar.gz" gpu_check
-cp "$LOGS/summary.log" "$OUT/summary.log"
+deliver
 cat "$OUT/summary.log"
 exit $status

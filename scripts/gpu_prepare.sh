@@ -67,9 +67,13 @@ tar -C "$work/prefix" -cf - . | xz -T0 -6 > .gpu/ros-prefix.tar.xz
 rm -f .gpu/ros-site.tar.xz  # the unzipped-wheel layout of earlier sessions (message modules missing)
 cat > .gpu/ros_setup.sh << 'SETUP'
 # source this on the device (Python 3.12): rclpy & co. from the prefix that scripts/gpu_prepare.sh packed
-mkdir -p /tmp/ros-prefix && tar -C /tmp/ros-prefix -xJf .gpu/ros-prefix.tar.xz && \
-export PYTHONPATH=/tmp/ros-prefix/lib/python3.12/site-packages${PYTHONPATH:+:$PYTHONPATH} && \
-export LD_LIBRARY_PATH=/tmp/ros-prefix/lib:$(ls -d /tmp/ros-prefix/lib/python3.12/site-packages/ros_*.libs | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+    mkdir -p /tmp/ros-prefix && tar -C /tmp/ros-prefix -xJf .gpu/ros-prefix.tar.xz && \
+    export PYTHONPATH=/tmp/ros-prefix/lib/python3.12/site-packages${PYTHONPATH:+:$PYTHONPATH} && \
+    export LD_LIBRARY_PATH=/tmp/ros-prefix/lib:$(ls -d /tmp/ros-prefix/lib/python3.12/site-packages/ros_*.libs | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+else
+    echo "ros_setup: python3 is not 3.12, the packed ROS libraries are for 3.12: not used" >&2
+fi
 SETUP
 
 tree_bytes=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 cat 2> /dev/null | wc -c)
