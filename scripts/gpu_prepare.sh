@@ -2,7 +2,9 @@
 # Prepares .gpu/ (git-ignored) for the accelerator machine (Python 3.12, torch with CUDA, no registry
 # access, at most 64 MiB uploaded per call with the working tree), in two parts that each fit:
 #   core: spconv for CUDA 12.6+ (../shared/gpu/pack.sh) with what its import needs, and the public
-#         reference for vs_reference when it is built here (benchmarks/reference_env/README.md);
+#         reference for vs_reference: $SONATA_REFERENCE_ENV (default /tmp/sonata-ref), built there from
+#         a git copy of facebookresearch/sonata ($SONATA_REFERENCE_GIT) when absent
+#         (benchmarks/reference_env/README.md);
 #   node: the ROS 2 client libraries for Python 3.12, installed into a prefix.
 # In the project root:
 #     bash scripts/gpu_prepare.sh        # prints the carry list of each part and its upload size
@@ -43,6 +45,12 @@ mkdir -p .gpu/bag-wheels
 for wheel in rosbags ruamel lz4 zstandard backports apsw; do
     mv .gpu/wheels/"$wheel"*.whl .gpu/bag-wheels/ 2> /dev/null || true
 done
+reference_git=${SONATA_REFERENCE_GIT:-/work/.mirror/facebookresearch+sonata/repo}
+if [ ! -d "$reference/src" ] && [ -d "$reference_git" ]; then  # build it (benchmarks/reference_env/README.md)
+    mkdir -p "$reference/src"
+    git --git-dir="$reference_git" archive HEAD | tar -x -C "$reference/src"
+    python3 -m pip install -q --target "$reference/deps" addict==2.4.0 2>&1 | grep -v "WARNING" || true
+fi
 if [ -d "$reference/src" ]; then
     rm -rf .gpu/sonata-ref && cp -r "$reference" .gpu/sonata-ref
 else
