@@ -1,9 +1,10 @@
 """ros2 launch sonata_ros perception.launch.py input_topic:=/points [checkpoint:=... head:=... device:=cuda domain:=...]
 
 Starts the sonata_perception node with config/perception.yaml (or params_file:=...), and over it
-inputs_file:=... when given (several LiDARs: see multi_lidar.launch.py). The checkpoint, head, device
-and domain arguments override the params file only when given (an empty argument keeps the file's
-value). The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
+inputs_file:=... when given (several LiDARs: see multi_lidar.launch.py). The checkpoint, head, device,
+domain, precision and cuda_graphs arguments override the params file only when given (an empty
+argument keeps the file's value). Real time on a GPU: device:=cuda precision:=bf16 cuda_graphs:=true.
+The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
 `/sonata_perception/output/{segmentation,embeddings,embedding_rgb}`.
 
 managed:=true starts the lifecycle variant: it waits unconfigured for a lifecycle manager (or
@@ -35,6 +36,8 @@ ARGUMENTS = {
     "head": ("", "Linear head checkpoint, or 'none'; empty keeps the params file's"),
     "device": ("", "auto | cpu | cuda; empty keeps the params file's"),
     "domain": ("", "indoor | outdoor | object (e.g. outdoor for Utonia or concerto_large_outdoor on LiDAR)"),
+    "precision": ("", "fp32 | fp16 | bf16 (bf16 on a GPU); empty keeps the params file's"),
+    "cuda_graphs": ("", "true | false: replay the encoder from CUDA graphs (device cuda); empty keeps the file's"),
     "use_sim_time": ("false", "Use /clock (bag replay)"),
     "log_level": ("info", "debug | info | warn | error"),
     "managed": ("false", "true: the lifecycle node (starts unconfigured; a lifecycle manager drives it)"),
@@ -46,14 +49,15 @@ ARGUMENTS = {
         "empty keeps the environment's",
     ),
 }
-OVERRIDES = ("checkpoint", "head", "device", "domain")
+OVERRIDES = ("checkpoint", "head", "device", "domain", "precision", "cuda_graphs")
+BOOLEAN_OVERRIDES = ("cuda_graphs",)  # a bool parameter refuses the string "true"
 TRUE = ("true", "1", "yes")
+FALSE = ("false", "0", "no")
 
 
 def _perception_node(context):
     value = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
-    overrides = {name: value[name] for name in OVERRIDES if value[name]}
-    overrides["use_sim_time"] = value["use_sim_time"].lower() in TRUE
+    overrides = _overrides(value)
     managed = value["managed"].lower() in TRUE
     files = [value["params_file"], *([value["inputs_file"]] if value["inputs_file"] else [])]
     return [
@@ -71,6 +75,19 @@ def _perception_node(context):
             additional_env=_dds_environment(value["dds_profile"]),
         )
     ]
+
+
+def _overrides(value: dict[str, str]) -> dict[str, object]:
+    """The parameters the arguments set over the params files: the given OVERRIDES, bools typed as such."""
+    overrides: dict[str, object] = {name: value[name] for name in OVERRIDES if value[name]}
+    for name in BOOLEAN_OVERRIDES:
+        if name in overrides:
+            text = str(overrides[name]).lower()
+            if text not in TRUE + FALSE:
+                raise ValueError(f"{name}:={overrides[name]!r}: expected true or false")
+            overrides[name] = text in TRUE
+    overrides["use_sim_time"] = value["use_sim_time"].lower() in TRUE
+    return overrides
 
 
 def _dds_environment(profile: str) -> dict[str, str]:

@@ -47,6 +47,8 @@ def test_launch_file_compiles_and_its_arguments_fit_the_node():
         "head",
         "device",
         "domain",
+        "precision",
+        "cuda_graphs",
         "use_sim_time",
         "log_level",
         "managed",
@@ -72,6 +74,32 @@ def node_keywords(tree: ast.Module) -> dict[str, ast.expr]:
     ]
     assert len(calls) == 1
     return {k.arg: k.value for k in calls[0].keywords}
+
+
+def launch_function(tree: ast.Module, name: str, namespace: dict):
+    """A function of the launch file, run for real (the launch packages are not installed here)."""
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module([function], []), str(LAUNCH), "exec"), namespace)
+    return namespace[name]
+
+
+def test_argument_overrides_reach_the_node_with_the_parameters_types():
+    """`device:=cuda precision:=bf16 cuda_graphs:=true` (the real-time GPU setting) gives the node a
+    string, a string and a bool: a bool parameter set to the string "true" would stop the node."""
+    tree = ast.parse(LAUNCH.read_text())
+    constants = {name: ast.literal_eval(literal(tree, name)) for name in ("OVERRIDES", "BOOLEAN_OVERRIDES")}
+    constants |= {name: ast.literal_eval(literal(tree, name)) for name in ("TRUE", "FALSE")}
+    overrides = launch_function(tree, "_overrides", dict(constants))
+    defaults = {param.name: param.default for param in PARAMETERS}
+    assert set(constants["BOOLEAN_OVERRIDES"]) == {n for n in constants["OVERRIDES"] if type(defaults[n]) is bool}
+    empty = {name: "" for name in constants["OVERRIDES"]} | {"use_sim_time": "false"}
+    assert overrides(empty) == {"use_sim_time": False}  # an empty argument keeps the params file's value
+    given = overrides(empty | {"device": "cuda", "precision": "bf16", "cuda_graphs": "True", "use_sim_time": "true"})
+    assert given == {"device": "cuda", "precision": "bf16", "cuda_graphs": True, "use_sim_time": True}
+    assert all(type(given[name]) is type(defaults[name]) for name in constants["OVERRIDES"] if name in given)
+    assert overrides(empty | {"cuda_graphs": "false"})["cuda_graphs"] is False
+    with pytest.raises(ValueError, match="cuda_graphs:='maybe': expected true or false"):
+        overrides(empty | {"cuda_graphs": "maybe"})
 
 
 def test_managed_chooses_the_lifecycle_node_with_the_same_executable():
@@ -116,16 +144,14 @@ def test_the_node_is_respawned_by_default_and_gets_the_dds_profile_by_option():
     assert ast.unparse(keywords["respawn_delay"]) == "float(value['respawn_delay'])"
     assert ast.unparse(keywords["additional_env"]) == "_dds_environment(value['dds_profile'])"
     # the environment function, run for real: both Fast DDS generations' variables, a missing file refused
-    namespace: dict = {"os": os}
-    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_dds_environment")
-    exec(compile(ast.Module([function], []), str(LAUNCH), "exec"), namespace)
-    assert namespace["_dds_environment"]("") == {}
-    assert namespace["_dds_environment"](str(PROFILE)) == {
+    dds_environment = launch_function(tree, "_dds_environment", {"os": os})
+    assert dds_environment("") == {}
+    assert dds_environment(str(PROFILE)) == {
         "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE),
         "FASTRTPS_DEFAULT_PROFILES_FILE": str(PROFILE),
     }
     with pytest.raises(FileNotFoundError, match=r"absent\.xml"):
-        namespace["_dds_environment"]("/absent.xml")
+        dds_environment("/absent.xml")
 
 
 def test_the_shipped_dds_profile_is_a_default_shared_memory_profile_with_room_for_large_clouds():
