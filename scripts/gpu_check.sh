@@ -22,7 +22,7 @@
 #         and in bf16 on both sides; 20 steps of bf16 pretraining through torchrun (NCCL).
 #   node: pytest -m cuda test/test_cuda_node.py (the node on CUDA, over DDS); the perception node on
 #         CUDA, 64-beam frames at 10 Hz from another process, end to end, eager and with cuda_graphs.
-# --quick fits in about 5 minutes: fewer frames, no pretraining.
+# --quick fits in about 5 minutes: 20 frames, no pretraining, no bucketed-eager or Utonia run.
 # --dry-run runs every step on the CPU with small models and clouds (two pretraining steps): the plumbing,
 #         flags and result files, checked before any device time is spent.
 set -uo pipefail
@@ -81,13 +81,13 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
     step pytest_cuda python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda.xml" test/test_cuda.py
     step encoder_lidar python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" --vary --profile $RECORD
-    step encoder_lidar_buckets python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
+    [ "$QUICK" = 1 ] || step encoder_lidar_buckets python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" --vary --buckets --name "encoder_${LIDAR}_${DEV}_buckets" $RECORD
     [ "$DRY" = 1 ] || step encoder_lidar_graphs python3 benchmarks/encoder.py --config "$LIDAR" --points "$POINTS" \
         --device "$DEV" --precision "$PREC" --repeats "$FRAMES" --vary --cuda-graphs $RECORD
     step encoder_indoor python3 benchmarks/encoder.py --config "$INDOOR" --scene room --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" $RECORD
-    step encoder_utonia python3 benchmarks/encoder.py --config "$UTONIA" --points "$POINTS" --device "$DEV" \
+    [ "$QUICK" = 1 ] || step encoder_utonia python3 benchmarks/encoder.py --config "$UTONIA" --points "$POINTS" --device "$DEV" \
         --precision "$PREC" --repeats "$FRAMES" $RECORD
     if [ -d .gpu/sonata-ref ]; then  # the reference imports spconv from wherever this Python finds it
         spconv_site=$(python3 -c "import os, spconv; print(os.path.dirname(os.path.dirname(spconv.__file__)))")
