@@ -5,7 +5,9 @@
 # with only its own pack: core with spconv and no ROS, node with ROS and no spconv, as the two
 # uploads carry them. Catches what the CPU venv cannot: a module the device lacks, an API that
 # torch 2.11 has not, a test file that fails to collect. First run: a ~5 GB download into $VENV.
-#     bash scripts/gpu_prepare.sh && bash scripts/gpu_rehearse.sh [core|node|all]
+# `suite` runs the whole CPU test suite in that software instead (both packs and rosbags' wheels;
+# test_package aside: colcon is not on the device), about as long as `make test`.
+#     bash scripts/gpu_prepare.sh && bash scripts/gpu_rehearse.sh [core|node|all|suite]
 set -uo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -37,9 +39,19 @@ rehearse() {  # part: a clean environment with only that part's pack, then the d
         bash scripts/gpu_check.sh --dry-run --part "$part"
     ) || status=1
 }
+suite() {
+    (
+        unset PYTHONPATH LD_LIBRARY_PATH
+        export PATH=$VENV/bin:$PATH
+        rm -rf /tmp/site && source .gpu/setup.sh && source .gpu/ros_setup.sh || exit 1
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/bag-wheels/*.whl || exit 1
+        python3 -m pytest -q -p no:cacheprovider test --deselect test/test_package.py
+    ) || status=1
+}
 case "$PART" in
     core | node) rehearse "$PART" ;;
     all) rehearse core; rehearse node ;;
-    *) echo "usage: $0 [core|node|all]" >&2; exit 2 ;;
+    suite) suite ;;
+    *) echo "usage: $0 [core|node|all|suite]" >&2; exit 2 ;;
 esac
 exit $status

@@ -112,8 +112,8 @@ def _start_for_depth(successor: np.ndarray, code: np.ndarray, depth: int) -> int
 class _Tables:
     spread: Tensor  # (2**16,) bit i of the index at bit 3i
     axis_weights: Tensor  # (2, 1, 3) z-order's (x, y, z) shifts as factors: plain and "-trans"
-    hilbert_step: Tensor  # (S * 4096,) next state * 4096 << 12 | 12 code bits
-    hilbert_start: Tensor  # (17,) start state * 4096 for each depth
+    hilbert_step: Tensor  # (S, 4096) per state and 12 z-code bits: next state << 24 | 12 code bits
+    hilbert_start: Tensor  # (17,) start state for each depth
     chunk_shifts: Tensor  # (4,) where each lookup's 12 z-code bits start, top first
 
 
@@ -133,12 +133,12 @@ def _tables(device: torch.device) -> _Tables:
         octant = (octants >> (3 * level)) & 7
         bits = (bits << 3) | code[state, octant]
         state = successor[state, octant]
-    step = (state << _STEP_BITS) << _STEP_BITS | bits
+    step = (state << 2 * _STEP_BITS | bits).reshape(states, 1 << _STEP_BITS)
     return _Tables(
         spread=torch.from_numpy(spread).to(device),
         axis_weights=torch.tensor([[[4, 2, 1]], [[2, 4, 1]]], dtype=torch.long, device=device),
         hilbert_step=torch.from_numpy(step).to(device),
-        hilbert_start=torch.from_numpy(start << _STEP_BITS).to(device),
+        hilbert_start=torch.from_numpy(start).to(device),
         chunk_shifts=torch.arange(BATCH_SHIFT - _STEP_BITS, -1, -_STEP_BITS, device=device),
     )
 
@@ -146,12 +146,14 @@ def _tables(device: torch.device) -> _Tables:
 def _hilbert(zcode: Tensor, depth: Tensor | int, tables: _Tables) -> Tensor:
     """Hilbert codes from z-order codes: the state machine, 4 levels per lookup, top level first."""
     chunks = ((zcode.unsqueeze(-1) >> tables.chunk_shifts) & _STEP_MASK).unbind(-1)
-    base = tables.hilbert_start[depth]
+    state = tables.hilbert_start[depth]
+    if state.dim() == 0:  # one depth for every row: a 0-dim index tensor would be read on the host
+        state = state.expand_as(chunks[0])
     entries = []
     for step, chunk in enumerate(chunks):
-        entries.append(tables.hilbert_step[base + chunk])
+        entries.append(tables.hilbert_step[state, chunk])
         if step < len(chunks) - 1:
-            base = entries[-1] >> _STEP_BITS
+            state = entries[-1] >> 2 * _STEP_BITS
     bits = torch.stack(entries, dim=-1) & _STEP_MASK
     return (bits << tables.chunk_shifts).sum(dim=-1)
 
