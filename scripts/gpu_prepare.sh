@@ -64,6 +64,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 skip='ament-cmake-(cppcheck|cpplint|flake8|pep257|uncrustify)|wheels-bootstrapper'
 mapfile -t packages < <(.venv/bin/python -m pip freeze 2> /dev/null | grep -iE '^ros-' | grep -viE "$skip")
+if [ "${#packages[@]}" -lt 10 ]; then  # the ROS wheels to pack are the ones the project's venv holds
+    echo "gpu_prepare: no ROS wheels in .venv: run 'make venv' first" >&2
+    exit 2
+fi
 download "$work/wheels" "${packages[@]}" lark==1.3.1
 python312 -m pip install -q --no-deps --no-index --no-compile --prefix "$work/prefix" "$work"/wheels/*.whl 2>&1 \
     | grep -v "WARNING" || true
