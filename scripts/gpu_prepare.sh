@@ -102,5 +102,7 @@ part() {  # name path...: the carry list and the upload it makes with the tree
 }
 core=(.gpu/setup.sh .gpu/spconv-site.tar.xz .gpu/wheels)
 [ -d .gpu/sonata-ref ] && core+=(.gpu/sonata-ref)
-part core "${core[@]}"
-part node .gpu/ros-prefix.tar.xz .gpu/ros_setup.sh
+fits=0
+part core "${core[@]}" || fits=1
+part node .gpu/ros-prefix.tar.xz .gpu/ros_setup.sh || fits=1
+exit $fits
