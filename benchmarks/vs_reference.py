@@ -7,7 +7,9 @@ Same released-format checkpoint (`--checkpoint`, or a random-valued one written 
 `sm.save_encoder`, which is the released layout), same cloud, one run: the median time per frame of
 each after warm-up (the reference: its default transform, forward and all-level upcast, as its demos
 do; here: `Segmenter` and its embedding), the ratio, and the largest difference of the all-level
-upcast features (1232 channels for `sonata`) over all input points.
+upcast features (1232 channels for `sonata`) over all input points. `--cuda-graphs` (CUDA): ours as
+the real-time node runs it, size buckets and the forward replayed from a CUDA graph (captured in the
+warm-up; the same cloud falls in the same bucket every frame, as a sensor's stream mostly does).
 
 The reference runs in a subprocess (`reference_env/run_reference.py`) with `--reference-python` and a
 PYTHONPATH of only the reference source and `--reference-path`, so none of its imports enter this
@@ -167,10 +169,26 @@ class ReferenceProcess:
 
 
 class ProjectRunner:
-    """This project's side: `Segmenter` and its all-level embedding, per input point."""
+    """This project's side: `Segmenter` and its all-level embedding, per input point; with `cuda_graphs`
+    as the real-time node runs it (size buckets, the forward replayed from a CUDA graph)."""
 
-    def __init__(self, encoder: sm.SonataEncoder, cloud: dict[str, np.ndarray], device: str, precision: str) -> None:
-        self.segmenter = sm.Segmenter(encoder, None, device=device, precision=precision, domain="indoor")
+    def __init__(
+        self,
+        encoder: sm.SonataEncoder,
+        cloud: dict[str, np.ndarray],
+        device: str,
+        precision: str,
+        cuda_graphs: bool = False,
+    ) -> None:
+        self.segmenter = sm.Segmenter(
+            encoder,
+            None,
+            device=device,
+            precision=precision,
+            domain="indoor",
+            buckets=sm.SizeBuckets() if cuda_graphs else None,
+            cuda_graphs=cuda_graphs,
+        )
         self.cloud = cloud
         self.voxels = 0
         self.feat: torch.Tensor | None = None
@@ -205,6 +223,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast, both sides")
+    parser.add_argument("--cuda-graphs", action="store_true", help="ours as the real-time node runs (CUDA only)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/<name>.json")
@@ -222,7 +241,7 @@ def main() -> None:
         np.savez(cloud_file, **cloud)
         loads = [os.getloadavg()[0]]
         reference = ReferenceProcess(args, cloud_file, checkpoint, work)  # loads and warms up first
-        ours = ProjectRunner(encoder, cloud, args.device, args.precision)
+        ours = ProjectRunner(encoder, cloud, args.device, args.precision, args.cuda_graphs)
         for _ in range(args.warmup):
             ours.frame()
         reference_frames, ours_ms = [], []
@@ -253,7 +272,12 @@ def main() -> None:
             "(benchmarks/reference_env); CPU spconv: Native algorithm, bias added after the conv, one thread, "
             "fp32 (no bf16 kernels); curve orders not shuffled",
         },
-        "ours": {**ours_summary, "sparse_backend": default_backend(), "attention": ours.segmenter.attention},
+        "ours": {
+            **ours_summary,
+            "sparse_backend": default_backend(),
+            "attention": ours.segmenter.attention,
+            "cuda_graphs": args.cuda_graphs,
+        },
         "speedup": round(reference_summary["median_ms"] / ours_summary["median_ms"], 2),
         "feature_channels": ours_feat.shape[1],
         "max_abs_diff": float(difference.max()),
@@ -262,7 +286,7 @@ def main() -> None:
         "min_cosine": float(cosine(reference_feat, ours_feat).min()),  # per point, over all levels' features
         "load_average_1min": [round(x, 2) for x in loads],  # before, then after each pair of frames
     }
-    emit(args.name or f"vs_reference_{args.device}", result, args.record)
+    emit(args.name or f"vs_reference_{args.device}" + ("_graphs" if args.cuda_graphs else ""), result, args.record)
 
 
 if __name__ == "__main__":

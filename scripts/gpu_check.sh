@@ -19,7 +19,8 @@
 #         frame on the host and the device; sonata indoor room) in bf16, eager,
 #         bucketed and replayed from CUDA graphs (--cuda-graphs; CUDA only, so not in --dry-run); the
 #         reference implementation side by side (when its source is under .gpu/sonata-ref), in fp32
-#         and in bf16 on both sides; 20 steps of bf16 pretraining through torchrun (NCCL).
+#         (eager) and in bf16 on both sides (ours from CUDA graphs, as the real-time node runs); 20
+#         steps of bf16 pretraining through torchrun (NCCL).
 #   node: pytest -m cuda test/test_cuda_node.py (the node on CUDA, over DDS); the perception node on
 #         CUDA, 64-beam frames at 10 Hz from another process, end to end, eager and with cuda_graphs.
 # --quick fits in about 5 minutes: 50 frames (not 100), no pretraining, no bucketed-eager or Utonia run.
@@ -93,9 +94,10 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
         spconv_site=$(python3 -c "import os, spconv; print(os.path.dirname(os.path.dirname(spconv.__file__)))")
         step vs_reference python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
             --reference-path .gpu/sonata-ref/deps "$spconv_site" --config "$INDOOR" --device "$DEV" $RECORD
+        graphs=$([ "$DRY" = 1 ] || echo --cuda-graphs)  # ours as the real-time node runs it
         step vs_reference_half python3 benchmarks/vs_reference.py --reference .gpu/sonata-ref/src \
             --reference-path .gpu/sonata-ref/deps "$spconv_site" --config "$INDOOR" --device "$DEV" --precision "$PREC" \
-            --name "vs_reference_${DEV}_$PREC" $RECORD
+            $graphs --name "vs_reference_${DEV}_$PREC${graphs:+_graphs}" $RECORD
     fi
     if [ "$QUICK" = 0 ]; then
         drive=$(mktemp -d)/drive
