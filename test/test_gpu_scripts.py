@@ -1,0 +1,53 @@
+"""The GPU run's scripts and the uploads they rely on: each script parses; each upload's cuda tests collect
+with only what that upload carries (core: spconv, no ROS, no rosbags; node: ROS, no spconv), as on the
+accelerator machine (scripts/gpu_prepare.sh, scripts/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
+ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "geometry_msgs", "lifecycle_msgs", "rosbags")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_every_script_parses(script):
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_gpu_check_refuses_an_unknown_option_with_its_usage():
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--fast"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def collect_without(test_file: str, missing: tuple[str, ...], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`pytest --collect-only -m cuda test_file` where importing any of `missing` fails, as it does on the
+    device when the upload does not carry it."""
+    for name in missing:
+        package = tmp_path / name
+        package.mkdir()
+        (package / "__init__.py").write_text(f"raise ImportError('{name} is not in this upload')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
+    return subprocess.run([*command, test_file], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+
+
+def test_the_core_uploads_cuda_tests_collect_without_ros(tmp_path):
+    done = collect_without("test/test_cuda.py", ROS_MODULES, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "test_cuda.py::test_the_segmenter_replays_one_graph_per_bucket_and_equals_eager" in done.stdout
+
+
+def test_the_node_uploads_cuda_tests_collect_without_spconv(tmp_path):
+    done = collect_without("test/test_cuda_node.py", ("spconv", "rosbags"), tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "test_cuda_node.py::test_the_node_on_the_gpu_labels_every_frame_as_the_model_does_here" in done.stdout
