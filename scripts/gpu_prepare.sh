@@ -18,16 +18,8 @@ cd "$root"
 reference=${SONATA_REFERENCE_ENV:-/tmp/sonata-ref}
 limit_mib=64
 
-python312() {  # a Python 3.12 here (pyenv's shim needs its version named)
-    if python3.12 -V > /dev/null 2>&1; then
-        python3.12 "$@"
-    elif command -v pyenv > /dev/null && version=$(pyenv versions --bare | grep '^3\.12' | tail -1) && [ -n "$version" ]; then
-        PYENV_VERSION=$version python3.12 "$@"
-    else
-        echo "gpu_prepare: no Python 3.12 here (needed to install the ROS wheels into a prefix)" >&2
-        return 1
-    fi
-}
+source scripts/python312.sh  # python312: installs the ROS wheels into a prefix
+python312 -V > /dev/null || exit 2
 platforms=()
 for p in manylinux_2_39 manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_17 manylinux2014; do
     platforms+=(--platform "${p}_x86_64")

@@ -17,20 +17,21 @@ PART=${1:-all}
 DEVICE_PACKAGES=('torch==2.11.*' 'numpy==2.5.*' scipy PyYAML matplotlib pillow psutil pytest pytest-timeout
     pybind11 ninja portalocker)
 
+source scripts/python312.sh
 if [ ! -x "$VENV/bin/python3" ]; then
-    if python3.12 -V > /dev/null 2>&1; then
-        python3.12 -m venv "$VENV"
-    else
-        PYENV_VERSION=$(pyenv versions --bare | grep '^3\.12' | tail -1) python3.12 -m venv "$VENV"
-    fi || { echo "gpu_rehearse: no Python 3.12 here" >&2; exit 2; }
+    python312 -m venv "$VENV" || exit 2
     "$VENV/bin/python3" -m pip install -q "${DEVICE_PACKAGES[@]}" 2>&1 | grep -v "WARNING: Location"
 fi
 status=0
+device_python() {  # the device's Python first, nothing of this machine's paths
+    unset PYTHONPATH LD_LIBRARY_PATH
+    export PATH=$VENV/bin:$PATH
+}
 rehearse() {  # part: a clean environment with only that part's pack, then the dry run
     local part=$1
     (
-        unset PYTHONPATH LD_LIBRARY_PATH
-        export PATH=$VENV/bin:$PATH OUT=$(mktemp -d)
+        device_python
+        export OUT=$(mktemp -d)
         if [ "$part" = core ]; then
             rm -rf /tmp/site && source .gpu/setup.sh
         else
@@ -41,8 +42,7 @@ rehearse() {  # part: a clean environment with only that part's pack, then the d
 }
 suite() {
     (
-        unset PYTHONPATH LD_LIBRARY_PATH
-        export PATH=$VENV/bin:$PATH
+        device_python
         rm -rf /tmp/site && source .gpu/setup.sh && source .gpu/ros_setup.sh || exit 1
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/bag-wheels/*.whl || exit 1
         python3 -m pytest -q -p no:cacheprovider test --deselect test/test_package.py

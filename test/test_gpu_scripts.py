@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,24 @@ def test_the_node_uploads_cuda_tests_collect_without_spconv(tmp_path):
     done = collect_without("test/test_cuda_node.py", ("spconv", "rosbags"), tmp_path)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "test_cuda_node.py::test_the_node_on_the_gpu_labels_every_frame_as_the_model_does_here" in done.stdout
+
+
+def test_gpu_check_reports_each_step_as_it_ends_even_one_that_times_out(tmp_path):
+    """On the device a command is killed at 10 minutes and only $OUT comes back: every step runs under
+    STEP_TIMEOUT and the summary and the logs' archive are in $OUT after each one."""
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "STEP_TIMEOUT": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    command = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--part", "node"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 1  # a step failed
+    summary = (tmp_path / "summary.log").read_text()
+    for step in ("pytest_cuda_node", "node_latency"):
+        assert f"== {step}:" in summary
+    assert summary.count("FAILED (timed out after 1 s") == 2, summary
+    with tarfile.open(tmp_path / "gpu_check.tar.gz") as archive:
+        names = archive.getnames()
+    assert "gpu_check/node_latency.log" in names and "gpu_check/summary.log" in names
