@@ -10,6 +10,9 @@ node. With --rate-hz R the frames are published at R Hz as a driver does instead
 includes waiting behind the frame in flight, and frames the node's depth-1 input replaced are counted
 as dropped. Latency = arrival time of the segmentation - header stamp (same clock, same machine). Per-stage
 times are the node's own (from /diagnostics). Weights are random: speed does not depend on them.
+Every process runs with the shipped Fast DDS profile (config/fastdds_large_messages.xml, unless one is
+exported), as a deployment should: the latency includes two DDS hops of a ~2.7 MB cloud, which
+`dds_latency.py` measures alone.
 
 --sensors N: N LiDARs around the vehicle (yaw 360/N apart, 150 degree fields of view, one synthetic
 world). "merged": a multi-LiDAR node takes the N clouds and answers them with ONE forward (latency to
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from common import emit, summarize
-from node_harness import benchmark_parameters, drive_messages, model_files, running_node
+from node_harness import benchmark_parameters, dds_profile, drive_messages, model_files, running_node
 
 import sonata_model as sm
 from sonata_ros.sim_lidar import cloud_message, mounted_drive
@@ -95,6 +98,7 @@ def main() -> None:
             "dropped": dropped,
             "latency_ms": {**summarize(latencies), "p99_ms": round(float(np.percentile(latencies, 99)), 3)},
             "stage_mean_ms": stages,
+            "dds_profile": dds_profile(),
         },
         args.record,
     )

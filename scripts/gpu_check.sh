@@ -21,8 +21,10 @@
 #         reference implementation side by side (when its source is under .gpu/sonata-ref), in fp32
 #         (eager) and in bf16 on both sides (ours from CUDA graphs, as the real-time node runs); 20
 #         steps of bf16 pretraining through torchrun (NCCL).
-#   node: pytest -m cuda test/test_cuda_node.py (the node on CUDA, over DDS); the perception node on
-#         CUDA, 64-beam frames at 10 Hz from another process, end to end, eager and with cuda_graphs.
+#   node: pytest -m cuda test/test_cuda_node.py (the node on CUDA, over DDS); the two DDS hops of a
+#         64-beam frame alone on this host (dds_latency.py: the floor under the end-to-end figure); the
+#         perception node on CUDA, 64-beam frames at 10 Hz from another process, end to end, eager and
+#         with cuda_graphs (every process with the shipped Fast DDS profile).
 # --quick fits in about 5 minutes: 50 frames (not 100), no pretraining, no bucketed-eager or Utonia run.
 # --dry-run runs every step on the CPU with small models and clouds (two pretraining steps): the plumbing,
 #         flags and result files, checked before any device time is spent.
@@ -45,10 +47,11 @@ while [ $# -gt 0 ]; do
 done
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 FRAMES=$([ "$QUICK" = 1 ] && echo 50 || echo 100)  # the issue asks p50 / p99 over >= 50 frames
+MESSAGES=$([ "$QUICK" = 1 ] && echo 30 || echo 60)  # per DDS hop and set-up (dds_latency.py)
 DEV=cuda PREC=bf16 LIDAR=sonata_lidar INDOOR=sonata UTONIA=utonia POINTS=120000 RECORD=--record
 PRETRAIN=(--steps 20 --workers 4)
 if [ "$DRY" = 1 ]; then  # the JSONs stay in the logs: nothing is recorded; two steps of a small encoder
-    DEV=cpu PREC=fp32 LIDAR=demo INDOOR=tiny UTONIA=utonia_tiny POINTS=5000 FRAMES=2 QUICK=0 RECORD=
+    DEV=cpu PREC=fp32 LIDAR=demo INDOOR=tiny UTONIA=utonia_tiny POINTS=5000 FRAMES=2 MESSAGES=8 QUICK=0 RECORD=
     PRETRAIN=(--steps 2 --workers 1 --encoder demo --set view.max_size=4096)
 fi
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}  # one hung step (a DDS discovery, a stuck worker) must not eat the device time
@@ -113,6 +116,7 @@ if [ "$PART" = node ] || [ "$PART" = all ]; then
     [ -f .gpu/ros_setup.sh ] && source .gpu/ros_setup.sh
     step pytest_cuda_node python3 -m pytest -q -m cuda -p no:cacheprovider --junitxml="$LOGS/pytest_cuda_node.xml" \
         test/test_cuda_node.py
+    step dds_latency python3 benchmarks/dds_latency.py --messages "$MESSAGES" --name dds_latency_gpu_host $RECORD
     step node_latency python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" --precision "$PREC" \
         --frames "$FRAMES" --rate-hz 10 $RECORD
     [ "$DRY" = 1 ] || step node_latency_graphs python3 benchmarks/node_latency.py --config "$LIDAR" --device "$DEV" \

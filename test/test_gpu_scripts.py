@@ -67,9 +67,10 @@ def test_gpu_check_reports_each_step_as_it_ends_even_one_that_times_out(tmp_path
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 1  # a step failed
     summary = (tmp_path / "summary.log").read_text()
-    for step in ("pytest_cuda_node", "node_latency"):
+    steps = ("pytest_cuda_node", "dds_latency", "node_latency")
+    for step in steps:
         assert f"== {step}:" in summary
-    assert summary.count("FAILED (timed out after 1 s") == 2, summary
+    assert summary.count("FAILED (timed out after 1 s") == len(steps), summary
     with tarfile.open(tmp_path / "gpu_check.tar.gz") as archive:
         names = archive.getnames()
     assert "gpu_check/node_latency.log" in names and "gpu_check/summary.log" in names
