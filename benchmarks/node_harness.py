@@ -89,7 +89,14 @@ def drive_messages(sensor: str, frames: int, with_color: bool, seed: int = 0) ->
 class NodeClient:
     """Publishes to the node under test and records when each stamped answer arrives."""
 
-    def __init__(self, node_process: subprocess.Popen, log: Path, input_topics: tuple[str, ...], name: str) -> None:
+    def __init__(
+        self,
+        node_process: subprocess.Popen,
+        log: Path,
+        input_topics: tuple[str, ...],
+        name: str,
+        also_subscribe: tuple[str, ...] = (),
+    ) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -107,10 +114,18 @@ class NodeClient:
         self.diagnostics: dict[str, str] = {}
         self.client.create_subscription(PointCloud2, f"/{name}/output/segmentation", self._on_answer, qos)
         self.client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.also_received = dict.fromkeys(also_subscribe, 0)  # outputs the node builds only when subscribed
+        for output in also_subscribe:
+            self.client.create_subscription(
+                PointCloud2, f"/{name}/output/{output}", lambda _msg, output=output: self._count(output), qos
+            )
         self.publishers = [self.client.create_publisher(PointCloud2, topic, qos) for topic in input_topics]
 
     def _on_answer(self, msg) -> None:
         self.answers[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.time_ns()
+
+    def _count(self, output: str) -> None:
+        self.also_received[output] += 1
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -192,9 +207,11 @@ def running_node(
     parameters: dict[str, object],
     input_topics: tuple[str, ...] = ("/bench/points",),
     name: str = "sonata_perception",
+    also_subscribe: tuple[str, ...] = (),
 ) -> Iterator[NodeClient]:
     """Start the perception node `name` (params file + `parameters`, input on /bench/points) and a client
-    that publishes to `input_topics` (a multi-LiDAR node's, given in `parameters` too)."""
+    that publishes to `input_topics` (a multi-LiDAR node's, given in `parameters` too) and subscribes to
+    the segmentation and the outputs `also_subscribe` (e.g. "embedding_rgb", as RViz's config does)."""
     # an empty value cannot be passed as a ROS argument: such a parameter keeps the node's default
     args = [arg for key, value in parameters.items() if value != "" for arg in ("-p", f"{key}:={value}")]
     log = workdir / f"{name}.log"
@@ -218,7 +235,7 @@ def running_node(
     )
     client = None
     try:
-        client = NodeClient(process, log, input_topics, name)
+        client = NodeClient(process, log, input_topics, name, also_subscribe)
         yield client
     finally:
         process.send_signal(signal.SIGINT)

@@ -51,6 +51,13 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=1, help="N > 1: one merged forward vs N sequential ones")
     parser.add_argument("--rate-hz", type=float, default=0.0, help="publish at this rate (0: one frame at a time)")
     parser.add_argument("--cuda-graphs", action="store_true", help="node parameter cuda_graphs (CUDA only)")
+    parser.add_argument(
+        "--also-subscribe",
+        nargs="*",
+        default=[],
+        choices=["embedding_rgb", "embeddings"],
+        help="outputs the client subscribes to besides the segmentation (RViz's config: embedding_rgb)",
+    )
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
 
@@ -71,7 +78,7 @@ def main() -> None:
     color = "color" in sm.get_config(args.config).feature_keys
     messages = drive_messages(args.sensor, min(args.frames, 20), with_color=color)
     dropped = 0
-    with running_node(workdir, parameters) as node:
+    with running_node(workdir, parameters, also_subscribe=tuple(args.also_subscribe)) as node:
         for i in range(args.warmup):
             node.ask(messages[i % len(messages)])
         if args.rate_hz > 0:
@@ -99,6 +106,7 @@ def main() -> None:
             "latency_ms": {**summarize(latencies), "p99_ms": round(float(np.percentile(latencies, 99)), 3)},
             "stage_mean_ms": stages,
             "dds_profile": dds_profile(),
+            "also_subscribed": node.also_received,  # output -> messages received
         },
         args.record,
     )

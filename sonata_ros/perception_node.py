@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -360,11 +361,12 @@ class Perception:
         result = self._segment(sensors, merged, stages)
         stages.restart()  # the forward's stages are the segmenter's own timings
         point_class, point_probability = _point_labels(merged, result)
-        outgoing = self._messages(sensors, merged, result, point_class, point_probability, wanted)
-        stages.mark("messages")
-        for publisher, out in outgoing:
+        # each message goes out once built: the labelled clouds do not wait for the embeddings
+        for publisher, out in self._messages(sensors, merged, result, point_class, point_probability, wanted):
+            stages.mark("messages")
             publisher.publish(out)
-        stages.mark("publish")
+            stages.mark("publish")
+        stages.mark("messages")
         stamp = max(_stamp_ns(s.msg) for s in sensors)
         self.health.frame_done(stages.ms, (self.get_clock().now().nanoseconds - stamp) / 1e6)
 
@@ -424,36 +426,37 @@ class Perception:
         stages.add("head", result.timings_ms["head"])
         return result
 
-    def _messages(self, sensors, merged, result, point_class, point_probability, wanted: Wanted) -> list:
-        """(publisher, message) of every wanted output. One input: its cloud, every point in its frame.
-        Several: the merged cloud in the base frame, and each input's cloud in its own frame."""
-        outgoing = []
+    def _messages(self, sensors, merged, result, point_class, point_probability, wanted: Wanted) -> Iterator[tuple]:
+        """(publisher, message) of every wanted output, built one at a time, the labelled clouds first. One
+        input: its cloud, every point in its frame. Several: the merged cloud in the base frame, and each
+        input's cloud in its own frame."""
         if self.multi:
             newest = max(sensors, key=lambda s: _stamp_ns(s.msg)).msg.header.stamp
             frame = OutputFrame(Header(stamp=newest, frame_id=self.p["base_frame"]))
             cloud, xyz = merged.cloud, merged.cloud.coord
             if wanted.segmentation:
                 message = segmentation_cloud(frame.header, xyz, point_class, point_probability, self.palette, 1)
-                outgoing.append((self.out_segmentation, message))
+                yield self.out_segmentation, message
             for sensor, start in zip(sensors, merged.starts, strict=False):
                 if wanted.inputs[sensor.spec.name]:
                     points = _input_points(sensor, point_class, point_probability, start)
                     message = segmentation_cloud(sensor.msg.header, *points, self.palette, sensor.msg.height)
-                    outgoing.append((self.out_inputs[sensor.spec.name], message))
+                    yield self.out_inputs[sensor.spec.name], message
         else:
             (sensor,) = sensors
             frame, cloud = sensor.msg, sensor.decoded
             xyz, class_id, probability = _input_points(sensor, point_class, point_probability, 0)
             if wanted.segmentation:
                 message = segmentation_cloud(frame.header, xyz, class_id, probability, self.palette, frame.height)
-                outgoing.append((self.out_segmentation, message))
+                yield self.out_segmentation, message
         if result is not None and (wanted.embeddings or wanted.rgb):
-            outgoing += self._embedding_messages(
+            yield from self._embedding_messages(
                 frame, cloud, merged.selected, result, xyz, wanted.embeddings, wanted.rgb
             )
-        return outgoing
 
-    def _embedding_messages(self, msg, cloud, selected, result, xyz, want_embeddings: bool, want_rgb: bool) -> list:
+    def _embedding_messages(
+        self, msg, cloud, selected, result, xyz, want_embeddings: bool, want_rgb: bool
+    ) -> Iterator[tuple]:
         """The embeddings cloud (D principal components per voxel, or all channels) and the PCA-colour
         cloud, projected on the device without building the full upcast (except for D = 0)."""
         dim = self.p["embedding_dim"]
@@ -461,23 +464,22 @@ class Perception:
             voxels = len(result.voxel_index)
             self._pca_samples.append(result.embedding_rows(torch.arange(0, voxels, max(1, voxels // 20000))).cpu())
             if len(self._pca_samples) < self.p["pca_frames"]:
-                return []
+                return
             self.pca = EmbeddingPCA.fit(torch.cat(self._pca_samples), max(3, dim))
             self._pca_samples.clear()
             self.get_logger().info(f"embedding PCA basis fitted on {self.p['pca_frames']} frames and fixed")
-        out, projected = [], None
+        projected = None
         if want_embeddings:
             projected = result.project_embedding(*self.pca.linear(dim)) if dim > 0 else result.embedding_tensor.float()
             centres = cloud.coord[selected][result.voxel_index]
-            out.append((self.out_embeddings, embedding_cloud(msg.header, centres, projected.cpu().numpy())))
+            yield self.out_embeddings, embedding_cloud(msg.header, centres, projected.cpu().numpy())
         if want_rgb:
             first = projected if projected is not None and dim >= 3 else result.project_embedding(*self.pca.linear(3))
             voxel_rgb = self.pca.rgb(first).cpu().numpy()
             rgb = np.full((cloud.num_input_points, 3), 128, np.uint8)
             segmented = result.voxel_of_point >= 0
             rgb[np.flatnonzero(cloud.valid)[selected][segmented]] = voxel_rgb[result.voxel_of_point[segmented]]
-            out.append((self.out_embedding_rgb, rgb_cloud(msg.header, xyz, rgb, msg.height)))
-        return out
+            yield self.out_embedding_rgb, rgb_cloud(msg.header, xyz, rgb, msg.height)
 
     # ------------------------------------------------------------------------------ reporting
 

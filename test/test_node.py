@@ -15,7 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until
 from sensor_msgs.msg import PointCloud2, PointField
-from std_msgs.msg import Header
+from std_msgs.msg import Empty, Header
 
 import sonata_model as sm
 from sonata_model.io.bags import frame_arrays
@@ -222,6 +222,53 @@ def test_embeddings_are_published_only_to_subscribers(talk, client, node, frame)
     node.wait_for_line("PCA basis fitted", timeout=5)
     for subscription in subscriptions:
         client.destroy_subscription(subscription)
+
+
+def test_the_labelled_cloud_does_not_wait_for_the_embeddings(client, model_files, frame):
+    """Each output goes out once it is built, the labelled cloud first: a frame's segmentation reaches its
+    subscriber while the same frame's embedding colours are still being made (held here, in the node's
+    own process, until the test releases them; RViz's config subscribes to both)."""
+    encoder, head = model_files
+    name = "held_perception"
+    held = NodeProcess(
+        "test/held_embeddings_perception.py",
+        [
+            *node_parameters(encoder, head, pca_frames=1),
+            *("-r", f"__node:={name}", "-r", f"~/input/pointcloud:=/{name}/points"),
+        ],
+    )
+    held.wait_for_line("ready:")
+    talk = Conversation(client, name, f"/{name}/points")
+    colours: dict[tuple[int, int], PointCloud2] = {}
+    rgb = client.create_subscription(
+        PointCloud2,
+        f"/{name}/output/embedding_rgb",
+        lambda m: colours.setdefault((m.header.stamp.sec, m.header.stamp.nanosec), m),
+        RELIABLE,
+    )
+    release = client.create_publisher(Empty, f"/{name}/release", RELIABLE)
+    try:
+        spin_until(
+            client,
+            lambda: min(
+                talk.publisher.get_subscription_count(), rgb.get_publisher_count(), release.get_subscription_count()
+            ),
+            DISCOVERY_TIMEOUT_S,
+            "the held node's topics",
+        )
+        answer = talk.ask(cloud(frame, "velodyne"), timeout=30)  # the colours are held for 60 s
+        assert answer.width == frame.num_points
+        assert not colours
+        release.publish(Empty())
+        key = (answer.header.stamp.sec, answer.header.stamp.nanosec)
+        spin_until(client, lambda: key in colours, 30, "the frame's embedding colours once released")
+        assert colours[key].width == frame.num_points
+    finally:
+        client.destroy_subscription(rgb)
+        client.destroy_publisher(release)
+        talk.close()
+        assert held.stop(signal.SIGINT) == 0, held.output
+    assert "Traceback" not in held.output
 
 
 def wait_counter(talk, key: str, at_least: int, timeout: float = 20.0) -> None:
