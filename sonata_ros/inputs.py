@@ -84,16 +84,18 @@ class Crop:
     box: np.ndarray  # (6,) base frame [xmin, ymin, zmin, xmax, ymax, zmax]; all zeros disables
     reach: float  # farther along any base axis is beyond the serialization's grid
 
-    def keep(self, sensor: np.ndarray, base: np.ndarray) -> np.ndarray:
-        keep = np.ones(len(sensor), bool)
-        distance = row_norms(sensor)
-        if self.min_range > 0:
-            keep &= distance >= self.min_range
-        if self.max_range > 0:
-            keep &= distance <= self.max_range
+    def narrow(self, mask: np.ndarray, sensor: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """`mask` of the points, and-ed in place with the crop's tests; a test that is off costs nothing
+        (the default crops nothing, and the node decodes every frame)."""
+        if self.min_range > 0 or self.max_range > 0:
+            distance = row_norms(sensor)
+            if self.min_range > 0:
+                mask &= distance >= self.min_range
+            if self.max_range > 0:
+                mask &= distance <= self.max_range
         if self.box.any():
-            keep &= all_columns((base >= self.box[:3]) & (base <= self.box[3:]))
-        return keep
+            mask &= all_columns((base >= self.box[:3]) & (base <= self.box[3:]))
+        return mask
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def decode_input(msg, spec: InputSpec, needs: Needs, crop: Crop, logger) -> Sens
             throttle_duration_sec=WARN_EVERY_S,
         )
     with np.errstate(over="ignore", invalid="ignore"):  # distances of huge coordinates overflow: out of reach
-        selected = np.flatnonzero(in_reach & crop.keep(cloud.coord, base))
+        selected = np.flatnonzero(crop.narrow(in_reach, cloud.coord, base))
     return SensorCloud(spec, msg, cloud, base, selected)
 
 
