@@ -3,7 +3,9 @@
 Starts the sonata_perception node with config/perception.yaml (or params_file:=...), and over it
 inputs_file:=... when given (several LiDARs: see multi_lidar.launch.py). The checkpoint, head, device,
 domain, precision and cuda_graphs arguments override the params file only when given (an empty
-argument keeps the file's value). Real time on a GPU: device:=cuda precision:=bf16 cuda_graphs:=true.
+argument keeps the file's value). Real time on a GPU: device:=cuda precision:=bf16 cuda_graphs:=true, with
+dds_profile:=<share>/config/fastdds_large_messages.xml (below: a 64-beam labelled cloud spends ~8.5 ms in
+transit instead of ~20 ms with Fast DDS's defaults, benchmarks/dds_latency.py).
 The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
 `/sonata_perception/output/{segmentation,embeddings,embedding_rgb}`.
 
