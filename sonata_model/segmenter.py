@@ -67,6 +67,11 @@ class SegmentationResult:
     _voxels: slice = field(repr=False)  # this cloud's rows among the batch's voxels
 
     @property
+    def num_voxels(self) -> int:
+        """M, the voxels of this cloud (no device copy)."""
+        return self._voxels.stop - self._voxels.start
+
+    @property
     def voxel_of_point(self) -> np.ndarray:
         """(N,) int64 index into the voxels of every input point; -1: outside the domain's range."""
         return self._voxel_of_point.cpu().numpy()

@@ -461,7 +461,7 @@ class Perception:
         cloud, projected on the device without building the full upcast (except for D = 0)."""
         dim = self.p["embedding_dim"]
         if (want_rgb or dim > 0) and self.pca is None:
-            voxels = len(result.voxel_index)
+            voxels = result.num_voxels
             self._pca_samples.append(result.embedding_rows(torch.arange(0, voxels, max(1, voxels // 20000))).cpu())
             if len(self._pca_samples) < self.p["pca_frames"]:
                 return
@@ -477,8 +477,9 @@ class Perception:
             first = projected if projected is not None and dim >= 3 else result.project_embedding(*self.pca.linear(3))
             voxel_rgb = self.pca.rgb(first).cpu().numpy()
             rgb = np.full((cloud.num_input_points, 3), 128, np.uint8)
-            segmented = result.voxel_of_point >= 0
-            rgb[np.flatnonzero(cloud.valid)[selected][segmented]] = voxel_rgb[result.voxel_of_point[segmented]]
+            voxel_of_point = result.voxel_of_point  # a copy from the device on each read
+            segmented = voxel_of_point >= 0
+            rgb[np.flatnonzero(cloud.valid)[selected][segmented]] = voxel_rgb[voxel_of_point[segmented]]
             yield self.out_embedding_rgb, rgb_cloud(msg.header, xyz, rgb, msg.height)
 
     # ------------------------------------------------------------------------------ reporting
@@ -630,8 +631,9 @@ def _point_labels(merged: MergedCloud, result: sm.SegmentationResult | None) -> 
     (cropped, subsampled away, or outside the domain's range: label -1)."""
     count = len(merged.cloud.coord)
     class_id, probability = np.full(count, UNKNOWN, np.uint8), np.zeros(count, np.float32)
-    if result is not None and result.labels is not None:
-        class_id[merged.selected] = np.where(result.labels >= 0, result.labels, UNKNOWN).astype(np.uint8)
+    labels = None if result is None else result.labels  # each read of a result is a copy from the device
+    if labels is not None:
+        class_id[merged.selected] = np.where(labels >= 0, labels, UNKNOWN).astype(np.uint8)
         probability[merged.selected] = result.probability
     return class_id, probability
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -21,6 +22,7 @@ import sonata_model as sm
 from sonata_model.io.bags import frame_arrays
 from sonata_model.io.frame import Frame
 from sonata_model.io.pointcloud2 import LAYOUT_POINT_STEP, LAYOUTS, decode, pack_points, structured_view, to_message
+from sonata_model.profiling import count_ops
 from sonata_model.synth.drive import generate_drive
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -269,6 +271,25 @@ def test_the_labelled_cloud_does_not_wait_for_the_embeddings(client, model_files
         talk.close()
         assert held.stop(signal.SIGINT) == 0, held.output
     assert "Traceback" not in held.output
+
+
+def test_the_node_reads_a_frame_s_labels_from_the_device_once(model_files, frame):
+    """Every read of a result's labels or probabilities is a copy from the device (a host wait on a GPU):
+    the node's per-point labelling reads each once."""
+    from sonata_ros.perception_node import _point_labels
+
+    encoder, head = model_files
+    selected = np.arange(0, frame.num_points, 2)  # every other point went to the model
+    segmenter = sm.Segmenter(sm.load(encoder), sm.load_head(head), device="cpu")
+    result = segmenter(frame.coord[selected], strength=frame.strength[selected])
+    merged = SimpleNamespace(cloud=SimpleNamespace(coord=frame.coord), selected=selected)  # the fields it reads
+    with count_ops() as reads:
+        class_id, probability = _point_labels(merged, result)
+    assert reads.syncs["copy_to_host"] == 2
+    np.testing.assert_array_equal(class_id[selected], np.where(result.labels >= 0, result.labels, 255))
+    np.testing.assert_array_equal(probability[selected], result.probability)
+    assert (class_id[1::2] == 255).all() and (probability[1::2] == 0).all()  # not segmented
+    assert result.num_voxels == len(result.voxel_index)  # the count the embedding outputs read, without a copy
 
 
 def wait_counter(talk, key: str, at_least: int, timeout: float = 20.0) -> None:
