@@ -31,9 +31,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from common import emit, summarize
+
+if TYPE_CHECKING:
+    from sensor_msgs.msg import PointCloud2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "config" / "fastdds_large_messages.xml"
@@ -49,7 +53,7 @@ SKIPPED = 5
 TOPIC = "/dds_latency/cloud"
 
 
-def cloud(kind: str):
+def cloud(kind: str) -> PointCloud2:
     """The node's input frame, or its segmentation output for that frame (labels of no model: the
     message's size and layout are what count here)."""
     from codec import velodyne_frame
