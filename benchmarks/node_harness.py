@@ -72,16 +72,18 @@ def benchmark_parameters(encoder: str, head: str, device: str, precision: str, *
 
 
 def drive_messages(sensor: str, frames: int, with_color: bool, seed: int = 0) -> list:
-    """PointCloud2 messages (Velodyne layout) of a synthetic drive."""
+    """PointCloud2 messages of a synthetic drive: the Velodyne layout, or with colour (a model that reads
+    colour: indoor configs) the RGB-D layout (x, y, z, rgb), since a LiDAR layout has no colour field."""
     from sensor_msgs.msg import PointCloud2, PointField
     from std_msgs.msg import Header
 
+    layout = "rgbd" if with_color else "velodyne"
     messages = []
     for frame in generate_drive(sensor, frames=frames, seed=seed):
         if with_color:
             frame.color = np.zeros((frame.num_points, 3), np.uint8)
-        arrays, height = frame_arrays(frame, "velodyne")
-        packed = pack_points(LAYOUTS["velodyne"], arrays, height=height, point_step=LAYOUT_POINT_STEP["velodyne"])
+        arrays, height = frame_arrays(frame, layout)
+        packed = pack_points(LAYOUTS[layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[layout])
         messages.append(to_message(packed, PointCloud2, PointField, Header()))
     return messages
 
@@ -142,6 +144,7 @@ class NodeClient:
         from std_msgs.msg import Header
 
         deadline = time.monotonic() + timeout_s
+        rejected = self.rejected()
         while True:
             stamp_ns = time.time_ns()
             for msg, publisher in zip(msgs, self.publishers, strict=True):
@@ -154,6 +157,8 @@ class NodeClient:
                 self.rclpy.spin_once(self.client, timeout_sec=0.01)
             if key in self.answers:
                 return (self.answers.pop(key) - stamp_ns) / 1e6
+            if self.rejected() > rejected:  # the node skips these clouds: waiting would not change that
+                raise SystemExit(f"the node rejects the clouds ({self.diagnostics.get('last_error')}); see {self.log}")
             if time.monotonic() > deadline or self.node_process.poll() is not None:
                 raise SystemExit(f"the node does not answer; see {self.log}")
 
@@ -183,6 +188,10 @@ class NodeClient:
             (self.answers.pop(k) - stamp) / 1e6 for k, stamp in zip(keys, sent, strict=True) if k in self.answers
         ]
         return latencies, len(sent) - len(latencies)
+
+    def rejected(self) -> int:
+        """Frames the node has rejected so far, by its last /diagnostics."""
+        return int(self.diagnostics.get("frames_rejected", 0))
 
     def rss_mb(self) -> float:
         return self.process.memory_info().rss / 2**20
