@@ -12,6 +12,7 @@ back on demand, so the large per-voxel embedding costs nothing unless it is read
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -56,7 +57,9 @@ class Cloud:
 
 @dataclass
 class SegmentationResult:
-    """Per-point labels and per-voxel embeddings of one cloud. Device tensors are copied on access."""
+    """Per-point labels and per-voxel embeddings of one cloud. The per-point and per-voxel arrays are copied
+    from the device on first access and then kept (each copy makes the host wait for a GPU); the
+    embedding is copied on every access (it can be hundreds of MB)."""
 
     timings_ms: dict[str, float]
     _voxel_of_point: Tensor = field(repr=False)  # (N,) this cloud's voxel of each point, -1 outside the range
@@ -71,22 +74,22 @@ class SegmentationResult:
         """M, the voxels of this cloud (no device copy)."""
         return self._voxels.stop - self._voxels.start
 
-    @property
+    @functools.cached_property
     def voxel_of_point(self) -> np.ndarray:
         """(N,) int64 index into the voxels of every input point; -1: outside the domain's range."""
         return self._voxel_of_point.cpu().numpy()
 
-    @property
+    @functools.cached_property
     def voxel_index(self) -> np.ndarray:
         """(M,) int64 input point chosen to represent each voxel (the lowest index in it)."""
         return self._voxel_index.cpu().numpy()
 
-    @property
+    @functools.cached_property
     def labels(self) -> np.ndarray | None:
         """(N,) int64 class of every input point, -1 outside the domain's range (None without a head)."""
         return None if self._labels is None else self._labels.cpu().numpy()
 
-    @property
+    @functools.cached_property
     def probability(self) -> np.ndarray | None:
         """(N,) float32 softmax probability of the winning class (None without a head)."""
         return None if self._probability is None else self._probability.cpu().numpy()

@@ -477,9 +477,8 @@ class Perception:
             first = projected if projected is not None and dim >= 3 else result.project_embedding(*self.pca.linear(3))
             voxel_rgb = self.pca.rgb(first).cpu().numpy()
             rgb = np.full((cloud.num_input_points, 3), 128, np.uint8)
-            voxel_of_point = result.voxel_of_point  # a copy from the device on each read
-            segmented = voxel_of_point >= 0
-            rgb[np.flatnonzero(cloud.valid)[selected][segmented]] = voxel_rgb[voxel_of_point[segmented]]
+            segmented = result.voxel_of_point >= 0
+            rgb[np.flatnonzero(cloud.valid)[selected][segmented]] = voxel_rgb[result.voxel_of_point[segmented]]
             yield self.out_embedding_rgb, rgb_cloud(msg.header, xyz, rgb, msg.height)
 
     # ------------------------------------------------------------------------------ reporting
@@ -631,9 +630,8 @@ def _point_labels(merged: MergedCloud, result: sm.SegmentationResult | None) -> 
     (cropped, subsampled away, or outside the domain's range: label -1)."""
     count = len(merged.cloud.coord)
     class_id, probability = np.full(count, UNKNOWN, np.uint8), np.zeros(count, np.float32)
-    labels = None if result is None else result.labels  # each read of a result is a copy from the device
-    if labels is not None:
-        class_id[merged.selected] = np.where(labels >= 0, labels, UNKNOWN).astype(np.uint8)
+    if result is not None and result.labels is not None:
+        class_id[merged.selected] = np.where(result.labels >= 0, result.labels, UNKNOWN).astype(np.uint8)
         probability[merged.selected] = result.probability
     return class_id, probability
 

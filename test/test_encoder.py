@@ -12,6 +12,7 @@ from scenes import room
 import sonata_model as sm
 from sonata_model.normals import estimate_normals
 from sonata_model.pooling import upcast
+from sonata_model.profiling import count_ops
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,20 @@ def test_every_input_point_gets_the_label_of_its_voxel(tiny):
     np.testing.assert_allclose(out.probability, probability.numpy()[out.voxel_of_point], rtol=1e-6)
     assert len(np.unique(out.labels)) > 1  # a random head still separates the surfaces somewhat
     assert set(out.timings_ms) == {"prepare", "voxelize", "encoder", "head"}
+
+
+def test_a_result_copies_its_per_point_arrays_from_the_device_once(tiny):
+    """Each copy from a GPU makes the host wait: labels, probabilities and the voxel maps are copied on
+    first read and kept; the voxel count needs no copy."""
+    scene = room(2000, seed=3)
+    out = tiny(scene["coord"], color=scene["color"], normal=scene["normal"])
+    names = ("labels", "probability", "voxel_of_point", "voxel_index")
+    with count_ops() as reads:
+        first = [getattr(out, name) for name in names]
+        again = [getattr(out, name) for name in names]
+        assert out.num_voxels == len(out.voxel_index)
+    assert reads.syncs["copy_to_host"] == len(names)
+    assert all(a is b for a, b in zip(first, again, strict=True))
 
 
 def test_the_most_likely_class_is_softmaxs_largest_entry_ties_to_the_first():
