@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 
-from sonata_model.io.labels import UNKNOWN
-from sonata_model.io.pointcloud2 import FLOAT32, UINT8, FieldSpec, pack_points, pack_rgb, to_message
+from sonata_model.io.pointcloud2 import FLOAT32, FieldSpec, pack_points, pack_rgb, to_message
+from sonata_model.io.segmentation_cloud import packed_palette, segmentation_points
 
-# x, y, z, class_id (255 = unknown / filtered out), probability, rgb (0x00RRGGBB for RViz): aligned, 24 bytes
-SEGMENTATION_FIELDS = [
-    FieldSpec("x", 0, FLOAT32),
-    FieldSpec("y", 4, FLOAT32),
-    FieldSpec("z", 8, FLOAT32),
-    FieldSpec("class_id", 12, UINT8),
-    FieldSpec("probability", 16, FLOAT32),
-    FieldSpec("rgb", 20, FLOAT32),
-]
+__all__ = ["embedding_cloud", "packed_palette", "rgb_cloud", "segmentation_cloud"]
+
 RGB_FIELDS = [
     FieldSpec("x", 0, FLOAT32),
     FieldSpec("y", 4, FLOAT32),
@@ -28,21 +21,10 @@ RGB_FIELDS = [
 def segmentation_cloud(
     header, xyz: np.ndarray, class_id: np.ndarray, probability: np.ndarray, palette_rgb: np.ndarray, height: int
 ) -> PointCloud2:
-    """Every input point (organized clouds keep their shape) with its class, probability and colour.
-
-    `palette_rgb`: (256,) float32 packed colours of the uint8 class ids (255 -> grey).
-    """
-    arrays = {
-        "x": xyz[:, 0],
-        "y": xyz[:, 1],
-        "z": xyz[:, 2],
-        "class_id": class_id,
-        "probability": probability,
-        "rgb": palette_rgb[class_id],
-    }
-    return to_message(
-        pack_points(SEGMENTATION_FIELDS, arrays, height=height, point_step=24), PointCloud2, PointField, header
-    )
+    """Every input point (organized clouds keep their shape) with its class, probability and colour
+    (`sonata_model.io.segmentation_cloud`'s layout); `palette_rgb`: `packed_palette` of the label set's colours."""
+    packed = segmentation_points(xyz, class_id, probability, palette_rgb, height)
+    return to_message(packed, PointCloud2, PointField, header)
 
 
 def embedding_cloud(header, xyz: np.ndarray, embedding: np.ndarray) -> PointCloud2:
@@ -61,11 +43,3 @@ def embedding_cloud(header, xyz: np.ndarray, embedding: np.ndarray) -> PointClou
 def rgb_cloud(header, xyz: np.ndarray, rgb: np.ndarray, height: int) -> PointCloud2:
     arrays = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "rgb": pack_rgb(rgb)}
     return to_message(pack_points(RGB_FIELDS, arrays, height=height, point_step=16), PointCloud2, PointField, header)
-
-
-def packed_palette(colors: np.ndarray) -> np.ndarray:
-    """(256,) float32 packed rgb of every uint8 class id: the label set's colours, grey elsewhere."""
-    table = np.tile(np.array([128, 128, 128], np.uint8), (256, 1))
-    table[: len(colors)] = colors
-    table[UNKNOWN] = (128, 128, 128)
-    return pack_rgb(table)

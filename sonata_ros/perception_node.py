@@ -48,6 +48,7 @@ from sonata_model.embedding_pca import EmbeddingPCA
 from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.labels import UNKNOWN, LabelSetError
 from sonata_model.io.pointcloud2 import structured_view, xyz_points
+from sonata_model.io.segmentation_cloud import class_ids
 
 from .allocator import OutsizedFrameTrim, fix_malloc_thresholds
 from .frame_sync import FrameSync
@@ -631,7 +632,7 @@ def _point_labels(merged: MergedCloud, result: sm.SegmentationResult | None) -> 
     count = len(merged.cloud.coord)
     class_id, probability = np.full(count, UNKNOWN, np.uint8), np.zeros(count, np.float32)
     if result is not None and result.labels is not None:
-        class_id[merged.selected] = np.where(result.labels >= 0, result.labels, UNKNOWN).astype(np.uint8)
+        class_id[merged.selected] = class_ids(result.labels)
         probability[merged.selected] = result.probability
     return class_id, probability
 

@@ -63,9 +63,7 @@ class LabelSet:
 
     def palette(self) -> np.ndarray:
         """(256, 3) uint8 colour of every uint8 class id: the classes, then grey (255 = unknown)."""
-        table = np.tile(np.array(UNKNOWN_COLOR, np.uint8), (256, 1))
-        table[: self.num_classes] = self.colors
-        return table
+        return palette_table(self.colors)
 
     def map_raw(self, raw: np.ndarray) -> np.ndarray:
         """Raw dataset ids -> train ids (int32; unmapped ids -> ignore_index), via a lookup table."""
@@ -103,6 +101,14 @@ class LabelSet:
 
 LABEL_SETS = Path(__file__).resolve().parents[1] / "labels"
 """The label sets shipped with the library (package data of `sonata_model`)."""
+
+
+def palette_table(colors: np.ndarray) -> np.ndarray:
+    """(256, 3) uint8 colour of every uint8 class id: `colors` (K, 3) for the first K, grey elsewhere."""
+    table = np.tile(np.array(UNKNOWN_COLOR, np.uint8), (256, 1))
+    table[: len(colors)] = colors
+    table[UNKNOWN] = UNKNOWN_COLOR
+    return table
 
 
 def available_label_sets() -> list[str]:
