@@ -17,7 +17,7 @@ from .graphs import GraphedForward
 from .plan import FramePlan, SizeBuckets, build_plan
 from .point import Point
 from .pooling import upcast
-from .segmenter import Cloud, SegmentationResult, Segmenter
+from .segmenter import Cloud, NothingInRangeError, SegmentationResult, Segmenter
 
 __all__ = [
     "CONFIGS",
@@ -28,6 +28,7 @@ __all__ = [
     "FramePlan",
     "GraphedForward",
     "LinearHead",
+    "NothingInRangeError",
     "Point",
     "SegmentationResult",
     "Segmenter",

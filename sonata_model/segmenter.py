@@ -40,6 +40,14 @@ from .sparse_conv import default_backend
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class NothingInRangeError(ValueError):
+    """A cloud of the batch has no point inside the domain's range (or no valid point at all)."""
+
+    def __init__(self, message: str, clouds: list[int]) -> None:
+        super().__init__(message)
+        self.clouds = clouds
+
+
 @dataclass
 class Cloud:
     """Per-point inputs of one cloud (numpy); only `coord` is required.
@@ -274,9 +282,10 @@ class Segmenter:
                 conv_pairs=self.device.type == "cpu" and self.buckets is None and backend == "torch",
             )
         except EmptyCloudError as error:
-            raise ValueError(
+            raise NothingInRangeError(
                 f"cloud(s) {error.clouds} have no point inside the {self.transform.domain} domain's range "
-                f"{self.transform.range_box} (metres, sensor frame): is the cloud in the right frame and unit?"
+                f"{self.transform.range_box} (metres, sensor frame): is the cloud in the right frame and unit?",
+                error.clouds,
             ) from None
         level = plan.levels[0]
         if self.transform.centre == "xy_after_grid":

@@ -421,7 +421,18 @@ class Perception:
         viewpoint = np.concatenate(  # each point's sensor in the base frame, which estimated normals face
             [np.broadcast_to(s.spec.translation, (len(s.base), 3)) for s in sensors]
         )[selected]
-        result = self.segmenter(cloud.coord[selected], viewpoint=viewpoint, **optional)
+        rejection = None
+        try:
+            result = self.segmenter(cloud.coord[selected], viewpoint=viewpoint, **optional)
+        except sm.NothingInRangeError:
+            transform = self.segmenter.transform
+            rejection = InputRejected(
+                "out_of_range",
+                f"no point inside the {transform.domain} domain's range {transform.range_box} (metres, base frame): "
+                "is the cloud in the right frame and unit?",
+            )
+        if rejection is not None:  # raised out here: a raise inside `except` would tie the frame into a cycle
+            raise rejection
         stages.add("voxelize", result.timings_ms["prepare"] + result.timings_ms["voxelize"])
         stages.add("encoder", result.timings_ms["encoder"])
         stages.add("head", result.timings_ms["head"])

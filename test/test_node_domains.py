@@ -1,6 +1,6 @@
 """The node runs the authors' newer encoders on LiDAR: a Utonia-layout checkpoint (RoPE attention,
 coordinates only) with `domain:=outdoor` labels a Velodyne cloud over DDS, multipath under the road
-left unknown."""
+left unknown; a cloud with no point in the outdoor range is bad input, not an internal error."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until, write_test_model
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
-from test_node import Conversation, cloud
+from test_node import Conversation, cloud, wait_counter
 
 import sonata_model as sm
 from sonata_model.io.frame import Frame
@@ -71,6 +71,40 @@ def test_utonia_checkpoint_labels_a_velodyne_cloud_outdoors(utonia_files, client
         assert (
             np.mean(answer["class_id"][decoded.valid] == np.where(expected < 0, 255, expected)) > 0.999
         )  # ... as here
+    finally:
+        if node.process.poll() is None:
+            assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
+
+
+def test_clouds_outside_the_domain_s_range_are_rejected_as_bad_input_and_the_node_lives_on(utonia_files, client):
+    """A cloud in the wrong frame or unit (here: every point 20 m under an outdoor model's sensor, as a
+    map-frame cloud with real elevations would be) is counted under `out_of_range` with what to check, and
+    never as an internal error: more of them than `exit_after_internal_errors` leave the node serving."""
+    encoder, head = utonia_files
+    node = NodeProcess(
+        "sonata_ros.perception_node",
+        [
+            *node_parameters(encoder, head, domain="outdoor", exit_after_internal_errors=2),
+            "-r",
+            "~/input/pointcloud:=/below/points",
+        ],
+    )
+    try:
+        node.wait_for_line("ready:")
+        talk = Conversation(client, input_topic="/below/points")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
+        frame = next(iter(generate_drive("vlp16", frames=1, seed=5)))
+        below = Frame(coord=frame.coord - np.float32([0, 0, 20]), strength=frame.strength, extra=frame.extra)
+        for count in range(1, 4):
+            talk.publisher.publish(talk.stamped(cloud(below, "velodyne")))
+            wait_counter(talk, "rejected_out_of_range", count)
+        assert talk.diagnostics["last_error"].startswith("out_of_range: no point inside the outdoor domain's range")
+        assert "right frame and unit" in talk.diagnostics["last_error"]
+        assert talk.counter("rejected_internal_error") == 0
+        assert talk.ask(cloud(frame, "velodyne")).width == frame.num_points  # still serving
     finally:
         if node.process.poll() is None:
             assert node.stop(signal.SIGINT) == 0
