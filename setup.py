@@ -43,6 +43,7 @@ setup(
             "sonata-extract = sonata_model.train.extract:main",
             "sonata-probe = sonata_model.train.probe:main",
             "sonata-eval = sonata_model.train.evaluate:main",
+            "sonata-segment = sonata_model.train.segment:main",
             "sonata-plot = sonata_model.train.plot:main",
         ]
     },

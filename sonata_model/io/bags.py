@@ -31,6 +31,7 @@ from .pointcloud2 import (
     LAYOUTS,
     RING_FIELDS,
     UINT8,
+    PackedPoints,
     PointCloudError,
     decode,
     pack_points,
@@ -438,15 +439,20 @@ class BagWriter:
         self._writer = None
 
     def write(self, frame: Frame, stamp_ns: int | None = None) -> None:
-        """Append one frame, stamped (header and receive time) `stamp_ns`, by default frame.stamp_ns."""
-        if self._writer is None:
-            raise BagError(f"{self.path}: write inside `with BagWriter(...) as writer:`")
-        stamp_ns = frame.stamp_ns if stamp_ns is None else stamp_ns
+        """Append one frame in the writer's driver layout, stamped (header and receive time) `stamp_ns`, by
+        default frame.stamp_ns."""
         arrays, height = frame_arrays(frame, self.layout)
         packed = pack_points(LAYOUTS[self.layout], arrays, height=height, point_step=LAYOUT_POINT_STEP[self.layout])
+        self.write_points(packed, frame.stamp_ns if stamp_ns is None else stamp_ns, frame.frame_id)
+
+    def write_points(self, packed: PackedPoints, stamp_ns: int, frame_id: str = "") -> None:
+        """Append one cloud of any layout (e.g. `segmentation_cloud.segmentation_points`), stamped (header and
+        receive time) `stamp_ns`, in frame `frame_id` ("lidar" when empty)."""
+        if self._writer is None:
+            raise BagError(f"{self.path}: write inside `with BagWriter(...) as writer:`")
         types = self._store.types
         time = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
-        header_fields = {"stamp": time, "frame_id": frame.frame_id or "lidar"}
+        header_fields = {"stamp": time, "frame_id": frame_id or "lidar"}
         if self._ros1:
             header_fields["seq"] = 0
         header = types["std_msgs/msg/Header"](**header_fields)

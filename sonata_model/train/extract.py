@@ -27,7 +27,7 @@ def _write(root: str, frame: Frame) -> bool:
     return write_frame_folder(Path(root), frame)
 
 
-def _frames(spec: str, source: FrameSource | None, every: int, counts: Counter):
+def readable_frames(spec: str, source: FrameSource | None, every: int, counts: Counter):
     """(index, frame) of every `every`-th readable frame of `source` (None: the bag of `spec`, read
     sequentially); unreadable ones are counted in `counts`."""
     if source is None:  # sequential read: fast, and damaged bags still yield their good frames
@@ -59,7 +59,7 @@ def extract(spec: str, out: str | Path, workers: int = 2, every: int = 1, label_
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = set()
-        for index, frame in _frames(spec, source, every, counts):
+        for index, frame in readable_frames(spec, source, every, counts):
             frame.name = f"{stem}_{index:06d}"
             if writer.exists(frame.name):
                 counts["already there"] += 1
