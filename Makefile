@@ -30,6 +30,6 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Rebuilds sonata_ros/models/demo_*.pth from seeds (about 40 min on a 2-core CPU); see README.
+# Rebuilds sonata_ros/models/demo_*.pth from seeds (about 90 min on a 2-core CPU); see README.
 demo-model: $(STAMP)
 	PY=$(PY) scripts/build_demo_model.sh
