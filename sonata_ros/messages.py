@@ -28,7 +28,7 @@ def segmentation_cloud(
 
 
 def embedding_cloud(header, xyz: np.ndarray, embedding: np.ndarray) -> PointCloud2:
-    """Voxel centres with an `embedding` float32 field of count D."""
+    """One point per voxel (`xyz`: its first input point) with an `embedding` float32 field of count D."""
     dim = embedding.shape[1]
     fields = [
         FieldSpec("x", 0, FLOAT32),

@@ -102,7 +102,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param(
         "max_points",
         300000,
-        "Clouds with more valid points are subsampled deterministically (every k-th); the rest get class 255.",
+        "Clouds with more points to segment (valid, after the crop) are subsampled deterministically, evenly "
+        "spaced; the rest get class 255.",
     ),
     Param(
         "sensor_to_base_translation",

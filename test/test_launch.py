@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 from pathlib import Path
 from xml.etree import ElementTree
@@ -31,6 +32,22 @@ def test_params_file_declares_exactly_the_node_parameters_with_their_types():
     for param in PARAMETERS:
         assert type(values[param.name]) is type(param.default), param.name
         assert values[param.name] == param.default, param.name
+
+
+def parameter_rows(params, prefix: str = "") -> list[str]:
+    """The README table rows of `params`: name, default as JSON, description (`|` escaped)."""
+    return [
+        f"| `{prefix}{p.name}` | `{json.dumps(p.default)}` | {p.description.replace('|', chr(92) + '|')} |"
+        for p in params
+    ]
+
+
+def test_the_readme_parameter_tables_say_what_the_node_declares():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    for rows in (parameter_rows(PARAMETERS), parameter_rows(SENSOR_PARAMETERS, "sensors.<name>.")):
+        assert rows[0] in readme, f"README has no row {rows[0]!r}"
+        start = readme.index(rows[0])
+        assert readme[start : start + len(rows)] == rows, "README's parameter table differs from sonata_ros/params.py"
 
 
 def test_launch_file_compiles_and_its_arguments_fit_the_node():
