@@ -373,7 +373,7 @@ class Perception:
 
     def _decode_inputs(self, clouds: list[PointCloud2 | None]) -> list[SensorCloud]:
         """The usable inputs of this set. Missing, stale and rejected inputs of a multi-LiDAR set are
-        skipped and counted; when none is left the set is rejected with the first input's reason."""
+        skipped and counted per input; when none is left the set is rejected with the first input's reason."""
         newest = max(_stamp_ns(msg) for msg in clouds if msg is not None)
         stale_ns = self.p["stale_after_ms"] * 1e6
         sensors: list[SensorCloud] = []
@@ -391,10 +391,11 @@ class Perception:
                     sensors.append(decode_input(msg, spec, self.needs, self.crop, self.get_logger()))
                 except InputRejected as exc:
                     rejections.append((spec, exc.reason, exc.detail))
+        for spec, reason, detail in rejections if self.multi else ():  # each input's count says why
+            self.health.input_skipped(spec.name, "rejected", f"{reason}: {detail}")
         if not sensors:
             raise InputRejected(*rejections[0][1:])
-        for spec, reason, detail in rejections:  # the set goes on with the other inputs
-            self.health.input_skipped(spec.name, "rejected", f"{reason}: {detail}")
+        for _, reason, detail in rejections:  # the set goes on with the other inputs
             self.get_logger().warning(f"input skipped ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
         return sensors
 

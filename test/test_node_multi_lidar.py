@@ -227,6 +227,18 @@ def test_stale_and_malformed_inputs_are_skipped_and_counted(fleet):
     assert fleet.diagnostics["last_error"].startswith("rejected: malformed: input rear: ")
     assert fleet.counter("frames_rejected") == 0  # the frames went on with the front
 
+    clouds = two_clouds()  # both malformed: the set is rejected, and each input's count says why
+    now = fleet.client.get_clock().now().to_msg()
+    for name, msg in clouds.items():
+        msg.data = msg.data[:100]
+        msg.header = Header(stamp=now, frame_id=f"{name}_lidar")
+        fleet.publishers[name].publish(msg)
+    fleet.wait_diagnostics(
+        lambda d: (d["input_front_rejected"], d["input_rear_rejected"]) == ("1", "2") and d["frames_rejected"] != "0",
+        "the set rejected and both inputs counted",
+    )
+    assert fleet.diagnostics["rejected_malformed"] == fleet.diagnostics["frames_rejected"]
+
 
 THREE = {
     "front": ("vlp16", "velodyne", [1.2, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0], 200.0),
