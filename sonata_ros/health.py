@@ -32,6 +32,16 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 STAGES = ("decode", "voxelize", "encoder", "head", "messages", "publish")
 SKIPS = ("missing", "stale", "rejected")  # why an input of a multi-LiDAR node had no part in a frame
 INTERNAL_ERROR = "internal_error"
+REJECTION_REASONS = (  # why a frame was skipped; each has its rejected_<reason> count, 0 until it happens
+    "malformed",
+    "missing_field",
+    "empty",
+    "no_valid_points",
+    "wrong_frame",
+    "out_of_range",
+    "out_of_memory",
+    INTERNAL_ERROR,
+)
 MAX_RECORDS = 10_000  # a flood of rejected messages cannot grow the window's memory without bound
 
 
@@ -76,7 +86,7 @@ class Health:
         self._skip_times: deque[tuple[float, str]] = deque(maxlen=MAX_RECORDS)
         self._last_skip: dict[str, str] = {}
         self.received = self.processed = self.dropped = self.idle = 0
-        self.rejected: Counter = Counter()
+        self.rejected: Counter = Counter(dict.fromkeys(REJECTION_REASONS, 0))  # every key from the start
         self.consecutive_late = 0
         self.consecutive_internal_errors = 0
         self.last_error = ""

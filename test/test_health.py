@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from sonata_ros.health import INTERNAL_ERROR, MAX_RECORDS, Health, HealthLimits
+from sonata_ros.health import INTERNAL_ERROR, MAX_RECORDS, REJECTION_REASONS, Health, HealthLimits
 
 OK, WARN, ERROR, STALE = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR, DiagnosticStatus.STALE
 FAST = {"decode": 2.0, "encoder": 10.0}  # 12 ms: within the 100 ms budget
@@ -167,6 +169,15 @@ def test_diagnostics_message_keeps_its_keys(clock):
         assert key in values, key
     assert values["frames_received"] == "4" and values["rejected_wrong_frame"] == "1"
     assert status.level == WARN and msg.header.stamp.sec == 5
+    # every reason's count is there from the start (a monitor can read rejected_malformed: 0), as the README lists
+    assert {k: v for k, v in values.items() if k.startswith("rejected_")} == {
+        **{f"rejected_{reason}": "0" for reason in REJECTION_REASONS},
+        "rejected_wrong_frame": "1",
+        "rejected_fraction": values["rejected_fraction"],
+    }
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = ", ".join(f"`{reason}`" for reason in REJECTION_REASONS)
+    assert f"`rejected_<reason>` ({listed};" in " ".join(readme.split())
 
 
 def test_a_multi_lidar_input_skipped_too_often_warns_and_is_reported_on_its_own(clock):
