@@ -54,6 +54,11 @@ def load_model(checkpoint: str, head: str, label_set: str) -> LoadedModel:
         )
         description = "untrained demo config (random weights)"
         warning = UNTRAINED_WARNING
+    if head_model is not None and head_model.in_channels != encoder.config.head_channels:
+        raise ValueError(
+            f"head {head or DEMO_HEAD} reads {head_model.in_channels} channels but the encoder ({description}) "
+            f"gives {encoder.config.head_channels}: was the head fitted on this encoder?"
+        )
     name = label_set or (head_model.label_set if head_model is not None and head_model.label_set else DEMO_LABEL_SET)
     labels = load_label_set(name)
     if head_model is not None and head_model.num_classes > labels.num_classes:

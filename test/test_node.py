@@ -420,6 +420,16 @@ def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
     assert f"checkpoint not found: {missing}" in process.output and "Traceback" not in process.output
 
 
+def test_a_head_fitted_on_another_encoder_is_a_fatal_error_naming_both_files(tmp_path, model_files):
+    encoder, _ = model_files
+    other = sm.save_head(tmp_path / "other_head.pth", sm.LinearHead(64, 13, label_set="synthetic"))
+    process = NodeProcess("sonata_ros.perception_node", [*node_parameters(encoder, other), "-r", "__node:=mismatched"])
+    assert process.process.wait(timeout=60) == 1
+    channels = sm.load(encoder).config.head_channels
+    assert f"head {other} reads 64 channels but the encoder ({encoder}) gives {channels}" in process.output
+    assert "Traceback" not in process.output
+
+
 def test_cuda_graphs_on_a_cpu_node_is_a_clear_fatal_error():
     process = NodeProcess(
         "sonata_ros.perception_node", ["-p", "device:=cpu", "-p", "cuda_graphs:=true", "-r", "__node:=graphless"]
