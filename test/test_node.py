@@ -413,6 +413,60 @@ def test_no_inference_without_subscribers(client, model_files):
     client.destroy_publisher(publisher)
 
 
+def test_the_mount_and_the_crop_change_what_the_model_sees_not_the_output(client, model_files, frame):
+    """sensor_to_base_*: the model sees the cloud in the base frame, the output stays in the input frame.
+    min_range / max_range (from the sensor) and crop_box (base frame): the points they leave out get 255,
+    the others the model's labels for the kept points in the base frame."""
+    encoder, head = model_files
+    translation, half = np.array([0.5, -0.2, 1.8]), float(np.sqrt(0.5))  # mounted 1.8 m up, turned 90 degrees left
+    box = np.array([-20.0, -15.0, -5.0, 20.0, 15.0, 5.0])
+    extra = {
+        "sensor_to_base_translation": translation.tolist(),
+        "sensor_to_base_rotation": [0.0, 0.0, half, half],
+        "min_range": 7.0,
+        "max_range": 40.0,
+        "crop_box": box.tolist(),
+    }
+    node = NodeProcess(
+        "sonata_ros.perception_node",
+        [
+            *node_parameters(encoder, head, **extra),
+            "-r",
+            "~/input/pointcloud:=/mounted/points",
+            "-r",
+            "__node:=mounted",
+        ],
+    )
+    try:
+        node.wait_for_line("ready:")
+        talk = Conversation(client, name="mounted", input_topic="/mounted/points")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
+        msg = cloud(frame, "velodyne")
+        answer = structured_view(talk.ask(msg)).reshape(-1)
+        decoded = decode(msg)
+        sensor = decoded.coord.astype(np.float64)
+        base = sensor @ np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T + translation
+        distance = np.linalg.norm(sensor, axis=1)
+        in_box = ((base >= box[:3]) & (base <= box[3:])).all(axis=1)
+        kept = (distance >= 7.0) & (distance <= 40.0) & in_box
+        assert (distance < 7.0).any() and (distance > 40.0).any() and (~in_box & (distance <= 40.0)).any()
+
+        np.testing.assert_array_equal(np.stack([answer[a] for a in "xyz"], axis=1), decoded.coord)  # input frame
+        segmenter = sm.Segmenter(sm.load(encoder), sm.load_head(head), device="cpu")
+        labels = segmenter(base[kept].astype(np.float32), strength=decoded.strength[kept]).labels
+        expected = np.full(len(sensor), 255)
+        expected[kept] = np.where(labels >= 0, labels, 255)
+        assert (answer["class_id"][decoded.valid] == 255).sum() == (expected == 255).sum()
+        assert np.mean(answer["class_id"][decoded.valid] == expected) > 0.999
+        assert len(np.unique(expected[kept])) > 1
+    finally:
+        if node.process.poll() is None:
+            assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
+
+
 def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
     missing = tmp_path / "absent.pth"
     process = NodeProcess("sonata_ros.perception_node", ["-p", f"checkpoint:={missing}", "-r", "__node:=doomed"])
