@@ -226,6 +226,48 @@ def test_embeddings_are_published_only_to_subscribers(talk, client, node, frame)
         client.destroy_subscription(subscription)
 
 
+def test_without_a_head_the_node_publishes_every_embedding_channel_and_no_label(client, model_files, frame):
+    """head: none and embedding_dim: 0: the embeddings cloud holds the encoder's whole upcast, one point per
+    voxel (its first input point); the segmentation has every point unknown (255, probability 0)."""
+    encoder, _ = model_files
+    node = NodeProcess(
+        "sonata_ros.perception_node",
+        [
+            *node_parameters(encoder, "none", embedding_dim=0),
+            *("-r", "~/input/pointcloud:=/headless/points", "-r", "__node:=headless"),
+        ],
+    )
+    try:
+        node.wait_for_line("ready:")
+        talk = Conversation(client, name="headless", input_topic="/headless/points")
+        received = []
+        subscription = client.create_subscription(PointCloud2, "/headless/output/embeddings", received.append, RELIABLE)
+        spin_until(
+            client,
+            lambda: talk.publisher.get_subscription_count() > 0 and subscription.get_publisher_count() > 0,
+            DISCOVERY_TIMEOUT_S,
+            "the node's subscription and its embeddings",
+        )
+        msg = cloud(frame, "velodyne")
+        answer = structured_view(talk.ask(msg)).reshape(-1)
+        assert (answer["class_id"] == 255).all() and (answer["probability"] == 0).all()
+        spin_until(client, lambda: bool(received), 10, "the embeddings")
+        embeddings = received[-1]
+        decoded = decode(msg)
+        expected = sm.Segmenter(sm.load(encoder), None, device="cpu")(decoded.coord, strength=decoded.strength)
+        field = next(f for f in embeddings.fields if f.name == "embedding")
+        assert field.count == sm.load(encoder).config.head_channels  # every channel
+        view = structured_view(embeddings).reshape(-1)
+        np.testing.assert_allclose(view["embedding"], expected.embedding, atol=1e-4)
+        np.testing.assert_array_equal(np.stack([view[a] for a in "xyz"], axis=1), decoded.coord[expected.voxel_index])
+        client.destroy_subscription(subscription)
+        talk.close()
+    finally:
+        if node.process.poll() is None:
+            assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
+
+
 def test_the_labelled_cloud_does_not_wait_for_the_embeddings(client, model_files, frame):
     """Each output goes out once it is built, the labelled cloud first: a frame's segmentation reaches its
     subscriber while the same frame's embedding colours are still being made (held here, in the node's
