@@ -526,6 +526,26 @@ def test_a_head_fitted_on_another_encoder_is_a_fatal_error_naming_both_files(tmp
     assert "Traceback" not in process.output
 
 
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"missing_intensity": "guess"}, "missing_intensity must be zeros or reject, got 'guess'"),
+        ({"input_reliability": "sometimes"}, "input_reliability must be best_effort or reliable, got 'sometimes'"),
+        ({"cpu_threads": -1}, "cpu_threads must be 0 (torch's default) or a thread count, got -1"),
+        ({"rejected_warn_fraction": 1.5}, "must be in [0, 1]"),
+        ({"sensor_to_base_rotation": [0.0, 0.0, 0.0, 0.0]}, "sensor_to_base: translation needs [x, y, z] and"),
+        ({"input_topics": ["/a", "/b"], "input_names": ["a"]}, "input_names needs one name per input_topics entry"),
+    ],
+)
+def test_a_bad_parameter_is_a_fatal_error_saying_which_and_why(model_files, parameters, message):
+    encoder, head = model_files
+    process = NodeProcess(
+        "sonata_ros.perception_node", [*node_parameters(encoder, head, **parameters), "-r", "__node:=misconfigured"]
+    )
+    assert process.process.wait(timeout=60) == 1
+    assert message in process.output and "Traceback" not in process.output
+
+
 def test_cuda_graphs_on_a_cpu_node_is_a_clear_fatal_error():
     process = NodeProcess(
         "sonata_ros.perception_node", ["-p", "device:=cpu", "-p", "cuda_graphs:=true", "-r", "__node:=graphless"]
