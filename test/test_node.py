@@ -337,6 +337,17 @@ def wait_counter(talk, key: str, at_least: int, timeout: float = 20.0) -> None:
     spin_until(talk.client, lambda: talk.counter(key) >= at_least, timeout, f"diagnostics {key} >= {at_least}")
 
 
+def test_the_input_is_subscribed_and_the_outputs_published_with_the_documented_reliability(talk, client):
+    """input_reliability (reliable here; the best-effort default is test_node_transport's), outputs reliable."""
+    spin_until(client, lambda: client.get_publishers_info_by_topic(f"{OUT}/segmentation"), 10, "the output")
+    assert [i.qos_profile.reliability for i in client.get_subscriptions_info_by_topic("/test/points")] == [
+        ReliabilityPolicy.RELIABLE
+    ]
+    for topic in ("segmentation", "embeddings", "embedding_rgb"):
+        (info,) = client.get_publishers_info_by_topic(f"{OUT}/{topic}")
+        assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
+
+
 def test_bad_input_is_counted_and_good_frames_still_answered(talk, frame):
     good = cloud(frame, "velodyne")
     short = cloud(frame, "velodyne")
