@@ -125,10 +125,16 @@ def load_label_set(name_or_path: str | os.PathLike) -> LabelSet:
     try:
         data = yaml.safe_load(path.read_text())
         classes = data["classes"]
-        names = tuple(str(c["name"]) for c in classes)
-        colors = np.array([c["color"] for c in classes], dtype=np.int64)
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise LabelSetError(f"{path}: not a label set ({exc})") from exc
+        raise LabelSetError(f"{path}: not a label set (no readable 'classes' list: {exc!r})") from exc
+    for k, c in enumerate(classes if isinstance(classes, list) else [None]):
+        if not isinstance(c, dict) or "name" not in c or "color" not in c:
+            raise LabelSetError(f"{path}: class {k} is {c!r}; each class needs {{name: ..., color: [r, g, b]}}")
+    names = tuple(str(c["name"]) for c in classes)
+    try:
+        colors = np.array([c["color"] for c in classes], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise LabelSetError(f"{path}: every class needs a colour [r, g, b] in 0-255 ({exc})") from exc
     if colors.shape != (len(names), 3) or colors.min(initial=0) < 0 or colors.max(initial=0) > 255:
         raise LabelSetError(f"{path}: every class needs a colour [r, g, b] in 0-255")
     if not 0 < len(names) < UNKNOWN:
