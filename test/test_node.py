@@ -520,6 +520,39 @@ def test_the_mount_and_the_crop_change_what_the_model_sees_not_the_output(client
     assert "Traceback" not in node.output
 
 
+def test_the_voxel_size_and_the_intensity_scale_are_the_configured_ones(client, model_files, frame):
+    """grid_size (metres) replaces the checkpoint's voxel size and intensity_scale the driver's intensity
+    scale: the labels are those of the model with both, not with the defaults."""
+    encoder, head = model_files
+    node = NodeProcess(
+        "sonata_ros.perception_node",
+        [
+            *node_parameters(encoder, head, grid_size=0.3, intensity_scale=100.0),
+            *("-r", "~/input/pointcloud:=/tuned/points", "-r", "__node:=tuned"),
+        ],
+    )
+    try:
+        node.wait_for_line("ready:")
+        talk = Conversation(client, name="tuned", input_topic="/tuned/points")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
+        msg = cloud(frame, "velodyne")  # float intensity 0-255
+        answer = structured_view(talk.ask(msg)).reshape(-1)["class_id"]
+        intensity = structured_view(msg).reshape(-1)["intensity"]
+        model, model_head = sm.load(encoder), sm.load_head(head)
+        default = model.config.transform()
+        tuned = sm.Segmenter(model, model_head, device="cpu", transform=default.replace(grid=0.3 * default.scale))
+        expected = tuned(frame.coord, strength=np.minimum(intensity / 100.0, 1.0).astype(np.float32)).labels
+        assert np.mean(answer == expected) > 0.999
+        as_shipped = sm.Segmenter(model, model_head, device="cpu")(frame.coord, strength=intensity / 255.0).labels
+        assert np.mean(answer == as_shipped) < 0.9  # the parameters changed what the model saw
+    finally:
+        if node.process.poll() is None:
+            assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
+
+
 def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
     missing = tmp_path / "absent.pth"
     process = NodeProcess("sonata_ros.perception_node", ["-p", f"checkpoint:={missing}", "-r", "__node:=doomed"])
