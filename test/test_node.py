@@ -13,6 +13,8 @@ import pytest
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until
 from sensor_msgs.msg import PointCloud2, PointField
@@ -346,6 +348,19 @@ def test_the_input_is_subscribed_and_the_outputs_published_with_the_documented_r
     for topic in ("segmentation", "embeddings", "embedding_rgb"):
         (info,) = client.get_publishers_info_by_topic(f"{OUT}/{topic}")
         assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
+
+
+def test_the_plain_node_s_parameters_are_read_only(talk, client):
+    """Changing the model, device or crop means restarting the plain node (the managed one takes changes
+    while unconfigured: test_node_lifecycle)."""
+    service = client.create_client(SetParameters, "/sonata_perception/set_parameters")
+    assert service.wait_for_service(timeout_sec=DISCOVERY_TIMEOUT_S)
+    request = SetParameters.Request(parameters=[Parameter("max_range", value=5.0).to_parameter_msg()])
+    future = service.call_async(request)
+    rclpy.spin_until_future_complete(client, future, timeout_sec=10)
+    (result,) = future.result().results
+    assert not result.successful and "read-only" in result.reason
+    client.destroy_client(service)
 
 
 def test_bad_input_is_counted_and_good_frames_still_answered(talk, frame):
