@@ -350,6 +350,22 @@ def test_the_input_is_subscribed_and_the_outputs_published_with_the_documented_r
         assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
 
 
+def test_diagnostics_time_every_stage_and_name_the_model(talk, frame, model_files):
+    stages = ("decode_ms", "voxelize_ms", "encoder_ms", "head_ms", "messages_ms", "publish_ms", "latency_ms_p50")
+
+    def timed() -> bool:
+        return all(float(talk.diagnostics.get(key, 0)) > 0 for key in stages)
+
+    deadline = time.monotonic() + 30
+    while not timed():  # the window's means fall to 0 once frames stop: keep them coming
+        assert time.monotonic() < deadline, f"diagnostics without every stage: {talk.diagnostics}"
+        talk.ask(cloud(frame, "velodyne"))
+        spin_until(talk.client, lambda: talk.counter("frames_processed") > 0, 10, "a processed frame")
+    assert float(talk.diagnostics["encoder_ms"]) > float(talk.diagnostics["head_ms"])
+    assert talk.diagnostics["model"] == str(model_files[0]) and talk.diagnostics["input_publishers"] == "1"
+    assert talk.diagnostics["label_set"] == "synthetic" and talk.diagnostics["device"] == "cpu"
+
+
 def test_the_plain_node_s_parameters_are_read_only(talk, client):
     """Changing the model, device or crop means restarting the plain node (the managed one takes changes
     while unconfigured: test_node_lifecycle)."""
