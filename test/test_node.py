@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -123,6 +125,31 @@ def talk(client, node):
     return conversation
 
 
+@contextmanager
+def own_node(client, name: str, encoder, head, **parameters) -> Iterator[tuple[NodeProcess, Conversation]]:
+    """A node of its own, named `name` (input /`name`/points), with `parameters`: (its process, a conversation
+    with it) once it subscribes; stopped with SIGINT after, and its output free of tracebacks."""
+    process = NodeProcess(
+        "sonata_ros.perception_node",
+        [
+            *node_parameters(encoder, head, **parameters),
+            *("-r", f"~/input/pointcloud:=/{name}/points", "-r", f"__node:={name}"),
+        ],
+    )
+    try:
+        process.wait_for_line("ready:")
+        talk = Conversation(client, name=name, input_topic=f"/{name}/points")
+        spin_until(
+            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
+        )
+        yield process, talk
+        talk.close()
+    finally:
+        if process.process.poll() is None:
+            assert process.stop(signal.SIGINT) == 0
+    assert "Traceback" not in process.output
+
+
 @pytest.fixture(scope="module")
 def frame() -> Frame:
     return next(iter(generate_drive("vlp16", frames=1, seed=2)))
@@ -232,24 +259,10 @@ def test_without_a_head_the_node_publishes_every_embedding_channel_and_no_label(
     """head: none and embedding_dim: 0: the embeddings cloud holds the encoder's whole upcast, one point per
     voxel (its first input point); the segmentation has every point unknown (255, probability 0)."""
     encoder, _ = model_files
-    node = NodeProcess(
-        "sonata_ros.perception_node",
-        [
-            *node_parameters(encoder, "none", embedding_dim=0),
-            *("-r", "~/input/pointcloud:=/headless/points", "-r", "__node:=headless"),
-        ],
-    )
-    try:
-        node.wait_for_line("ready:")
-        talk = Conversation(client, name="headless", input_topic="/headless/points")
+    with own_node(client, "headless", encoder, "none", embedding_dim=0) as (_, talk):
         received = []
         subscription = client.create_subscription(PointCloud2, "/headless/output/embeddings", received.append, RELIABLE)
-        spin_until(
-            client,
-            lambda: talk.publisher.get_subscription_count() > 0 and subscription.get_publisher_count() > 0,
-            DISCOVERY_TIMEOUT_S,
-            "the node's subscription and its embeddings",
-        )
+        spin_until(client, subscription.get_publisher_count, DISCOVERY_TIMEOUT_S, "the node's embeddings")
         msg = cloud(frame, "velodyne")
         answer = structured_view(talk.ask(msg)).reshape(-1)
         assert (answer["class_id"] == 255).all() and (answer["probability"] == 0).all()
@@ -263,11 +276,6 @@ def test_without_a_head_the_node_publishes_every_embedding_channel_and_no_label(
         np.testing.assert_allclose(view["embedding"], expected.embedding, atol=1e-4)
         np.testing.assert_array_equal(np.stack([view[a] for a in "xyz"], axis=1), decoded.coord[expected.voxel_index])
         client.destroy_subscription(subscription)
-        talk.close()
-    finally:
-        if node.process.poll() is None:
-            assert node.stop(signal.SIGINT) == 0
-    assert "Traceback" not in node.output
 
 
 def test_the_labelled_cloud_does_not_wait_for_the_embeddings(client, model_files, frame):
@@ -511,22 +519,7 @@ def test_the_mount_and_the_crop_change_what_the_model_sees_not_the_output(client
         "max_range": 40.0,
         "crop_box": box.tolist(),
     }
-    node = NodeProcess(
-        "sonata_ros.perception_node",
-        [
-            *node_parameters(encoder, head, **extra),
-            "-r",
-            "~/input/pointcloud:=/mounted/points",
-            "-r",
-            "__node:=mounted",
-        ],
-    )
-    try:
-        node.wait_for_line("ready:")
-        talk = Conversation(client, name="mounted", input_topic="/mounted/points")
-        spin_until(
-            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
-        )
+    with own_node(client, "mounted", encoder, head, **extra) as (_, talk):
         msg = cloud(frame, "velodyne")
         answer = structured_view(talk.ask(msg)).reshape(-1)
         decoded = decode(msg)
@@ -545,29 +538,13 @@ def test_the_mount_and_the_crop_change_what_the_model_sees_not_the_output(client
         assert (answer["class_id"][decoded.valid] == 255).sum() == (expected == 255).sum()
         assert np.mean(answer["class_id"][decoded.valid] == expected) > 0.999
         assert len(np.unique(expected[kept])) > 1
-    finally:
-        if node.process.poll() is None:
-            assert node.stop(signal.SIGINT) == 0
-    assert "Traceback" not in node.output
 
 
 def test_the_voxel_size_and_the_intensity_scale_are_the_configured_ones(client, model_files, frame):
     """grid_size (metres) replaces the checkpoint's voxel size and intensity_scale the driver's intensity
     scale: the labels are those of the model with both, not with the defaults."""
     encoder, head = model_files
-    node = NodeProcess(
-        "sonata_ros.perception_node",
-        [
-            *node_parameters(encoder, head, grid_size=0.3, intensity_scale=100.0),
-            *("-r", "~/input/pointcloud:=/tuned/points", "-r", "__node:=tuned"),
-        ],
-    )
-    try:
-        node.wait_for_line("ready:")
-        talk = Conversation(client, name="tuned", input_topic="/tuned/points")
-        spin_until(
-            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
-        )
+    with own_node(client, "tuned", encoder, head, grid_size=0.3, intensity_scale=100.0) as (_, talk):
         msg = cloud(frame, "velodyne")  # float intensity 0-255
         answer = structured_view(talk.ask(msg)).reshape(-1)["class_id"]
         intensity = structured_view(msg).reshape(-1)["intensity"]
@@ -578,10 +555,6 @@ def test_the_voxel_size_and_the_intensity_scale_are_the_configured_ones(client, 
         assert np.mean(answer == expected) > 0.999
         as_shipped = sm.Segmenter(model, model_head, device="cpu")(frame.coord, strength=intensity / 255.0).labels
         assert np.mean(answer == as_shipped) < 0.9  # the parameters changed what the model saw
-    finally:
-        if node.process.poll() is None:
-            assert node.stop(signal.SIGINT) == 0
-    assert "Traceback" not in node.output
 
 
 def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):

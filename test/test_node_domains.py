@@ -12,7 +12,7 @@ import torch
 from ros_helpers import DISCOVERY_TIMEOUT_S, NodeProcess, node_parameters, spin_until, write_test_model
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
-from test_node import Conversation, cloud, wait_counter
+from test_node import Conversation, cloud, own_node, wait_counter
 
 import sonata_model as sm
 from sonata_model.io.frame import Frame
@@ -82,20 +82,7 @@ def test_clouds_outside_the_domain_s_range_are_rejected_as_bad_input_and_the_nod
     map-frame cloud with real elevations would be) is counted under `out_of_range` with what to check, and
     never as an internal error: more of them than `exit_after_internal_errors` leave the node serving."""
     encoder, head = utonia_files
-    node = NodeProcess(
-        "sonata_ros.perception_node",
-        [
-            *node_parameters(encoder, head, domain="outdoor", exit_after_internal_errors=2),
-            "-r",
-            "~/input/pointcloud:=/below/points",
-        ],
-    )
-    try:
-        node.wait_for_line("ready:")
-        talk = Conversation(client, input_topic="/below/points")
-        spin_until(
-            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
-        )
+    with own_node(client, "below", encoder, head, domain="outdoor", exit_after_internal_errors=2) as (_, talk):
         frame = next(iter(generate_drive("vlp16", frames=1, seed=5)))
         below = Frame(coord=frame.coord - np.float32([0, 0, 20]), strength=frame.strength, extra=frame.extra)
         for count in range(1, 4):
@@ -105,25 +92,13 @@ def test_clouds_outside_the_domain_s_range_are_rejected_as_bad_input_and_the_nod
         assert "right frame and unit" in talk.diagnostics["last_error"]
         assert talk.counter("rejected_internal_error") == 0
         assert talk.ask(cloud(frame, "velodyne")).width == frame.num_points  # still serving
-    finally:
-        if node.process.poll() is None:
-            assert node.stop(signal.SIGINT) == 0
-    assert "Traceback" not in node.output
 
 
 def test_a_cloud_without_intensity_is_labelled_with_zero_strength_by_default(tmp_path, client):
     """Most Hesai / Velodyne frames from some drivers carry x, y, z only: the node labels them (strength 0,
     warned) instead of rejecting them, unless missing_intensity: reject."""
     encoder, head = write_test_model(tmp_path)
-    node = NodeProcess(
-        "sonata_ros.perception_node", [*node_parameters(encoder, head), "-r", "~/input/pointcloud:=/xyz/points"]
-    )
-    try:
-        node.wait_for_line("ready:")
-        talk = Conversation(client, input_topic="/xyz/points")
-        spin_until(
-            client, lambda: talk.publisher.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S, "the node's subscription"
-        )
+    with own_node(client, "xyz", encoder, head) as (node, talk):
         frame = next(iter(generate_drive("vlp16", frames=1, seed=4)))
         xyz = {axis: frame.coord[:, i] for i, axis in enumerate("xyz")}
         msg = to_message(pack_points(None, xyz), PointCloud2, PointField, Header())
@@ -132,6 +107,3 @@ def test_a_cloud_without_intensity_is_labelled_with_zero_strength_by_default(tmp
         expected = segmenter(frame.coord, strength=np.zeros(frame.num_points, np.float32)).labels
         assert np.mean(answer["class_id"] == expected) > 0.999
         node.wait_for_line("cloud has no intensity", timeout=5)
-    finally:
-        if node.process.poll() is None:
-            assert node.stop(signal.SIGINT) == 0
