@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .configs import ConfigError, EncoderConfig
 from .encoder import SonataEncoder
+from .io.labels import LabelSet, LabelSetError, load_label_set
 
 ENCODER_PREFIXES = ("module.student.backbone.", "module.backbone.", "student.backbone.", "backbone.")
 PROJECT_FORMAT = "sonata_ros"
@@ -227,6 +228,21 @@ def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> Li
         raise CheckpointError(f"{path}: no 'state_dict' in head checkpoint")
     load_strict(head, state, str(path))
     return head.to(device).eval()
+
+
+def head_label_set(head: LinearHead | None, requested: str | None = None, default: str | None = None) -> LabelSet:
+    """The label set naming and colouring `head`'s classes: `requested` (a name or YAML path), else the one
+    the head was fitted under (sonata-probe records it), else `default`; LabelSetError when there is none
+    or it has fewer classes than the head."""
+    name = requested or (head.label_set if head is not None else None) or default
+    if not name:
+        raise LabelSetError("the head names no label set: pass one (a shipped name or a YAML path)")
+    labels = load_label_set(name)
+    if head is not None and head.num_classes > labels.num_classes:
+        raise LabelSetError(
+            f"head predicts {head.num_classes} classes but label set {labels.name!r} has {labels.num_classes}"
+        )
+    return labels
 
 
 def save_head(path: str | os.PathLike, head: LinearHead, meta: Mapping[str, Any] | None = None) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 import sonata_model as sm
+from sonata_model.checkpoint import head_label_set
 from sonata_model.io.labels import LabelSet, load_label_set
 
 MODELS = Path(__file__).parent / "models"
@@ -59,12 +60,7 @@ def load_model(checkpoint: str, head: str, label_set: str) -> LoadedModel:
             f"head {head or DEMO_HEAD} reads {head_model.in_channels} channels but the encoder ({description}) "
             f"gives {encoder.config.head_channels}: was the head fitted on this encoder?"
         )
-    name = label_set or (head_model.label_set if head_model is not None and head_model.label_set else DEMO_LABEL_SET)
-    labels = load_label_set(name)
-    if head_model is not None and head_model.num_classes > labels.num_classes:
-        raise ValueError(
-            f"head predicts {head_model.num_classes} classes but label set {labels.name!r} has {labels.num_classes}"
-        )
+    labels = head_label_set(head_model, label_set, default=DEMO_LABEL_SET)
     return LoadedModel(encoder, head_model, labels, description, warning)
 
 

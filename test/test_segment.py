@@ -148,4 +148,4 @@ def test_a_head_without_a_label_set_needs_one_named(tmp_path, model, capsys):
     head = sm.save_head(tmp_path / "bare.pth", sm.LinearHead(sm.load(encoder).config.head_channels, 13))
     args = ["--encoder", str(encoder), "--head", str(head), "--data", f"frames:{tmp_path}", "--out", "o"]
     assert main(args) == 1
-    assert "the head names no label set: pass --label-set" in capsys.readouterr().err
+    assert "the head names no label set: pass one" in capsys.readouterr().err

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import LinearHead, load, load_head
+from ..checkpoint import head_label_set, load, load_head
 from ..encoder import SonataEncoder
 from ..io.bags import BAG_FORMATS, BagError, BagWriter
 from ..io.datasets import DatasetError
 from ..io.frame import Frame
-from ..io.labels import LabelSet, LabelSetError, load_label_set
+from ..io.labels import UNKNOWN, LabelSet, LabelSetError
 from ..io.pcd import PcdError
 from ..io.segmentation_cloud import class_ids, packed_palette, segmentation_points
 from ..io.sources import SPEC_SYNTAX, SourceSpecError, open_source, parse_spec
@@ -124,24 +124,12 @@ def _label(segmenter: Segmenter, frame: Frame, report: SegmentReport) -> tuple[n
         result = segmenter.segment_batch([cloud])[0]
     except NothingInRangeError:
         report.unsegmented += 1
-        return np.full(frame.num_points, 255, np.uint8), np.zeros(frame.num_points, np.float32)
+        return np.full(frame.num_points, UNKNOWN, np.uint8), np.zeros(frame.num_points, np.float32)
     except ValueError as exc:
         raise ValueError(f"frame {frame.name or '?'}: {exc}") from exc
-    labelled = class_ids(result.labels), np.where(result.labels >= 0, result.probability, 0).astype(np.float32)
+    labelled = class_ids(result.labels), result.probability  # probability 0 where not segmented
     report.ms.append((time.perf_counter() - start) * 1e3)
     return labelled
-
-
-def head_labels(head: LinearHead, label_set: str | None) -> LabelSet:
-    """The label set naming and colouring the head's classes: `label_set` (name or YAML path), else the
-    one the head was fitted under (sonata-probe records it)."""
-    name = label_set or head.label_set
-    if not name:
-        raise LabelSetError("the head names no label set: pass --label-set (a shipped name or a YAML path)")
-    labels = load_label_set(name)
-    if labels.num_classes < head.num_classes:
-        raise LabelSetError(f"label set {labels.name!r} has {labels.num_classes} classes, the head {head.num_classes}")
-    return labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         encoder: SonataEncoder = load(args.encoder)
         head = load_head(args.head)
-        labels = head_labels(head, args.label_set)
+        labels = head_label_set(head, args.label_set)
         segmenter = Segmenter(encoder, head, device=args.device, precision=args.precision, domain=args.domain)
         report = segment_recording(
             segmenter, args.data, args.out, labels, topic=args.topic, bag_format=args.format, frames=args.frames
