@@ -23,7 +23,7 @@ from sonata_model.io.sources import SkippingSource, open_source
 from sonata_model.synth.drive import generate_drive
 from sonata_model.train.config import RunConfigError, load_run_config
 from sonata_model.train.data import PretrainDataset
-from sonata_model.train.pretrain import Trainer, TrainingDiverged, view_config
+from sonata_model.train.pretrain import Trainer, TrainingDiverged, parse_args, view_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -199,6 +199,15 @@ def test_bad_run_config_values_fail_fast_naming_the_key(overrides, message):
         load_run_config(None, overrides, data=["frames:/data"])
 
 
+def test_the_command_line_sets_the_domain_and_any_dotted_key():
+    args, run = parse_args(
+        ["--data", "frames:/data", "--encoder", "sonata", "--domain", "outdoor", "--set", "distill.student_temp=0.07"]
+    )
+    assert sm.get_config("sonata").domain != "outdoor" and run.encoder_config().domain == "outdoor"
+    assert run.encoder_overrides == {"domain": "outdoor"} and run.distill["student_temp"] == 0.07
+    assert args.resume is None
+
+
 def test_unreadable_run_config_file_names_the_file(tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text("- just\n- a list\n")
@@ -228,6 +237,8 @@ def test_fine_tuning_a_utonia_checkpoint_on_lidar_bags_trains_the_rope_model(bag
     student = trainer.model.student["backbone"]
     assert student.config.family == "utonia" and student.config.default_domain == "outdoor"
     assert torch.equal(student.enc.enc2.block0.attn.qkv.weight, released.enc.enc2.block0.attn.qkv.weight)
+    teacher = trainer.model.teacher["backbone"]
+    assert torch.equal(teacher.enc.enc2.block0.attn.qkv.weight, released.enc.enc2.block0.attn.qkv.weight)
     exported = sm.load(trainer.train())
     assert all(np.isfinite(losses(tmp_path / "run")))
     assert exported.config.rope_base == 10.0 and exported.config.in_channels == 9

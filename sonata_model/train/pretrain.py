@@ -372,13 +372,15 @@ class MetricsLog:
                 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, RunConfig]:
+    """The command line and the run config it makes (defaults <- --config file <- options <- --set)."""
     parser = argparse.ArgumentParser(
         prog="sonata-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="run config YAML")
     parser.add_argument("--data", action="append", help=f"source spec (repeatable): {SPEC_SYNTAX}")
     parser.add_argument("--encoder", help="encoder config name (demo, sonata_lidar, sonata, ...)")
+    parser.add_argument("--domain", help="indoor | outdoor | object: the encoder's input transform (encoder_overrides)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int, dest="batch_size")
     parser.add_argument("--workers", type=int)
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = load_run_config(
         args.config,
-        args.set,
+        [*([f"encoder_overrides.domain={args.domain}"] if args.domain else []), *args.set],
         data=args.data,
         encoder=args.encoder,
         steps=args.steps,
@@ -400,11 +402,17 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         out=args.out,
     )
+    return args, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, run = parse_args(argv)
     trainer = Trainer(run)
     if args.resume:
         path = latest_checkpoint(run.out) if args.resume == "auto" else Path(args.resume)
         if path is None:
-            parser.error(f"--resume: no checkpoint in {run.out}/checkpoints")
+            print(f"sonata-pretrain: --resume: no checkpoint in {run.out}/checkpoints", file=sys.stderr)
+            return 2
         trainer.resume(path)
     try:
         exported = trainer.train()
