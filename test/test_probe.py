@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import sonata_model as sm
 from sonata_model.io.datasets import FrameFolderWriter
 from sonata_model.io.frame import IGNORE_LABEL
+from sonata_model.io.labels import load_label_set
 from sonata_model.io.sources import open_source
 from sonata_model.synth.drive import generate_drive
 from sonata_model.train.evaluate import Scores, confusion_matrix
@@ -115,3 +117,33 @@ def test_probe_and_eval_read_pointcept_scenes_under_a_named_label_set(tmp_path):
     assert eval_main([*common, "--head", str(tmp_path / "head.pth"), "--data", val, "--report", report_dir]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert np.asarray(report["confusion"]).sum() == 3000  # every point of the held-out scene scored
+
+
+def test_eval_maps_a_source_labelled_in_other_classes_onto_the_head_s_by_name(tmp_path, capsys):
+    """A head fitted under SemanticKITTI's 19 classes scored on frames labelled in the synthetic world's 13:
+    each label is read as the head's class of the same name (no id is taken for another class's), the
+    synthetic classes without a namesake are left out; no class in common is refused."""
+    torch.manual_seed(0)
+    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.15, coord_scale=0.2)
+    encoder_path = sm.save_encoder(tmp_path / "encoder.pth", sm.SonataEncoder(config))
+    kitti = load_label_set("semantic_kitti")
+    head = sm.LinearHead(config.head_channels, kitti.num_classes, list(kitti.names), "semantic_kitti")
+    head_path = sm.save_head(tmp_path / "kitti_head.pth", head)
+    val = labelled_frames(tmp_path / "val", 1, seed=2)
+    args = ["--encoder", str(encoder_path), "--head", str(head_path), "--device", "cpu"]
+    assert eval_main([*args, "--data", val, "--report", str(tmp_path / "report")]) == 0
+    assert "labels in 'synthetic' mapped by name onto the head's classes (13 in common" in capsys.readouterr().out
+    confusion = np.asarray(json.loads((tmp_path / "report" / "report.json").read_text())["confusion"])
+    synthetic = load_label_set("synthetic")
+    truth = open_source(val)[0].segment
+    for name in ("road", "car", "vegetation"):  # each counted under its namesake's row, wherever that is
+        assert confusion[kitti.names.index(name)].sum() == np.count_nonzero(truth == synthetic.names.index(name))
+    assert confusion.sum() == np.count_nonzero(truth != IGNORE_LABEL)
+
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        "name: other\nclasses:\n  - {name: floor, color: [0, 0, 255]}\n  - {name: wall, color: [9, 9, 9]}\n"
+    )
+    with pytest.raises(SystemExit):
+        eval_main([*args, "--data", val, "--label-set", str(other), "--report", str(tmp_path / "r2")])
+    assert "shares no class name with the head's" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from ..checkpoint import LinearHead, load, load_head
 from ..encoder import SonataEncoder
 from ..figures import pyplot, save_figure
 from ..io.frame import IGNORE_LABEL
+from ..io.labels import LabelSet
 from ..io.sources import SPEC_SYNTAX, FrameSource, open_source
 from ..segmenter import Segmenter
 from .probe import choose_frames, frame_cloud
@@ -87,15 +88,46 @@ def evaluate(
     device: str = "auto",
     domain: str | None = None,
 ) -> Scores:
+    """Scores over the labelled points of `frames` frames per source (0: all). A source labelled in other
+    classes than the head's `names` (a synthetic-world head on SemanticKITTI) has its labels mapped onto
+    them by class name (`head_classes`)."""
     segmenter = Segmenter(encoder, head, device=device, domain=domain)
     scores = Scores.empty(names)
+    target = LabelSet("head", tuple(names), np.zeros((len(names), 3), np.uint8))
     for source in sources:
+        mapped = _other_classes(source, names)
         for index in choose_frames(source, frames, seed=0):
             frame = source[index]
             if frame.segment is None:
                 raise ValueError(f"{source.name}: frame {index} has no labels")
-            scores.add(frame.segment, segmenter.segment_batch([frame_cloud(frame)])[0].labels)
+            truth = source.label_set.translate(frame.segment, target) if mapped else frame.segment
+            scores.add(truth, segmenter.segment_batch([frame_cloud(frame)])[0].labels)
     return scores
+
+
+def _other_classes(source: FrameSource, names: list[str]) -> bool:
+    return source.label_set is not None and list(source.label_set.names) != names
+
+
+def head_classes(names: list[str], sources: list[FrameSource]) -> list[str]:
+    """What each source's labels become for a head predicting `names`: a line per source whose classes
+    differ (mapped by name; the others ignored). ValueError when a source shares no class with the head."""
+    notes = []
+    for source in sources:
+        if not _other_classes(source, names):
+            continue
+        common = [n for n in source.label_set.names if n in names]
+        if not common:
+            raise ValueError(
+                f"{source.name}: labelled in {source.label_set.name!r}, which shares no class name with the "
+                f"head's {names}: pass --label-set with the head's label set if the ids are the same"
+            )
+        ignored = [n for n in source.label_set.names if n not in names]
+        notes.append(
+            f"{source.name}: labels in {source.label_set.name!r} mapped by name onto the head's classes "
+            f"({len(common)} in common; ignored: {', '.join(ignored) or 'none'})"
+        )
+    return notes
 
 
 def plot_confusion(scores: Scores, path: str | Path) -> Path:
@@ -136,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     names = head.class_names or (list(sources[0].label_set.names) if sources[0].label_set else None)
     if names is None or len(names) != head.num_classes:
         parser.error("cannot name the head's classes: save it with sonata-probe or use a source with a label set")
+    try:
+        notes = head_classes(list(names), sources)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for note in notes:
+        print(note)
     scores = evaluate(load(args.encoder), head, sources, list(names), args.frames, args.device, args.domain)
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
