@@ -191,12 +191,18 @@ class LinearHead(nn.Module):
     """Linear probe over the all-level upcast: one Linear(C_upcast, classes), key `seg_head.*`."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, class_names: list[str] | None = None, label_set: str | None = None
+        self,
+        in_channels: int,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        label_set: str | None = None,
+        domain: str | None = None,
     ) -> None:
         super().__init__()
         self.seg_head = nn.Linear(in_channels, num_classes)
         self.class_names = class_names
         self.label_set = label_set
+        self.domain = domain  # the input transform it was fitted under, when not the encoder's own
 
     @property
     def in_channels(self) -> int:
@@ -222,6 +228,7 @@ def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> Li
         int(config["num_classes"]),
         class_names=meta.get("class_names"),
         label_set=meta.get("label_set"),
+        domain=meta.get("domain"),
     )
     state = ckpt.get("state_dict")
     if not isinstance(state, Mapping):
@@ -247,7 +254,7 @@ def head_label_set(head: LinearHead | None, requested: str | None = None, defaul
 
 def save_head(path: str | os.PathLike, head: LinearHead, meta: Mapping[str, Any] | None = None) -> Path:
     """Write a head in the released format (+ `meta`: class names, label set, provenance)."""
-    meta = {"class_names": head.class_names, "label_set": head.label_set, **(meta or {})}
+    meta = {"class_names": head.class_names, "label_set": head.label_set, "domain": head.domain, **(meta or {})}
     payload = {
         "config": {"backbone_out_channels": head.in_channels, "num_classes": head.num_classes},
         "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},

@@ -144,11 +144,17 @@ class PreparedBatch:
         return Point(coord=level.coord[:m], grid_coord=level.grid_coord[:m], feat=self.feat[:m], offset=level.offset)
 
 
+def input_domain(domain: str | None, head: LinearHead | None) -> str | None:
+    """`domain`, else the one `head` was fitted under (sonata-probe --domain), else None: the checkpoint's."""
+    return domain or (head.domain if head is not None else None)
+
+
 class Segmenter:
     """Runs encoder (+ optional linear head) on numpy clouds, one label per input point.
 
-    `domain` ("indoor" | "outdoor" | "object"; default: the checkpoint's) selects the encoder family's
-    input transform; `transform` replaces it entirely. Feature keys come from the checkpoint.
+    `domain` ("indoor" | "outdoor" | "object"; default: the one the head was fitted under, else the
+    checkpoint's: `input_domain`) selects the encoder family's input transform; `transform` replaces it
+    entirely. Feature keys come from the checkpoint.
     `normals`: what to feed checkpoints that need normals when a cloud has none ("estimate": PCA over
     neighbouring voxels on the device, facing the cloud's viewpoint; or "zeros"; default: "estimate"
     indoors, "zeros" elsewhere). `attention`: "auto" (flash_attn on CUDA in half precision when
@@ -182,7 +188,7 @@ class Segmenter:
                 stacklevel=2,
             )
         config = encoder.config
-        self.transform = transform or config.transform(domain)
+        self.transform = transform or config.transform(input_domain(domain, head))
         normals = normals or self.transform.default_normals
         if normals not in NORMAL_MODES:
             raise ValueError(f"normals must be one of {NORMAL_MODES}, got {normals!r}")

@@ -61,8 +61,8 @@ PARAMETERS: tuple[Param, ...] = (
         "domain",
         "",
         "indoor | outdoor | object: the encoder family's input transform (outdoor: LiDAR in the sensor frame, "
-        "z up). Empty uses the checkpoint's (Sonata / Concerto: indoor; Utonia and this project's LiDAR models: "
-        "outdoor).",
+        "z up). Empty uses the one the head was fitted under (sonata-probe --domain), else the checkpoint's "
+        "(Sonata / Concerto: indoor; Utonia and this project's LiDAR models: outdoor).",
     ),
     Param("grid_size", 0.0, "Voxel size in metres; 0 uses the domain's."),
     Param(

@@ -49,6 +49,7 @@ from sonata_model.grid import AXIS_LIMIT
 from sonata_model.io.labels import UNKNOWN, LabelSetError
 from sonata_model.io.pointcloud2 import structured_view, xyz_points
 from sonata_model.io.segmentation_cloud import class_ids
+from sonata_model.segmenter import input_domain
 
 from .allocator import OutsizedFrameTrim, fix_malloc_thresholds
 from .frame_sync import FrameSync
@@ -202,7 +203,7 @@ class Perception:
             precision=p["precision"],
             attention=p["attention"],
             normals=p["normals"] or None,
-            transform=_input_transform(encoder.config, p["domain"], p["grid_size"]),
+            transform=_input_transform(encoder.config, input_domain(p["domain"], model.head), p["grid_size"]),
             buckets=sm.SizeBuckets() if p["cuda_graphs"] else None,
             cuda_graphs=p["cuda_graphs"],
         )
@@ -685,9 +686,9 @@ def _health_limits(p: dict) -> HealthLimits:
     )
 
 
-def _input_transform(config: sm.EncoderConfig, domain: str, grid_size: float) -> InputTransform:
-    """The checkpoint's transform for `domain` (empty: its own), with the voxel size overridden if > 0."""
-    transform = config.transform(domain or None)
+def _input_transform(config: sm.EncoderConfig, domain: str | None, grid_size: float) -> InputTransform:
+    """The checkpoint's transform for `domain` (None: its own), with the voxel size overridden if > 0."""
+    transform = config.transform(domain)
     if grid_size > 0:
         transform = transform.replace(grid=grid_size * transform.scale)
     return transform

@@ -557,6 +557,17 @@ def test_the_voxel_size_and_the_intensity_scale_are_the_configured_ones(client, 
         assert np.mean(answer == as_shipped) < 0.9  # the parameters changed what the model saw
 
 
+def test_a_head_fitted_under_another_domain_sets_the_node_s_transform(client, model_files, tmp_path):
+    """With `domain` unset the node runs the transform the head was fitted under (sonata-probe --domain),
+    not the encoder's default (indoor for the test model), so the head sees the features it was fitted on."""
+    encoder, head = model_files
+    outdoor = sm.load_head(head)
+    outdoor.domain = "outdoor"
+    outdoor_head = sm.save_head(tmp_path / "outdoor_head.pth", outdoor)
+    with own_node(client, "outdoor_head", encoder, outdoor_head) as (process, _):
+        assert "domain outdoor" in process.wait_for_line("ready:")
+
+
 def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
     missing = tmp_path / "absent.pth"
     process = NodeProcess("sonata_ros.perception_node", ["-p", f"checkpoint:={missing}", "-r", "__node:=doomed"])

@@ -147,3 +147,21 @@ def test_eval_maps_a_source_labelled_in_other_classes_onto_the_head_s_by_name(tm
     with pytest.raises(SystemExit):
         eval_main([*args, "--data", val, "--label-set", str(other), "--report", str(tmp_path / "r2")])
     assert "shares no class name with the head's" in capsys.readouterr().err
+
+
+def test_a_head_probed_under_another_domain_brings_it_to_the_segmenter(tmp_path):
+    """sonata-probe --domain records the transform the head was fitted under; a Segmenter (eval, segment,
+    the node) given no domain of its own uses it, not the encoder's default; an explicit one still wins."""
+    torch.manual_seed(0)
+    config = sm.get_config("tiny", in_channels=4, feature_keys=("coord", "strength"), grid_size=0.15, coord_scale=0.2)
+    assert config.default_domain == "indoor"
+    encoder_path = sm.save_encoder(tmp_path / "encoder.pth", sm.SonataEncoder(config))
+    train = labelled_frames(tmp_path / "train", 1, seed=1)
+    args = ["--encoder", str(encoder_path), "--data", train, "--out", str(tmp_path / "head.pth"), "--device", "cpu"]
+    assert probe_main([*args, "--steps", "5", "--domain", "outdoor"]) == 0
+    head = sm.load_head(tmp_path / "head.pth")
+    assert head.domain == "outdoor"
+    encoder = sm.load(encoder_path)
+    assert sm.Segmenter(encoder, head, device="cpu").domain == "outdoor"
+    assert sm.Segmenter(encoder, head, device="cpu", domain="indoor").domain == "indoor"
+    assert sm.Segmenter(encoder, None, device="cpu").domain == "indoor"

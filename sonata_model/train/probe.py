@@ -114,7 +114,7 @@ def train_probe(
     if len(labels) == 0:
         raise ValueError("no labelled points in the chosen frames")
     head = fit_head(features, labels, label_set.num_classes, settings, segmenter.device)
-    head.class_names, head.label_set = list(label_set.names), label_set.name
+    head.class_names, head.label_set, head.domain = list(label_set.names), label_set.name, domain
     return head.cpu()
 
 
@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
             "frames": args.frames,
             "points_per_frame": args.points,
             "steps": args.steps,
-            "domain": args.domain,
         },
     )
     print(f"head written to {args.out}")
