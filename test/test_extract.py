@@ -33,6 +33,18 @@ def test_extract_writes_every_frame_and_resumes(tmp_path):
     assert resumed["already there"] == 5 and resumed["written"] == 0  # nothing left to do
 
 
+def test_a_second_source_with_the_same_name_is_refused_not_taken_as_extracted(tmp_path, capsys):
+    out = tmp_path / "extracted"
+    for folder, seed in (("a", 2), ("b", 3)):  # two recordings both called run.mcap
+        with BagWriter(tmp_path / folder / "run", format="mcap", topic="/points") as writer:
+            for frame in generate_drive("vlp16", frames=2, seed=seed):
+                writer.write(frame)
+    assert extract(f"bag:{tmp_path / 'a' / 'run'}", out, workers=1)["written"] == 2
+    assert extract_main(["--data", f"bag:{tmp_path / 'b' / 'run'}", "--out", str(out), "--workers", "1"]) == 1
+    assert "run_000000 holds bag:" in capsys.readouterr().err
+    assert extract(f"bag:{tmp_path / 'a' / 'run'}", out, workers=1)["already there"] == 2  # the same one resumes
+
+
 def test_extract_keeps_the_labels_under_the_sources_or_the_named_label_set(tmp_path):
     from test_datasets import pointcept_scene
 

@@ -132,6 +132,13 @@ class FrameFolderWriter:
     def exists(self, name: str) -> bool:
         return (self.root / name / "coord.npy").is_file()
 
+    def source_of(self, name: str) -> str | None:
+        """Where the frame `name` was read from, as `write_frame_folder` recorded it (None: not recorded)."""
+        try:
+            return json.loads((self.root / name / "meta.json").read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def write(self, frame: Frame) -> bool:
         """Write one frame; False when it was already there (resume)."""
         return write_frame_folder(self.root, frame)
@@ -150,8 +157,9 @@ class FrameFolderWriter:
         return index
 
 
-def write_frame_folder(root: Path, frame: Frame) -> bool:
+def write_frame_folder(root: Path, frame: Frame, source: str | None = None) -> bool:
     """Write one frame into `root` atomically (staging folder, then rename); False when already there.
+    `source`: where it was read from, kept in its meta.json (`FrameFolderWriter.source_of`).
 
     Safe to call from several processes at once on one root (extraction workers); the staging
     leftovers of interrupted runs are cleaned by `FrameFolderWriter`, opened once per run.
@@ -168,7 +176,8 @@ def write_frame_folder(root: Path, frame: Frame) -> bool:
                 np.save(staging / f"{key}.npy", np.ascontiguousarray(value, dtype))
         if frame.pose is not None:
             np.save(staging / "pose.npy", np.asarray(frame.pose, np.float64))
-        (staging / "meta.json").write_text(json.dumps({"stamp_ns": frame.stamp_ns, "frame_id": frame.frame_id}))
+        meta = {"stamp_ns": frame.stamp_ns, "frame_id": frame.frame_id, **({"source": source} if source else {})}
+        (staging / "meta.json").write_text(json.dumps(meta))
         target = root / frame.name
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # a damaged frame (no coord.npy): replace it whole

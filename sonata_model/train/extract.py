@@ -4,7 +4,10 @@
 
 The source is read front to back (bags are sequential); frames are written by a pool of processes.
 Frames already present are skipped, and each frame is written atomically, so an interrupted extraction
-is resumed by running the same command again. Ends with a report: written, already there, unreadable.
+is resumed by running the same command again. Frames are named after the source (`run1_000042` for
+run1.mcap) and each records where it was read from: a name already holding another source's frame (two
+bags called run1.mcap, from two folders) stops the extraction instead of being taken as done. Ends with
+a report: written, already there, unreadable.
 """
 
 from __future__ import annotations
@@ -23,8 +26,18 @@ from ..io.pcd import PcdError
 from ..io.sources import SKIPPABLE, SPEC_SYNTAX, FrameSource, SourceSpecError, open_source, parse_spec
 
 
-def _write(root: str, frame: Frame) -> bool:
-    return write_frame_folder(Path(root), frame)
+class ExtractError(ValueError):
+    """Frames of another source already hold the names this extraction would write."""
+
+
+def _write(root: str, frame: Frame, source: str) -> bool:
+    return write_frame_folder(Path(root), frame, source)
+
+
+def _source_id(spec: str) -> str:
+    """The spec with its path made absolute: the same source reads the same from any working folder."""
+    kind, path, option = parse_spec(spec)
+    return f"{kind}:{Path(path).resolve()}" + (f":{option}" if option else "")
 
 
 def readable_frames(spec: str, source: FrameSource | None, every: int, counts: Counter):
@@ -60,11 +73,16 @@ def extract(spec: str, out: str | Path, workers: int = 2, every: int = 1, label_
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = set()
         for index, frame in readable_frames(spec, source, every, counts):
-            frame.name = f"{stem}_{index:06d}"
+            frame.name, origin = f"{stem}_{index:06d}", f"{_source_id(spec)}#{index}"
             if writer.exists(frame.name):
+                if writer.source_of(frame.name) not in (None, origin):
+                    raise ExtractError(
+                        f"{out}: {frame.name} holds {writer.source_of(frame.name)}, not {origin} (two sources "
+                        "with the same name): extract this one into another folder; frames:DIR can be repeated"
+                    )
                 counts["already there"] += 1
                 continue
-            pending.add(pool.submit(_write, str(out), frame))
+            pending.add(pool.submit(_write, str(out), frame, origin))
             if len(pending) >= 4 * max(1, workers):
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 counts["written"] += sum(f.result() for f in done)
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         counts = extract(args.data, args.out, args.workers, max(1, args.every), args.label_set)
-    except (BagError, DatasetError, PcdError, SourceSpecError) as exc:
+    except (BagError, DatasetError, PcdError, SourceSpecError, ExtractError) as exc:
         print(f"sonata-extract: {exc}", file=sys.stderr)
         return 1
     print(
