@@ -55,7 +55,7 @@ def losses(out: Path) -> list[float]:
 
 
 def test_pretraining_on_a_bag_decreases_the_loss_and_exports_a_loadable_encoder(bag, tmp_path):
-    run = run_config(bag, tmp_path, steps=20, log_every=5, checkpoint_every=20)
+    run = run_config(bag, tmp_path, steps=20, log_every=5, checkpoint_every=5, keep_checkpoints=2)
     exported = Trainer(run).train()
     curve = losses(tmp_path)
     # the tiny model's loss falls towards the uniform-prototype entropy ln(128) = 4.85 within 20 steps;
@@ -64,6 +64,8 @@ def test_pretraining_on_a_bag_decreases_the_loss_and_exports_a_loadable_encoder(
     encoder = sm.load(exported)
     assert encoder.config.feature_keys == ("coord", "strength") and encoder.meta["steps"] == 20
     assert sm.load(tmp_path / "checkpoints" / "step_0000020.pth").config == encoder.config  # training ckpt too
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step_0000015.pth", "step_0000020.pth"]  # the last keep_checkpoints of steps 5, 10, 15, 20
 
 
 def _pretrain_process(args: list[str], log: Path) -> subprocess.Popen:
