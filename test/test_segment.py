@@ -118,6 +118,35 @@ def test_unstamped_frames_come_10_hz_apart_frames_without_intensity_get_zeros_ba
     assert (report.written, report.skipped) == (2, 1)
 
 
+def test_the_first_frames_in_db3_coloured_by_another_label_set(tmp_path, model, drive, capsys):
+    encoder, head = model
+    recording = tmp_path / "run"
+    with BagWriter(recording, topic="/points") as writer:
+        for frame in drive[:3]:
+            writer.write(frame)
+    colours = tmp_path / "mine.yaml"  # the synthetic classes, every one drawn in (k, 2k, 3k)
+    synthetic = load_label_set("synthetic").names
+    colours.write_text(
+        "name: mine\nclasses:\n"
+        + "".join(f"  - {{name: {n}, color: [{k}, {2 * k}, {3 * k}]}}\n" for k, n in enumerate(synthetic))
+    )
+    out = tmp_path / "labelled"
+    args = ["--encoder", str(encoder), "--head", str(head), "--data", f"bag:{recording}", "--out", str(out)]
+    assert main([*args, "--frames", "2", "--format", "db3", "--label-set", str(colours), "--device", "cpu"]) == 0
+    assert next(out.glob("*.db3")).is_file()
+    written = labelled_clouds(out)
+    assert [t for t, _ in written] == [f.stamp_ns for f in drive[:2]]
+    points = structured_view(written[0][1]).reshape(-1)
+    k = points["class_id"].astype(np.int64)
+    expected = np.where((k < len(synthetic))[:, None], np.stack([k, 2 * k, 3 * k], axis=1), 128)  # 255: grey
+    np.testing.assert_array_equal(unpack_rgb(points["rgb"]), expected.astype(np.uint8))
+    report = capsys.readouterr().out.splitlines()[2:]  # after the bag's name and the totals
+    shares = {line.rsplit(maxsplit=2)[0].strip(): float(line.split()[-2]) for line in report}
+    counts = np.bincount(np.concatenate([structured_view(m)["class_id"].ravel() for _, m in written]), minlength=256)
+    names = [*synthetic, *[""] * (255 - len(synthetic)), "(not segmented)"]
+    assert shares == {n: round(100 * c / counts.sum(), 1) for n, c in zip(names, counts, strict=True) if c}
+
+
 def test_an_existing_out_is_refused_and_a_failed_run_leaves_no_bag(tmp_path, model, drive, monkeypatch, capsys):
     encoder, head = model
     recording = tmp_path / "run"
