@@ -23,7 +23,7 @@ from sonata_model.io.sources import SkippingSource, open_source
 from sonata_model.synth.drive import generate_drive
 from sonata_model.train.config import RunConfigError, load_run_config
 from sonata_model.train.data import PretrainDataset
-from sonata_model.train.pretrain import Trainer, TrainingDiverged, parse_args, view_config
+from sonata_model.train.pretrain import Trainer, TrainingDiverged, main, parse_args, view_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -66,6 +66,16 @@ def test_pretraining_on_a_bag_decreases_the_loss_and_exports_a_loadable_encoder(
     assert sm.load(tmp_path / "checkpoints" / "step_0000020.pth").config == encoder.config  # training ckpt too
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["step_0000015.pth", "step_0000020.pth"]  # the last keep_checkpoints of steps 5, 10, 15, 20
+
+
+def test_resume_before_the_first_checkpoint_starts_at_step_0_and_ends_as_a_plain_run(bag, tmp_path, capsys):
+    common = ["--data", bag, "--encoder", "tiny", "--steps", "2", "--batch-size", "1", "--workers", "0"]
+    common += [arg for item in SMALL for arg in ("--set", item)]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    assert "no checkpoint in" in capsys.readouterr().out
+    plain, resumed = (sm.load(tmp_path / name / "encoder.pth").state_dict() for name in ("plain", "resumed"))
+    assert all(torch.equal(plain[k], resumed[k]) for k in plain)
 
 
 def _pretrain_process(args: list[str], log: Path) -> subprocess.Popen:

@@ -6,7 +6,8 @@
 Checkpoints (written atomically every `checkpoint_every` steps, the last `keep_checkpoints` kept) hold
 the student, the teacher, the heads, the optimiser, the learning-rate schedule, every process's RNG
 state and the step: `--resume` continues a run killed at any moment to the same weights as a run that
-was never interrupted (the data order is a function of the seed and the step). A NaN / inf loss stops
+was never interrupted (the data order is a function of the seed and the step); before the first
+checkpoint there is nothing to continue, and it starts at step 0. A NaN / inf loss stops
 the run with a message; the last checkpoint written stays the last good one.
 """
 
@@ -410,10 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(run)
     if args.resume:
         path = latest_checkpoint(run.out) if args.resume == "auto" else Path(args.resume)
-        if path is None:
-            print(f"sonata-pretrain: --resume: no checkpoint in {run.out}/checkpoints", file=sys.stderr)
-            return 2
-        trainer.resume(path)
+        if path is not None:
+            trainer.resume(path)
+        elif trainer.rank == 0:  # killed before its first checkpoint: nothing to continue, start as it started
+            print(f"sonata-pretrain: --resume: no checkpoint in {run.out}/checkpoints yet, starting at step 0")
     try:
         exported = trainer.train()
     except TrainingDiverged as exc:
