@@ -81,6 +81,27 @@ def test_utonia_domains_scale_before_a_one_centimetre_grid():
     assert sm.get_config("sonata").transform("outdoor") == reference_transform("sonata", "outdoor")
 
 
+@pytest.mark.parametrize(
+    ("config", "domain", "scale", "grid", "centre", "voxel_m"),
+    [  # the README's domain table, by hand
+        ("sonata", "indoor", 1.0, 0.02, "xyz", 0.02),
+        ("sonata", "outdoor", 0.2, 0.01, "none", 0.05),
+        ("sonata", "object", 1.0, 0.01, "xyz", 0.01),
+        ("concerto_large", "outdoor", 0.2, 0.01, "none", 0.05),
+        ("utonia", "indoor", 0.5, 0.01, "xyz", 0.02),
+        ("utonia", "outdoor", 0.2, 0.01, "none", 0.05),
+        ("utonia", "object", 1.0, 0.01, "xyz", 0.01),
+    ],
+)
+def test_each_family_and_domain_has_the_documented_transform(config, domain, scale, grid, centre, voxel_m):
+    transform = sm.get_config(config).transform(domain)
+    assert (transform.domain, transform.scale, transform.grid, transform.centre) == (domain, scale, grid, centre)
+    assert transform.voxel_size == pytest.approx(voxel_m)
+    outdoor_box = (-150.0, -150.0, -4.0, 150.0, 150.0, 30.0)
+    assert transform.range_box == (outdoor_box if domain == "outdoor" else None)
+    assert transform.unit_sphere == (domain == "object")
+
+
 def test_object_domain_normalises_into_the_unit_sphere():
     transform = reference_transform("utonia", "object")
     coord = torch.tensor([[10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [11.0, 1.0, 0.0], [11.0, -1.0, 4.0]])
