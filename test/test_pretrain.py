@@ -167,6 +167,13 @@ def test_corrupt_frames_are_skipped_and_counted(tmp_path):
     assert sum(item["skipped"] for item in items) == sum(source.skipped.values()) > 0
     assert all(len(item["global"]) == 2 for item in items)
 
+    run = run_config(f"frames:{tmp_path / 'frames'}", tmp_path / "run", steps=6, checkpoint_every=6)
+    trainer = Trainer(run)
+    trainer.train()
+    resumed = Trainer(run)
+    resumed.resume(tmp_path / "run" / "checkpoints" / "step_0000006.pth")
+    assert resumed.skipped == trainer.skipped > 0  # the metrics log's count goes on after a resume
+
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(bag, tmp_path):
     Trainer(run_config(bag, tmp_path, steps=2, checkpoint_every=2)).train()

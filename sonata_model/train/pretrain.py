@@ -220,6 +220,7 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "step": self.step,
+                    "skipped_frames": self.skipped,
                     "rng": states,
                 },
                 path,
@@ -238,6 +239,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
+        self.skipped = int(ckpt.get("skipped_frames", 0))  # the metrics log goes on counting
         states = ckpt["rng"]
         if len(states) != self.world:
             raise ValueError(
