@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from sonata_model.io.datasets import DatasetError, FrameFolder, FrameFolderWrite
 from sonata_model.io.frame import Frame
 from sonata_model.io.labels import load_label_set
 from sonata_model.io.ply import PlyError
+from sonata_model.io.scannet import vertex_normals
 from sonata_model.io.sources import SkippingSource, SourceSpecError, open_source, parse_spec
 from sonata_model.synth.drive import generate_drive
 
@@ -320,6 +322,17 @@ def square_mesh() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
+def test_a_vertex_normal_weights_its_triangles_by_area():
+    """A vertex shared by a big floor triangle and a small wall triangle: its normal leans to the floor by
+    the ratio of their areas (an unweighted mean of the two unit normals would be at 45 degrees)."""
+    coord = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, 1], [0, -1, 0]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 4, 3]])  # floor, area 8, normal +z; wall in x = 0, area 0.5, normal -x
+    normal = vertex_normals(coord, faces, Path("mesh.ply"))
+    expected = np.array([-0.5, 0.0, 8.0]) / np.hypot(0.5, 8.0)
+    np.testing.assert_allclose(normal[0], expected, atol=1e-6)
+    np.testing.assert_allclose(normal[1], [0, 0, 1], atol=1e-6)
+
+
 def test_scannet_meshes_read_as_points_with_normals_and_mapped_labels(tmp_path, order):
     vertex, faces = square_mesh()
     scene = tmp_path / "scans" / "scene0000_00"
