@@ -16,6 +16,7 @@ from sonata_model.io.sources import open_source
 from sonata_model.synth.drive import generate_drive
 from sonata_model.train.evaluate import Scores, confusion_matrix
 from sonata_model.train.evaluate import main as eval_main
+from sonata_model.train.probe import choose_frames
 from sonata_model.train.probe import main as probe_main
 
 
@@ -165,3 +166,12 @@ def test_a_head_probed_under_another_domain_brings_it_to_the_segmenter(tmp_path)
     assert sm.Segmenter(encoder, head, device="cpu").domain == "outdoor"
     assert sm.Segmenter(encoder, head, device="cpu", domain="indoor").domain == "indoor"
     assert sm.Segmenter(encoder, None, device="cpu").domain == "indoor"
+
+
+def test_frames_k_takes_k_frames_spread_over_the_source():
+    source = list(range(30))  # anything with a length
+    chosen = choose_frames(source, 4, seed=1)
+    assert len(set(chosen)) == 4 and all(0 <= i < 30 for i in chosen)
+    assert min(np.diff(chosen)) >= 7  # spread over the recording, not the first four
+    assert choose_frames(source, 4, seed=1) == chosen  # the same frames for the same seed
+    assert choose_frames(source, 0, seed=1) == choose_frames(source, 50, seed=1) == list(range(30))
