@@ -50,16 +50,17 @@ class NothingInRangeError(ValueError):
 
 @dataclass
 class Cloud:
-    """Per-point inputs of one cloud (numpy); only `coord` is required.
+    """Per-point inputs of one cloud (numpy); only `coord` is required. Every value must be finite (a
+    NaN would spread through attention to its whole patch): drop such points first.
 
     `viewpoint`: the sensor's position in the cloud's frame, (3,) or one per point (N, 3) for clouds
     merged from several sensors (default: the origin), which estimated normals face.
     """
 
-    coord: np.ndarray
-    color: np.ndarray | None = None
-    normal: np.ndarray | None = None
-    strength: np.ndarray | None = None
+    coord: np.ndarray  # (N, 3)
+    color: np.ndarray | None = None  # (N, 3) in 0-255, integer or float
+    normal: np.ndarray | None = None  # (N, 3)
+    strength: np.ndarray | None = None  # (N,) or (N, 1) in [0, 1]
     viewpoint: np.ndarray | None = None
 
 
@@ -446,9 +447,18 @@ def most_likely(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _column(values: np.ndarray, width: int, n: int, name: str, i: int) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float32).reshape(n, width) if np.size(values) == n * width else None
-    if array is None:
-        raise ValueError(f"cloud {i}: {name} has {np.size(values)} values, expected {n} x {width}")
+    """(n, width) float32 of a per-point input, checked: its shape ((n,) also for width 1; a transposed
+    (width, n) array is refused, not reshaped), finite values (one NaN would spread through attention to
+    the whole patch), and colour in 0-255 (Open3D keeps colours as floats in 0-1)."""
+    given = np.asarray(values)
+    if given.shape not in ([(n, width), (n,)] if width == 1 else [(n, width)]):
+        raise ValueError(f"cloud {i}: {name} must be ({n}, {width}), got {given.shape}")
+    array = given.astype(np.float32, copy=False).reshape(n, width)
+    if not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array).all(axis=1)))
+        raise ValueError(f"cloud {i}: {name} of {bad} points is NaN or inf; drop those points or zero the values")
+    if name == "color" and np.issubdtype(given.dtype, np.floating) and 0 < array.max() <= 1:
+        raise ValueError(f"cloud {i}: color is 0-255; these floats are all within 0-1 (Open3D's scale): x 255")
     return array
 
 

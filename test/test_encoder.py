@@ -153,6 +153,15 @@ def test_bad_inputs_fail_with_clear_messages(tiny):
         tiny(np.zeros((0, 3), np.float32), color=np.zeros((0, 3)), normal=np.zeros((0, 3)))
     with pytest.raises(ValueError, match="head reads"):
         sm.Segmenter(tiny.encoder, sm.LinearHead(10, 2), device="cpu")
+    normal = scene["normal"].copy()
+    normal[7] = np.nan  # PCL's mark for a normal it could not estimate: it would spread through attention
+    with pytest.raises(ValueError, match="normal of 1 points is NaN or inf"):
+        tiny(scene["coord"], color=scene["color"], normal=normal)
+    with pytest.raises(ValueError, match=r"color must be \(\d+, 3\), got \(3, \d+\)"):  # not reshaped
+        tiny(scene["coord"], color=scene["color"].T.copy(), normal=scene["normal"])
+    with pytest.raises(ValueError, match=r"0-1 \(Open3D's scale\): x 255"):
+        tiny(scene["coord"], color=scene["color"] / 255.0, normal=scene["normal"])
+    tiny(scene["coord"], color=scene["color"].astype(np.float32), normal=scene["normal"])  # floats in 0-255: fine
 
 
 def voxel_normals(coord: np.ndarray, grid: float, viewpoint) -> np.ndarray:
@@ -195,6 +204,21 @@ def test_segmenter_estimates_normals_on_voxels_facing_the_cloud_viewpoint(tiny):
     first = given.offset[0]
     assert (given.feat[:first, 7] == 1).all()  # a cloud that brings normals keeps them ...
     np.testing.assert_allclose(given.feat[first:, 8].numpy(), 1.0, atol=1e-3)  # ... the other gets estimates
+
+
+def test_merged_clouds_estimate_each_point_s_normal_facing_its_own_sensor(tiny):
+    """A per-point (N, 3) viewpoint, as a multi-LiDAR node passes: each half of one floor faces its own
+    sensor, one above and one below."""
+    rng = np.random.default_rng(2)
+    floor = np.c_[rng.uniform(0, 4, (6000, 2)), np.zeros(6000)].astype(np.float32)
+    left = floor[:, 0] < 2
+    viewpoint = np.where(left[:, None], [1.0, 2.0, 1.5], [3.0, 2.0, -1.5]).astype(np.float32)
+    prepared = tiny.prepare([sm.Cloud(floor, np.full((6000, 3), 128, np.uint8), viewpoint=viewpoint)])
+    normal_z = prepared.point.feat[:, 8].numpy()
+    kept_left = left[prepared.voxel_index.numpy()]
+    edge = np.abs(floor[prepared.voxel_index.numpy(), 0] - 2) < 0.1  # voxels whose neighbours mix the sensors
+    np.testing.assert_allclose(normal_z[kept_left & ~edge], 1.0, atol=1e-3)
+    np.testing.assert_allclose(normal_z[~kept_left & ~edge], -1.0, atol=1e-3)
 
 
 def test_missing_normals_follow_the_normals_option(tiny):
