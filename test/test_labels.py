@@ -90,6 +90,20 @@ def test_load_by_path_and_errors(tmp_path):
     bad.write_text("name: bad\nclasses: [{name: a, color: [1, 2, 3]}]\nlearning_map: {-2: 0}\n")
     with pytest.raises(LabelSetError, match=r"raw ids must be 0..65535"):
         load_label_set(bad)
+    one_class = "name: bad\nclasses: [{name: a, color: [1, 2, 3]}]\n"
+    for tail, message in [
+        ("learning_map: {car: 0}", "learning_map must map integer raw ids to integer train ids"),
+        ("learning_map: [0, 1]", "learning_map must map integer raw ids to integer train ids"),
+        ("learning_map: {0: 1.7}", "learning_map must map integer raw ids to integer train ids"),
+        ("learning_map: {0: null}", "learning_map must map integer raw ids to integer train ids"),
+        ("ignore_index: 255", "ignore_index must be -1"),
+    ]:
+        bad.write_text(one_class + tail + "\n")
+        with pytest.raises(LabelSetError, match=message):
+            load_label_set(bad)
+    bad.write_text("name: bad\nclasses: [{name: a, color: [1, 2, 3]}, {name: a, color: [4, 5, 6]}]\n")
+    with pytest.raises(LabelSetError, match="class names must be distinct"):
+        load_label_set(bad)
 
 
 def test_label_sets_are_package_data_of_the_library_and_no_share_directory_is_searched(tmp_path, monkeypatch):

@@ -139,9 +139,16 @@ def load_label_set(name_or_path: str | os.PathLike) -> LabelSet:
         raise LabelSetError(f"{path}: every class needs a colour [r, g, b] in 0-255")
     if not 0 < len(names) < UNKNOWN:
         raise LabelSetError(f"{path}: {len(names)} classes; 1 to {UNKNOWN - 1} are supported")
+    if data.get("ignore_index", -1) != -1:  # every reader and the scores take -1 as "no label"
+        raise LabelSetError(f"{path}: ignore_index must be -1 (or left out), got {data['ignore_index']!r}")
+    if len(set(names)) != len(names):
+        raise LabelSetError(f"{path}: class names must be distinct (labels are matched by name), got {names}")
     learning_map = data.get("learning_map")
     if learning_map is not None:
-        learning_map = {int(k): int(v) for k, v in learning_map.items()}
+        entries = learning_map.items() if isinstance(learning_map, dict) else None
+        if entries is None or not all(isinstance(x, int) and not isinstance(x, bool) for kv in entries for x in kv):
+            raise LabelSetError(f"{path}: learning_map must map integer raw ids to integer train ids")
+        learning_map = dict(learning_map)
         bad = {k: v for k, v in learning_map.items() if not (0 <= k < MAX_RAW_ID and -1 <= v < len(names))}
         if bad:
             raise LabelSetError(
@@ -152,6 +159,5 @@ def load_label_set(name_or_path: str | os.PathLike) -> LabelSet:
         name=str(data.get("name", path.stem)),
         names=names,
         colors=colors.astype(np.uint8),
-        ignore_index=int(data.get("ignore_index", -1)),
         learning_map=learning_map,
     )
