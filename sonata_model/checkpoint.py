@@ -80,10 +80,17 @@ def encoder_state_dict(ckpt: Mapping[str, Any], source: str = "checkpoint") -> d
     state = ckpt.get("state_dict", ckpt.get("model"))
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{source}: no 'state_dict' (keys found: {sorted(ckpt)[:_LIST_LIMIT]})")
+    _check_tensors(state, source)
     for prefix in ENCODER_PREFIXES:
         if any(key.startswith(prefix) for key in state):
             return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     return dict(state)
+
+
+def _check_tensors(state: Mapping[str, Any], source: str) -> None:
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{source}: the state_dict holds {_describe('non-tensor', not_tensors)}")
 
 
 def load_config(path: str | os.PathLike) -> EncoderConfig:
@@ -222,17 +229,18 @@ def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> Li
     config = ckpt.get("config")
     if not isinstance(config, Mapping) or not {"backbone_out_channels", "num_classes"} <= set(config):
         raise CheckpointError(f"{path}: head config needs backbone_out_channels and num_classes, got {config!r}")
-    meta = dict(ckpt.get("meta", {}))
-    head = LinearHead(
-        int(config["backbone_out_channels"]),
-        int(config["num_classes"]),
-        class_names=meta.get("class_names"),
-        label_set=meta.get("label_set"),
-        domain=meta.get("domain"),
-    )
+    sizes = [config["backbone_out_channels"], config["num_classes"]]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise CheckpointError(f"{path}: head config needs positive integer sizes, got {dict(config)!r}")
+    meta = ckpt.get("meta") or {}
+    names = meta.get("class_names") if isinstance(meta, Mapping) else None
+    if not isinstance(meta, Mapping) or (names is not None and len(names) != sizes[1]):
+        raise CheckpointError(f"{path}: head meta must be a mapping, its class_names one per class ({sizes[1]})")
+    head = LinearHead(*sizes, class_names=names, label_set=meta.get("label_set"), domain=meta.get("domain"))
     state = ckpt.get("state_dict")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: no 'state_dict' in head checkpoint")
+    _check_tensors(state, str(path))
     load_strict(head, state, str(path))
     return head.to(device).eval()
 

@@ -147,6 +147,10 @@ def test_unreadable_and_unsupported_checkpoints_fail_fast(tmp_path):
     torch.save({"config": {**RELEASED_CONFIG, "enable_rpe": True}, "state_dict": {}}, rpe)
     with pytest.raises(sm.CheckpointError, match="enable_rpe"):
         sm.load(rpe)
+    listed = tmp_path / "listed.pth"
+    torch.save({"config": RELEASED_CONFIG, "state_dict": {"embedding.stem.conv.weight": [[0.0]]}}, listed)
+    with pytest.raises(sm.CheckpointError, match=r"listed\.pth: the state_dict holds 1 non-tensor key"):
+        sm.load(listed)
 
 
 def test_own_checkpoint_round_trip_keeps_transform_and_meta(tmp_path):
@@ -185,6 +189,18 @@ def test_head_round_trip_in_released_format(tmp_path):
     torch.save({"config": {"num_classes": 20}, "state_dict": {}}, tmp_path / "bad_head.pth")
     with pytest.raises(sm.CheckpointError, match="backbone_out_channels"):
         sm.load_head(tmp_path / "bad_head.pth")
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    for broken, message in [
+        ({"config": {"backbone_out_channels": "1232", "num_classes": 20}}, "positive integer sizes"),
+        ({"config": {"backbone_out_channels": 1232, "num_classes": -3}}, "positive integer sizes"),
+        ({"meta": {"class_names": ["only", "three", "names"]}}, "class_names one per class .20."),
+        ({"meta": ["not", "a", "mapping"]}, "head meta must be a mapping"),
+        ({"state_dict": {k: v.tolist() for k, v in state.items()}}, "holds 2 non-tensor key.s.: seg_head"),
+    ]:
+        payload = {"config": {"backbone_out_channels": 1232, "num_classes": 20}, "state_dict": state} | broken
+        torch.save(payload, tmp_path / "broken_head.pth")
+        with pytest.raises(sm.CheckpointError, match=f"broken_head.pth: .*{message}"):
+            sm.load_head(tmp_path / "broken_head.pth")
 
 
 def test_atomic_save_gives_ordinary_file_permissions(tmp_path):
