@@ -18,6 +18,7 @@ from sonata_model.io.bags import (
     iter_bag_frames,
     list_pointcloud_topics,
 )
+from sonata_model.io.frame import Frame
 from sonata_model.io.sources import SkippingSource, open_source
 from sonata_model.synth.drive import generate_drive
 
@@ -83,6 +84,14 @@ def test_random_access_matches_sequential_reading(tmp_path, drive):
     assert source[-1].name == "run#2"
     with pytest.raises(IndexError):
         source[3]
+
+
+def test_random_access_tells_apart_messages_of_one_stamp(tmp_path, drive):
+    """Frames without stamps (PCD files, datasets) written into one bag all share stamp 0."""
+    source = BagSource(write_bag(tmp_path / "unstamped", [Frame(f.coord, f.strength) for f in drive]), None)
+    assert len(source) == 3
+    for k in (2, 0, 1):
+        np.testing.assert_array_equal(source[k].coord, drive[k].coord)
 
 
 def test_topic_choice_and_errors(tmp_path, drive):
