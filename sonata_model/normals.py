@@ -5,8 +5,9 @@ a voxel are the occupied voxels within `radius` cells (found by sorted-key searc
 convolution finds its neighbours; no KD-tree, no host round trip), the normal is the eigenvector of
 the smallest eigenvalue of their covariance, flipped to face the sensor that saw the voxel
 (`viewpoint`, per voxel, in the cloud's frame: the sensor's position after any sensor -> base
-transform; several LiDARs merged into one cloud each keep their own). Voxels with fewer than three
-neighbours get a zero normal (what colour/normal-dropout weights read as "missing").
+transform; several LiDARs merged into one cloud each keep their own). A voxel with fewer than three
+occupied voxels in its neighbourhood, itself included, gets a zero normal (what colour/normal-dropout
+weights read as "missing").
 """
 
 from __future__ import annotations

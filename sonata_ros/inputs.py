@@ -42,6 +42,11 @@ class InputSpec:
     frame_id: str = ""  # expected header.frame_id; empty accepts any
     intensity_scale: float = 0.0  # 0: per field
 
+    def __post_init__(self) -> None:
+        if not self.intensity_scale >= 0:  # NaN too
+            what = f"sensors.{self.name}.intensity_scale" if self.name else "intensity_scale"
+            raise ValueError(f"{what} must be >= 0 (0: per field), got {self.intensity_scale}")
+
     @property
     def is_identity(self) -> bool:
         """The sensor frame is the base frame (the points need no transform)."""

@@ -591,6 +591,7 @@ def test_a_head_fitted_on_another_encoder_is_a_fatal_error_naming_both_files(tmp
         ({"missing_intensity": "guess"}, "missing_intensity must be zeros or reject, got 'guess'"),
         ({"input_reliability": "sometimes"}, "input_reliability must be best_effort or reliable, got 'sometimes'"),
         ({"cpu_threads": -1}, "cpu_threads must be 0 (torch's default) or a thread count, got -1"),
+        ({"intensity_scale": -255.0}, "intensity_scale must be >= 0 (0: per field), got -255.0"),
         ({"rejected_warn_fraction": 1.5}, "must be in [0, 1]"),
         ({"sensor_to_base_rotation": [0.0, 0.0, 0.0, 0.0]}, "sensor_to_base: translation needs [x, y, z] and"),
         ({"input_topics": ["/a", "/b"], "input_names": ["a"]}, "input_names needs one name per input_topics entry"),

@@ -280,6 +280,7 @@ XYZ = "VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 2\n
         (XYZ.replace("TYPE F F F", "TYPE F F X") + "DATA ascii\n", b"", "unknown type: field 'z' is TYPE X SIZE 4"),
         (XYZ.replace("SIZE 4 4 4", "SIZE 4 4 2") + "DATA ascii\n", b"", "unknown type: field 'z' is TYPE F SIZE 2"),
         (XYZ.replace("COUNT 1 1 1", "COUNT 1 0 1") + "DATA ascii\n", b"", "field 'y' has COUNT 0"),
+        (XYZ.replace("COUNT 1 1 1", "COUNT 1 1 3000000000") + "DATA ascii\n", b"", "field 'z' has COUNT 3000000000"),
         (XYZ.replace("WIDTH 2", "WIDTH 3") + "DATA ascii\n", b"", r"WIDTH 3 x HEIGHT 1 != POINTS 2"),
         (XYZ.replace("POINTS 2", "POINTS two") + "DATA ascii\n", b"", "POINTS value 'two' is not a int"),
         (XYZ.replace("x y z", "x y y") + "DATA ascii\n", b"", "duplicate field names"),

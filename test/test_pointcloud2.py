@@ -134,6 +134,9 @@ def test_float_intensity_beyond_255_saturates_visibly_and_an_explicit_scale_fixe
     scaled = decode(msg, intensity_scale=4000)
     assert scaled.strength_clipped == 0
     np.testing.assert_allclose(scaled.strength, arrays["intensity"] / 4000, rtol=1e-6)
+    for bad in (0.0, -255.0, float("nan")):  # not silently every strength 1 or 0
+        with pytest.raises(ValueError, match="intensity_scale must be a positive number"):
+            decode(msg, intensity_scale=bad)
 
 
 @pytest.mark.parametrize(("layout", "top"), [("velodyne", 255.0), ("hesai", 255.0), ("livox", 255.0)])

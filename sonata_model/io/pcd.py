@@ -86,6 +86,9 @@ class PcdHeader:
         return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": offset})
 
 
+_MAX_COUNT = 1 << 16  # values per field and point: far above any real field (a 308-bin descriptor), within numpy's
+
+
 def read_header(raw: bytes, path: str | os.PathLike = "<bytes>") -> PcdHeader:
     """The header of the PCD file whose bytes are `raw`; PcdError naming `path` when it is malformed."""
     values: dict[str, list[str]] = {}
@@ -130,8 +133,8 @@ def _header(values: dict[str, list[str]], data_offset: int, path) -> PcdHeader:
     for f in fields:
         if (f.type, f.size) not in _TYPES:
             raise PcdError(f"{path}: unknown type: field {f.name!r} is TYPE {f.type} SIZE {f.size}")
-        if f.count < 1:
-            raise PcdError(f"{path}: bad header: field {f.name!r} has COUNT {f.count}")
+        if not 1 <= f.count <= _MAX_COUNT:
+            raise PcdError(f"{path}: bad header: field {f.name!r} has COUNT {f.count} (1 to {_MAX_COUNT})")
     real = [f.name for f in fields if f.name != PADDING]
     if len(set(real)) != len(real):
         raise PcdError(f"{path}: bad header: duplicate field names in {real}")

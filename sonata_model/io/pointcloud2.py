@@ -256,6 +256,8 @@ def decode_points(
     view: np.ndarray, *, intensity_scale: float | None = None, need_strength: bool = False, need_color: bool = False
 ) -> DecodedCloud:
     """`decode` of a flat structured array of points, whatever file or message it views (PCD too)."""
+    if intensity_scale is not None and not (np.isfinite(intensity_scale) and intensity_scale > 0):
+        raise ValueError(f"intensity_scale must be a positive number (or None: per field), got {intensity_scale}")
     names = view.dtype.names or ()
     for axis in "xyz":
         if axis not in names:
