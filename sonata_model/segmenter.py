@@ -329,6 +329,8 @@ class Segmenter:
 
     def _inputs(self, clouds: Sequence[Cloud]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Concatenated coords and per-point features in the checkpoint's feature order."""
+        if not clouds:
+            raise ValueError("no cloud to segment: pass at least one")
         coords, feats, counts = [], [], []
         for i, cloud in enumerate(clouds):
             coord = np.asarray(cloud.coord, dtype=np.float32)
@@ -338,6 +340,10 @@ class Segmenter:
                 raise ValueError(f"cloud {i} is empty")
             if not np.isfinite(coord).all():
                 raise ValueError(f"cloud {i}: coord has NaN or inf; drop invalid points first")
+            if cloud.viewpoint is not None and np.shape(cloud.viewpoint) not in ((3,), (len(coord), 3)):
+                raise ValueError(
+                    f"cloud {i}: viewpoint must be (3,) or ({len(coord)}, 3), got {np.shape(cloud.viewpoint)}"
+                )
             coords.append(coord)
             columns = [self._feature(cloud, key, coord, i) for key in self.feature_keys if key != "coord"]
             feats.append(np.concatenate(columns, axis=1) if columns else np.empty((len(coord), 0), np.float32))

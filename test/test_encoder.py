@@ -162,6 +162,10 @@ def test_bad_inputs_fail_with_clear_messages(tiny):
     with pytest.raises(ValueError, match=r"0-1 \(Open3D's scale\): x 255"):
         tiny(scene["coord"], color=scene["color"] / 255.0, normal=scene["normal"])
     tiny(scene["coord"], color=scene["color"].astype(np.float32), normal=scene["normal"])  # floats in 0-255: fine
+    with pytest.raises(ValueError, match=r"viewpoint must be \(3,\) or \(\d+, 3\), got \(2, 3\)"):
+        tiny(scene["coord"], color=scene["color"], viewpoint=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="no cloud to segment"):
+        tiny.segment_batch([])
 
 
 def voxel_normals(coord: np.ndarray, grid: float, viewpoint) -> np.ndarray:
