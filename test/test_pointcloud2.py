@@ -31,6 +31,7 @@ from sonata_model.io.pointcloud2 import (
     decode,
     pack_points,
     pack_rgb,
+    point_extras,
     structured_view,
     to_message,
     unpack_rgb,
@@ -146,6 +147,27 @@ def test_0_255_float_intensity_drivers_span_the_unit_interval(layout, top):
     cloud = decode(rosbags_message(pack_points(LAYOUTS[layout], arrays, point_step=LAYOUT_POINT_STEP[layout])))
     assert cloud.strength_clipped == 0 and cloud.strength.min() == 0 and cloud.strength.max() == 1
     np.testing.assert_allclose(cloud.strength, np.arange(256) / 255, rtol=1e-6)
+
+
+def test_u16_intensity_spans_65535_an_i_field_is_strength_and_nanosecond_stamps_become_seconds():
+    """The per-field defaults of the module docstring: other u16 intensity / 65535; a field named `i` is
+    the strength too; `time_stamp` (Nebula, u32 ns) and `t` (Ouster, ns) are converted to seconds."""
+    arrays = lidar_arrays(100)
+    arrays["intensity"] = np.linspace(0, 65535, 100).astype(np.uint16)
+    arrays["time_stamp"] = np.arange(100, dtype=np.uint32) * 25_000  # 25 us apart
+    fields = [*LAYOUTS["xyzi"][:3], FieldSpec("intensity", 12, UINT16), FieldSpec("time_stamp", 16, UINT32)]
+    msg = rosbags_message(pack_points(fields, arrays, point_step=20))
+    cloud = decode(msg)
+    np.testing.assert_allclose(cloud.strength, arrays["intensity"] / 65535.0, rtol=1e-6)
+    assert cloud.strength.max() == 1.0
+    extras = point_extras(structured_view(msg).reshape(-1), cloud.valid)
+    np.testing.assert_allclose(extras["time"], np.arange(100) * 25e-6, rtol=1e-5)
+    renamed = {**arrays, "i": np.linspace(0, 255, 100).astype(np.float32)}
+    del renamed["intensity"]
+    fields = [*LAYOUTS["xyzi"][:3], FieldSpec("i", 12, FLOAT32), FieldSpec("time_stamp", 16, UINT32)]
+    cloud = decode(rosbags_message(pack_points(fields, renamed, point_step=20)))
+    assert cloud.strength_field == "i"
+    np.testing.assert_allclose(cloud.strength, np.linspace(0, 1, 100), atol=1e-6)
 
 
 def test_nan_intensity_is_zero_strength_and_nan_normals_are_zero():
