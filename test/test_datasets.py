@@ -79,7 +79,7 @@ def test_kitti_bad_files_name_the_file_and_problem(tmp_path, drive):
     poses = tmp_path / "sequences/00/poses.txt"
     poses.write_text(poses.read_text().splitlines()[0] + "\n")
     source = open_source(f"kitti:{tmp_path}")  # poses are read on opening
-    with pytest.raises(DatasetError, match=r"poses\.txt: 1 poses, no pose for 000001\.bin"):
+    with pytest.raises(DatasetError, match=r"poses\.txt: 1 poses, none for 000001\.bin"):
         source[1]
     labels = tmp_path / "sequences/00/labels/000001.label"
     labels.write_bytes(labels.read_bytes()[:-8])
@@ -89,6 +89,9 @@ def test_kitti_bad_files_name_the_file_and_problem(tmp_path, drive):
         open_source(f"kitti:{tmp_path}:07")
     with pytest.raises(DatasetError, match=r"nowhere/sequences: missing"):
         open_source(f"kitti:{tmp_path}/nowhere")
+    (tmp_path / "label_set.txt").write_text("no_such_set\n")
+    with pytest.raises(DatasetError, match=r"label_set\.txt: label set 'no_such_set' not found"):
+        open_source(f"kitti:{tmp_path}")
 
 
 def write_nuscenes(root, points, labels):
@@ -125,6 +128,11 @@ def test_nuscenes_lidarseg_tables_pair_scans_and_labels(tmp_path):
     (tmp_path / "lidarseg/v1.0-mini/tok0_lidarseg.bin").write_bytes(labels[:-1].tobytes())
     with pytest.raises(DatasetError, match=r"tok0_lidarseg\.bin: 49 labels for 50 points"):
         source[0]
+    sample_data = json.loads((tmp_path / "v1.0-mini/sample_data.json").read_text())
+    sample_data[0]["timestamp"] = "1533151603.547590"  # seconds as text: not the devkit's integer microseconds
+    (tmp_path / "v1.0-mini/sample_data.json").write_text(json.dumps(sample_data))
+    with pytest.raises(DatasetError, match=r"sample_data\.json: timestamp '1533151603\.547590' is not microseconds"):
+        open_source(f"nuscenes:{tmp_path}:v1.0-mini")
     (tmp_path / "v1.0-mini/sample_data.json").write_text("[]")
     with pytest.raises(DatasetError, match=r"lidarseg\.json: token tok0 not in sample_data"):
         open_source(f"nuscenes:{tmp_path}:v1.0-mini")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .frame import Frame
-from .labels import LabelSet, load_label_set
+from .labels import LabelSet, LabelSetError, load_label_set
 
 
 class DatasetError(ValueError):
@@ -241,7 +241,11 @@ class SemanticKitti:
         if missing:
             raise DatasetError(f"{base}: sequences {missing} not found (available: {available})")
         named = self.root / KITTI_LABEL_SET_FILE
-        self.label_set = label_set or load_label_set(named.read_text().strip() if named.is_file() else "semantic_kitti")
+        try:
+            own = load_label_set(named.read_text().strip()) if named.is_file() and label_set is None else None
+        except LabelSetError as exc:
+            raise DatasetError(f"{named}: {exc}") from exc
+        self.label_set = label_set or own or load_label_set("semantic_kitti")
         self.scans: list[tuple[str, Path]] = [
             (seq, scan) for seq in chosen for scan in sorted((base / seq / "velodyne").glob("*.bin"))
         ]
@@ -264,8 +268,11 @@ class SemanticKitti:
         poses = self._poses[seq]
         pose = None
         if poses is not None:
-            if int(scan.stem) >= len(poses):
-                raise DatasetError(f"{scan.parent.parent / 'poses.txt'}: {len(poses)} poses, no pose for {scan.name}")
+            if not scan.stem.isdigit() or int(scan.stem) >= len(poses):
+                raise DatasetError(
+                    f"{scan.parent.parent / 'poses.txt'}: {len(poses)} poses, none for {scan.name} (poses are "
+                    "numbered by the scans' file names, 000000.bin ...)"
+                )
             pose = poses[int(scan.stem)]
         return dataclasses.replace(frame, segment=segment, instance=instance, pose=pose, name=f"{seq}/{scan.stem}")
 
@@ -362,7 +369,12 @@ class NuScenesLidarSeg:
             scan = sample_data.get(row["sample_data_token"])
             if scan is None:
                 raise DatasetError(f"{tables / 'lidarseg.json'}: token {row['sample_data_token']} not in sample_data")
-            stamp_ns = int(scan.get("timestamp", 0)) * 1000
+            stamp = scan.get("timestamp", 0)
+            if not isinstance(stamp, int) or isinstance(stamp, bool):
+                raise DatasetError(
+                    f"{tables / 'sample_data.json'}: timestamp {stamp!r} is not microseconds (an integer)"
+                )
+            stamp_ns = stamp * 1000
             self.items.append((self.root / scan["filename"], self.root / row["filename"], stamp_ns))
         self.label_set = label_set or load_label_set("nuscenes")
 
