@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,7 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
@@ -77,7 +78,14 @@ from .shutdown import init_ros, spin_until_stopped
 NODE_NAME = "sonata_perception"
 EXIT_INTERNAL_ERRORS = 70  # EX_SOFTWARE: the node gave up after consecutive internal errors
 WORKER_JOIN_S = 60.0  # deactivate waits this long for the frame in flight
-CONFIGURE_ERRORS = (sm.CheckpointError, sm.ConfigError, LabelSetError, ValueError, OSError)  # DomainError too
+CONFIGURE_ERRORS = (  # a bad file or parameter: DomainError too (a ValueError); a parameter of the wrong type
+    sm.CheckpointError,
+    sm.ConfigError,
+    LabelSetError,
+    ValueError,
+    OSError,
+    InvalidParameterTypeException,
+)
 
 
 @dataclass(frozen=True)
@@ -110,22 +118,36 @@ class Perception:
     # ------------------------------------------------------------------------------ parameters
 
     def _declare_parameter(self, param: Param, name: str | None = None) -> None:
+        """Declare `param` as `name`. A decimal parameter takes whole numbers too (`max_range: 50` in YAML):
+        it is declared with dynamic typing and `_parameter` checks and converts the value."""
         name = name or param.name
         if self.has_parameter(name):
             return
-        descriptor = ParameterDescriptor(description=param.description, read_only=self.READ_ONLY)
+        descriptor = ParameterDescriptor(
+            description=param.description, read_only=self.READ_ONLY, dynamic_typing=_is_decimal(param.default)
+        )
         # an empty list has no type of its own, in ROS nor in YAML: declare the string array unset
         default = Parameter.Type.STRING_ARRAY if param.default == [] else param.default
         self.declare_parameter(name, default, descriptor)
 
-    def _parameter(self, name: str):
-        """The value; an empty list for a string array never set (see `_declare_parameter`)."""
-        return self.get_parameter_or(name, Parameter(name, value=[])).value
+    def _parameter(self, param: Param, name: str | None = None):
+        """The value of `param` (as `name`): an empty list for a string array never set (see
+        `_declare_parameter`), whole numbers as floats where `param` is decimal; ValueError for another type."""
+        name = name or param.name
+        value = self.get_parameter_or(name, Parameter(name, value=[])).value
+        if not _is_decimal(param.default):
+            return value
+        listed = isinstance(param.default, list)
+        sequence = isinstance(value, Sequence) and not isinstance(value, str)  # a list, or rclpy's array.array
+        numbers = list(value) if sequence else [value]
+        if listed != sequence or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+            raise ValueError(f"parameter {name} must be {'a list of numbers' if listed else 'a number'}, got {value!r}")
+        return [float(v) for v in numbers] if listed else float(value)
 
     def _read_parameters(self) -> dict:
         for param in PARAMETERS:
             self._declare_parameter(param)
-        return {param.name: self._parameter(param.name) for param in PARAMETERS}
+        return {param.name: self._parameter(param) for param in PARAMETERS}
 
     def _input_specs(self, p: dict) -> list[InputSpec]:
         """The single input, or one per `input_topics` entry with its `sensors.<name>.*` parameters."""
@@ -139,7 +161,7 @@ class Perception:
         for topic, name in zip(p["input_topics"], p["input_names"], strict=True):
             for param in SENSOR_PARAMETERS:
                 self._declare_parameter(param, f"sensors.{name}.{param.name}")
-            value = {param.name: self._parameter(f"sensors.{name}.{param.name}") for param in SENSOR_PARAMETERS}
+            value = {param.name: self._parameter(param, f"sensors.{name}.{param.name}") for param in SENSOR_PARAMETERS}
             rotation, translation = extrinsic(value["translation"], value["rotation"], f"sensors.{name}")
             specs.append(InputSpec(name, topic, rotation, translation, value["frame_id"], value["intensity_scale"]))
         return specs
@@ -684,6 +706,12 @@ def _health_limits(p: dict) -> HealthLimits:
         skipped_warn_fraction=p["input_skipped_warn_fraction"],
         exit_after=p["exit_after_internal_errors"],
     )
+
+
+def _is_decimal(default) -> bool:
+    """A float parameter, or a non-empty list of floats (extrinsics, the crop box)."""
+    values = default if isinstance(default, list) and default else [default]
+    return all(isinstance(v, float) for v in values)
 
 
 def _input_transform(config: sm.EncoderConfig, domain: str | None, grid_size: float) -> InputTransform:

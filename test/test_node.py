@@ -568,6 +568,17 @@ def test_a_head_fitted_under_another_domain_sets_the_node_s_transform(client, mo
         assert "domain outdoor" in process.wait_for_line("ready:")
 
 
+def test_decimal_parameters_take_whole_numbers(client, model_files, frame):
+    """`max_range: 50` and a crop box of integers, as people write them in YAML, are 50.0 m and a box."""
+    encoder, head = model_files
+    box = [-20, -15, -5, 20, 15, 5]
+    with own_node(client, "whole", encoder, head, max_range=50, crop_box=box) as (_, talk):
+        answer = structured_view(talk.ask(cloud(frame, "velodyne"))).reshape(-1)
+        distance = np.linalg.norm(frame.coord, axis=1)
+        inside = (frame.coord >= box[:3]).all(axis=1) & (frame.coord <= box[3:]).all(axis=1) & (distance <= 50)
+        assert (answer["class_id"][~inside] == 255).all() and (answer["class_id"][inside] != 255).mean() > 0.99
+
+
 def test_missing_checkpoint_is_a_clear_fatal_error(tmp_path):
     missing = tmp_path / "absent.pth"
     process = NodeProcess("sonata_ros.perception_node", ["-p", f"checkpoint:={missing}", "-r", "__node:=doomed"])
@@ -592,6 +603,7 @@ def test_a_head_fitted_on_another_encoder_is_a_fatal_error_naming_both_files(tmp
         ({"input_reliability": "sometimes"}, "input_reliability must be best_effort or reliable, got 'sometimes'"),
         ({"cpu_threads": -1}, "cpu_threads must be 0 (torch's default) or a thread count, got -1"),
         ({"intensity_scale": -255.0}, "intensity_scale must be >= 0 (0: per field), got -255.0"),
+        ({"max_points": 2.5}, "max_points"),  # a whole-number parameter given a decimal
         ({"rejected_warn_fraction": 1.5}, "must be in [0, 1]"),
         ({"sensor_to_base_rotation": [0.0, 0.0, 0.0, 0.0]}, "sensor_to_base: translation needs [x, y, z] and"),
         ({"input_topics": ["/a", "/b"], "input_names": ["a"]}, "input_names needs one name per input_topics entry"),
