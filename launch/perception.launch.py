@@ -12,9 +12,11 @@ The node's input `~/input/pointcloud` is remapped to input_topic; its outputs ar
 managed:=true starts the lifecycle variant: it waits unconfigured for a lifecycle manager (or
 `ros2 lifecycle set /sonata_perception configure`, then `activate`).
 
-The node is respawned when it exits (respawn:=false to stop that): it exits with code 70 after
-`exit_after_internal_errors` consecutive internal errors, such as a sticky CUDA error that only a
-fresh process clears. dds_profile:=<file.xml> gives the node's process a Fast DDS profile, e.g. the
+The node is restarted, respawn_delay seconds later, when it exits with code 70 (respawn:=false to stop
+that): it does so after `exit_after_internal_errors` consecutive internal errors, such as a sticky CUDA
+error that only a fresh process clears. Any other exit is final: a node that cannot start (a missing
+checkpoint, a bad parameter: code 1) would fail the same way again, and a stopped one was meant to stop.
+dds_profile:=<file.xml> gives the node's process a Fast DDS profile, e.g. the
 shipped config/fastdds_large_messages.xml (shared memory for ~3 MB clouds under best-effort QoS; the
 driver that publishes the clouds needs it too, see the file).
 """
@@ -23,7 +25,8 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, TimerAction
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
@@ -43,7 +46,7 @@ ARGUMENTS = {
     "use_sim_time": ("false", "Use /clock (bag replay)"),
     "log_level": ("info", "debug | info | warn | error"),
     "managed": ("false", "true: the lifecycle node (starts unconfigured; a lifecycle manager drives it)"),
-    "respawn": ("true", "Restart the node when it exits (it exits on repeated internal errors)"),
+    "respawn": ("true", "Restart the node when it exits with code 70 (it does on repeated internal errors)"),
     "respawn_delay": ("2.0", "Seconds before a restart"),
     "dds_profile": (
         "",
@@ -53,6 +56,7 @@ ARGUMENTS = {
 }
 OVERRIDES = ("checkpoint", "head", "device", "domain", "precision", "cuda_graphs")
 BOOLEAN_OVERRIDES = ("cuda_graphs",)  # a bool parameter refuses the string "true"
+EXIT_INTERNAL_ERRORS = 70  # sonata_ros.perception_node's exit code after repeated internal errors
 TRUE = ("true", "1", "yes")
 FALSE = ("false", "0", "no")
 
@@ -62,8 +66,9 @@ def _perception_node(context):
     overrides = _overrides(value)
     managed = value["managed"].lower() in TRUE
     files = [value["params_file"], *([value["inputs_file"]] if value["inputs_file"] else [])]
-    return [
-        (LifecycleNode if managed else Node)(
+
+    def node():  # a fresh action for every start: an action runs once
+        return (LifecycleNode if managed else Node)(
             package="sonata_ros",
             executable="sonata_perception",
             name="sonata_perception",
@@ -72,11 +77,30 @@ def _perception_node(context):
             parameters=[*files, overrides],
             remappings=[("~/input/pointcloud", value["input_topic"])],
             arguments=[*(["--managed"] if managed else []), "--ros-args", "--log-level", value["log_level"]],
-            respawn=value["respawn"].lower() in TRUE,
-            respawn_delay=float(value["respawn_delay"]),
             additional_env=_dds_environment(value["dds_profile"]),
         )
-    ]
+
+    return _supervised(node, value["respawn"].lower() in TRUE, float(value["respawn_delay"]))
+
+
+def _supervised(start, respawn: bool, delay: float) -> list:
+    """The node `start()` makes and, with `respawn`, a handler that starts a fresh one `delay` s after it
+    exits with code 70 (launch's own respawn restarts after any exit, a failed start every `delay` s)."""
+    node = start()
+    if not respawn:
+        return [node]
+
+    def on_exit(event, _context):
+        if not _restarts(event.returncode):
+            return []
+        return [TimerAction(period=delay, actions=_supervised(start, respawn, delay))]
+
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))]
+
+
+def _restarts(returncode: int) -> bool:
+    """Whether an exit calls for a fresh process: only the node's giving up after internal errors."""
+    return returncode == EXIT_INTERNAL_ERRORS
 
 
 def _overrides(value: dict[str, str]) -> dict[str, object]:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from sonata_ros.params import PARAMETER_NAMES, PARAMETERS, SENSOR_PARAMETERS
+from sonata_ros.perception_node import EXIT_INTERNAL_ERRORS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "perception.launch.py"
@@ -146,7 +147,7 @@ def test_multi_lidar_launch_file_and_params_example_fit_the_node():
         assert len(sensor["translation"]) == 3 and len(sensor["rotation"]) == 4
 
 
-def test_the_node_is_respawned_by_default_and_gets_the_dds_profile_by_option():
+def test_the_node_is_respawned_after_internal_errors_only_and_gets_the_dds_profile_by_option():
     source = LAUNCH.read_text()
     tree = ast.parse(source)
     arguments = literal(tree, "ARGUMENTS")
@@ -157,8 +158,13 @@ def test_the_node_is_respawned_by_default_and_gets_the_dds_profile_by_option():
     }
     assert defaults["respawn"] == "true" and float(defaults["respawn_delay"]) > 0 and defaults["dds_profile"] == ""
     keywords = node_keywords(tree)
-    assert ast.unparse(keywords["respawn"]) == "value['respawn'].lower() in TRUE"
-    assert ast.unparse(keywords["respawn_delay"]) == "float(value['respawn_delay'])"
+    assert "respawn" not in keywords  # launch's own respawn would restart a node that cannot start, forever
+    supervised = "_supervised(node, value['respawn'].lower() in TRUE, float(value['respawn_delay']))"
+    assert supervised in ast.unparse(tree)
+    # only the node's giving up after internal errors calls for a fresh process (run for real)
+    assert ast.literal_eval(literal(tree, "EXIT_INTERNAL_ERRORS")) == EXIT_INTERNAL_ERRORS
+    restarts = launch_function(tree, "_restarts", {"EXIT_INTERNAL_ERRORS": EXIT_INTERNAL_ERRORS})
+    assert restarts(EXIT_INTERNAL_ERRORS) and not any(restarts(code) for code in (0, 1, -2, -15))
     assert ast.unparse(keywords["additional_env"]) == "_dds_environment(value['dds_profile'])"
     # the environment function, run for real: both Fast DDS generations' variables, a missing file refused
     dds_environment = launch_function(tree, "_dds_environment", {"os": os})
