@@ -28,11 +28,15 @@ def literal(tree: ast.Module, name: str):
 
 
 def test_params_file_declares_exactly_the_node_parameters_with_their_types():
-    values = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())["/**"]["ros__parameters"]
+    text = (ROOT / "config" / "perception.yaml").read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert list(values) == list(PARAMETER_NAMES)
+    lines = text.splitlines()
     for param in PARAMETERS:
         assert type(values[param.name]) is type(param.default), param.name
         assert values[param.name] == param.default, param.name
+        line = next(k for k, line in enumerate(lines) if line.strip().startswith(f"{param.name}:"))
+        assert lines[line - 1].strip() == f"# {param.description}", param.name  # the comment above it
 
 
 def parameter_rows(params, prefix: str = "") -> list[str]:
