@@ -211,6 +211,8 @@ def test_shipped_run_configs_load_with_their_input_features(name, features):
         (["export_dtype=int8"], "export_dtype must be one of"),
         (["amp=fp8"], "amp must be"),
         (["steps"], "expected key=value"),
+        (["view.max_sise=4000"], r"unknown view keys \['max_sise'\]; known: .*'max_size'"),
+        (["distill.student_tmp=0.1"], r"unknown distill keys \['student_tmp'\]; known: .*'student_temp'"),
     ],
 )
 def test_bad_run_config_values_fail_fast_naming_the_key(overrides, message):

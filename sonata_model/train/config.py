@@ -23,6 +23,8 @@ import yaml
 
 from ..checkpoint import CheckpointError, load_config
 from ..configs import EncoderConfig, get_config
+from .distill import DistillConfig
+from .views import ViewConfig
 
 EXPORT_DTYPES = {"float32", "float16", "bfloat16"}
 
@@ -84,7 +86,19 @@ class RunConfig:
         if self.export_dtype not in EXPORT_DTYPES:
             raise RunConfigError(f"export_dtype must be one of {sorted(EXPORT_DTYPES)}, got {self.export_dtype!r}")
         self.encoder_config()  # raises ConfigError for a bad name or override
+        sections = {
+            "view": {"preset", *_fields(ViewConfig)} - {"transform", "feature_keys"},
+            "distill": _fields(DistillConfig),
+        }
+        for section, known in sections.items():
+            unknown = sorted(set(getattr(self, section)) - known)
+            if unknown:
+                raise RunConfigError(f"unknown {section} keys {unknown}; known: {sorted(known)}")
         return self
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def _set(target: dict, dotted: str, value: Any) -> None:
