@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -30,7 +31,7 @@ from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
 from sonata_model.geometry import pose_matrix
-from sonata_model.io.bags import frame_arrays, iter_bag_frames
+from sonata_model.io.bags import BagError, frame_arrays, iter_bag_frames
 from sonata_model.io.frame import Frame
 from sonata_model.io.labels import load_label_set
 from sonata_model.io.pointcloud2 import (
@@ -85,6 +86,10 @@ class SimLidar(Node):
             for name, (default, text) in PARAMETERS.items()
         }
         self.frame_id = p["frame_id"]
+        if p["reliability"] not in ("reliable", "best_effort"):
+            raise ValueError(f"reliability must be reliable or best_effort, got {p['reliability']!r}")
+        if not p["rate_hz"] > 0 or p["frames"] < 1:
+            raise ValueError(f"rate_hz must be > 0 and frames >= 1, got {p['rate_hz']} and {p['frames']}")
         reliability = ReliabilityPolicy.RELIABLE if p["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability)
         self.points = self.create_publisher(PointCloud2, "~/points", qos)
@@ -203,7 +208,7 @@ def main(args: list[str] | None = None) -> int:
     stop = init_ros(args)
     try:
         node = SimLidar()
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, BagError, InvalidParameterTypeException) as exc:
         rclpy.logging.get_logger("sim_lidar").fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
