@@ -13,7 +13,7 @@ from sonata_model.io.datasets import FrameFolderWriter
 from sonata_model.io.frame import Frame
 from sonata_model.io.sources import open_source
 from sonata_model.train.data import PretrainDataset, ResumableSampler, make_loader
-from sonata_model.train.views import ViewConfig
+from sonata_model.train.views import NothingToViewError, ViewConfig, make_views
 
 
 def small_frames(root, count: int, seed: int) -> str:
@@ -61,3 +61,18 @@ def test_batches_do_not_depend_on_the_number_of_loader_workers(sources):
     for alone, pooled in zip(batches[0], batches[2], strict=True):
         assert alone.names == pooled.names
         assert np.array_equal(alone.global_views.coord.numpy(), pooled.global_views.coord.numpy())
+
+
+def test_a_frame_with_nothing_in_range_is_drawn_again_and_counted(tmp_path):
+    root = tmp_path / "frames"
+    small_frames(root, 2, seed=5)
+    below = Frame(np.full((400, 3), [1.0, 1.0, -30.0], np.float32), np.zeros(400, np.float32), name="covered")
+    writer = FrameFolderWriter(root)  # a covered sensor's frame: every point out of the outdoor range
+    writer.write(below)
+    writer.finish()
+    data = dataset([open_source(f"frames:{root}")])
+    with pytest.raises(NothingToViewError, match="frame covered: 0 points inside the outdoor domain's range"):
+        make_views(below, data.config, np.random.default_rng(0))
+    items = [data[(0, slot)] for slot in range(12)]
+    assert not any(item["name"].endswith("[0]") for item in items)  # "covered" sorts first
+    assert sum(item["skipped"] for item in items) > 0

@@ -38,7 +38,7 @@ def random_rigid(
     rng: np.random.Generator, z_p: float, tilt: float, tilt_p: float, flip_p: float, scale: tuple[float, float]
 ) -> np.ndarray:
     """3x3 linear map: rotate z U(-pi, pi) w.p. z_p, tilt about x and y U(-tilt, tilt) w.p. tilt_p each,
-    mirror x w.p. flip_p (the reference flips x and y with p 0.5 each), scale U(scale) uniformly."""
+    mirror x and y w.p. flip_p each (as the reference, with p 0.5), scale U(scale) uniformly."""
     matrix = np.eye(3)
     if rng.random() < z_p:
         matrix = rotation(2, rng.uniform(-np.pi, np.pi)) @ matrix

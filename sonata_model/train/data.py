@@ -4,8 +4,8 @@ Epoch e is a permutation of its L sample slots drawn from (seed, e); process r o
 r, r + W, ... of that sequence, endlessly. Slot i of epoch e picks its source by the source weights and
 a frame uniformly within it, and builds its views, with a generator seeded from (seed, e, i): what a
 batch holds depends only on the seed and its position, not on the number of loader workers or on
-restarts. Resuming at step k starts the sampler k * batch_size slots in. A corrupt frame is replaced
-by another draw of the same slot and counted.
+restarts. Resuming at step k starts the sampler k * batch_size slots in. A corrupt frame, or one with
+(almost) no point inside the domain's range, is replaced by another draw of the same slot and counted.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..io.sources import FrameSource
-from .views import PretrainBatch, ViewBatch, ViewConfig, make_views
+from .views import MIN_VIEW_POINTS, NothingToViewError, PretrainBatch, ViewBatch, ViewConfig, make_views
 
 MAX_REDRAWS = 20
 
@@ -51,15 +51,21 @@ class PretrainDataset(Dataset):
             source = self.sources[rng.choice(len(self.sources), p=self.probabilities)]
             index = int(rng.integers(len(source)))
             frame = source[index]
-            if frame is not None and frame.num_points >= 10:
+            if frame is None or frame.num_points < MIN_VIEW_POINTS:
+                continue
+            try:
                 global_views, local_views = make_views(frame, self.config, rng)
-                return {
-                    "global": global_views,
-                    "local": local_views,
-                    "name": f"{source.name}[{index}]",
-                    "skipped": redraw,
-                }
-        raise RuntimeError(f"{MAX_REDRAWS} frames in a row were unreadable; check the sources {self.names()}")
+            except NothingToViewError:  # e.g. a covered sensor's frame: nothing in the domain's range
+                continue
+            return {
+                "global": global_views,
+                "local": local_views,
+                "name": f"{source.name}[{index}]",
+                "skipped": redraw,
+            }
+        raise RuntimeError(
+            f"{MAX_REDRAWS} frames in a row were unreadable or had no point in range; check the sources {self.names()}"
+        )
 
     def names(self) -> list[str]:
         return [s.name for s in self.sources]

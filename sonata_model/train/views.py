@@ -113,6 +113,13 @@ def grid_sample_numpy(coord: np.ndarray, grid_size: float, rng: np.random.Genera
     return index, cell[index]
 
 
+MIN_VIEW_POINTS = 10  # fewer points in range make no view worth training on
+
+
+class NothingToViewError(ValueError):
+    """A frame has (almost) no point inside the domain's range: the pretraining stream draws another."""
+
+
 def _inside(coord: np.ndarray, box: tuple[float, ...] | None) -> np.ndarray:
     """Row indices of the points inside the domain's range box (all without one)."""
     if box is None:
@@ -134,6 +141,10 @@ def _crop_size(rng: np.random.Generator, scale: tuple[float, float], available: 
 def make_views(frame: Frame, config: ViewConfig, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
     """(global views, local views) of one frame, each a dict of numpy arrays ready for `ViewBatch.stack`."""
     inside = _inside(frame.coord, config.transform.range_box)
+    if len(inside) < MIN_VIEW_POINTS:
+        raise NothingToViewError(
+            f"frame {frame.name or '?'}: {len(inside)} points inside the {config.transform.domain} domain's range"
+        )
     index, _ = grid_sample_numpy(frame.coord[inside], config.transform.voxel_size, rng)
     index = inside[index]
     coord = frame.coord[index].astype(np.float64)
