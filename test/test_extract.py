@@ -9,7 +9,8 @@ from sonata_model.io.sources import open_source
 from sonata_model.synth.drive import generate_drive
 from sonata_model.train.extract import extract
 from sonata_model.train.extract import main as extract_main
-from sonata_model.train.plot import plot_metrics
+from sonata_model.train.plot import main as plot_main
+from sonata_model.train.pretrain import METRICS
 
 
 def test_extract_writes_every_frame_and_resumes(tmp_path):
@@ -71,11 +72,15 @@ def test_extract_keeps_the_labels_under_the_sources_or_the_named_label_set(tmp_p
     np.testing.assert_array_equal(frames[0].segment, segment)
 
 
-def test_plot_draws_the_metrics(tmp_path):
-    rows = [
-        "step,loss,mask_loss,roll_mask_loss,unmask_loss,lr,weight_decay,momentum,teacher_temp,mask_size,"
-        "mask_ratio,matched_fraction,masked_fraction,scenes_per_s,skipped_frames"
-    ]
-    rows += [f"{s},{5 - s / 10},{5},{5},{5},0.001,0.04,0.995,0.05,0.2,0.5,0.9,0.5,2.0,0" for s in range(1, 11)]
+def test_plot_draws_the_metrics_pretraining_writes_and_names_a_bad_file(tmp_path, capsys):
+    rows = [",".join(METRICS)]  # the columns sonata-pretrain writes
+    rows += [",".join(str(s if k == "step" else 5 - s / 10) for k in METRICS) for s in range(1, 11)]
     (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
-    assert plot_metrics(tmp_path / "metrics.csv", tmp_path / "curves.png").stat().st_size > 10_000
+    assert plot_main([str(tmp_path / "metrics.csv")]) == 0  # by default next to the CSV
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    rows[3] = rows[3].replace("4.7", "", 1)  # step 3 (line 4 of the file) without its loss
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    assert plot_main([str(tmp_path / "metrics.csv")]) == 1
+    assert "metrics.csv: line 4, column loss: '' is not a number" in capsys.readouterr().err
+    assert plot_main([str(tmp_path / "absent.csv")]) == 1
+    assert "absent.csv: cannot read" in capsys.readouterr().err

@@ -24,20 +24,39 @@ PANELS = (
 def plot_metrics(metrics: str | Path, out: str | Path) -> Path:
     plt = pyplot()
 
-    with Path(metrics).open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise ValueError(f"{metrics}: no rows yet")
-    steps = [int(r["step"]) for r in rows]
+    columns = _columns(Path(metrics), ("step", *(key for _, keys in PANELS for key in keys)))
     figure, axes = plt.subplots(1, len(PANELS), figsize=(4.5 * len(PANELS), 3.6))
     for axis, (title, keys) in zip(axes, PANELS, strict=True):
         for key in keys:
-            axis.plot(steps, [float(r[key]) for r in rows], label=key)
+            axis.plot(columns["step"], columns[key], label=key)
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.legend(fontsize=7)
     figure.tight_layout()
     return save_figure(figure, out)
+
+
+def _columns(path: Path, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """The named columns of a metrics CSV as numbers; ValueError saying what is missing or where a value
+    is not a number."""
+    try:
+        with path.open() as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not rows:
+        raise ValueError(f"{path}: no rows yet")
+    missing = [name for name in names if name not in rows[0]]
+    if missing:
+        raise ValueError(f"{path}: no column {missing} (not a sonata-pretrain metrics.csv?)")
+    columns: dict[str, list[float]] = {name: [] for name in names}
+    for line, row in enumerate(rows, start=2):
+        for name in names:
+            try:
+                columns[name].append(float(row[name]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {line}, column {name}: {row[name]!r} is not a number") from None
+    return columns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("metrics", help="metrics.csv of a sonata-pretrain run")
     parser.add_argument("--out", help="PNG to write (default: next to the CSV)")
     args = parser.parse_args(argv)
-    out = plot_metrics(args.metrics, args.out or Path(args.metrics).with_name("curves.png"))
+    try:
+        out = plot_metrics(args.metrics, args.out or Path(args.metrics).with_name("curves.png"))
+    except ValueError as exc:
+        print(f"sonata-plot: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 
