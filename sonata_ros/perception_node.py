@@ -583,7 +583,9 @@ class ManagedPerceptionNode(Perception, LifecycleNode):
         LifecycleNode.__init__(self, NODE_NAME, **kwargs)
         self.fatal = None
         self.lifecycle_state = "unconfigured"  # unconfigured | inactive | active | finalized
-        self._read_parameters()
+        for name in self._read_parameters()["input_names"]:  # so that a manager can set them before configure
+            for param in SENSOR_PARAMETERS:
+                self._declare_parameter(param, f"sensors.{name}.{param.name}")
         self.add_on_set_parameters_callback(self._only_while_unconfigured)
 
     def _only_while_unconfigured(self, parameters: list[Parameter]) -> SetParametersResult:

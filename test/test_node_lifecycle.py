@@ -229,3 +229,20 @@ def test_the_plain_node_stays_the_default(client, model_files):
         assert "/plain/get_state" not in services and "/plain/change_state" not in services
     finally:
         assert node.stop(signal.SIGINT) == 0
+
+
+def test_the_inputs_named_at_start_take_their_sensor_parameters_before_configure(client, model_files):
+    """A managed multi-LiDAR node: a lifecycle manager sets an input's extrinsic while unconfigured."""
+    encoder, head = model_files
+    name = "managed_fleet"
+    node = start_managed(name, checkpoint=encoder, head=head, input_topics="['/a', '/b']", input_names="[front, rear]")
+    try:
+        manager = Manager(client, name)  # waits for its services
+        assert manager.state() == "unconfigured"
+        (result,) = manager.set(**{"sensors.front.translation": [1.2, 0.0, 0.3]})
+        assert result.successful, result.reason
+        manager.close()
+    finally:
+        if node.process.poll() is None:
+            assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
