@@ -26,14 +26,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -52,6 +52,7 @@ from sonata_model.io.pointcloud2 import structured_view, xyz_points
 from sonata_model.io.segmentation_cloud import class_ids
 from sonata_model.segmenter import input_domain
 
+from . import typed_parameters
 from .allocator import OutsizedFrameTrim, fix_malloc_thresholds
 from .frame_sync import FrameSync
 from .gc_policy import freeze_startup_objects, thaw
@@ -118,31 +119,10 @@ class Perception:
     # ------------------------------------------------------------------------------ parameters
 
     def _declare_parameter(self, param: Param, name: str | None = None) -> None:
-        """Declare `param` as `name`. A decimal parameter takes whole numbers too (`max_range: 50` in YAML):
-        it is declared with dynamic typing and `_parameter` checks and converts the value."""
-        name = name or param.name
-        if self.has_parameter(name):
-            return
-        descriptor = ParameterDescriptor(
-            description=param.description, read_only=self.READ_ONLY, dynamic_typing=_is_decimal(param.default)
-        )
-        # an empty list has no type of its own, in ROS nor in YAML: declare the string array unset
-        default = Parameter.Type.STRING_ARRAY if param.default == [] else param.default
-        self.declare_parameter(name, default, descriptor)
+        typed_parameters.declare(self, name or param.name, param.default, param.description, self.READ_ONLY)
 
     def _parameter(self, param: Param, name: str | None = None):
-        """The value of `param` (as `name`): an empty list for a string array never set (see
-        `_declare_parameter`), whole numbers as floats where `param` is decimal; ValueError for another type."""
-        name = name or param.name
-        value = self.get_parameter_or(name, Parameter(name, value=[])).value
-        if not _is_decimal(param.default):
-            return value
-        listed = isinstance(param.default, list)
-        sequence = isinstance(value, Sequence) and not isinstance(value, str)  # a list, or rclpy's array.array
-        numbers = list(value) if sequence else [value]
-        if listed != sequence or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
-            raise ValueError(f"parameter {name} must be {'a list of numbers' if listed else 'a number'}, got {value!r}")
-        return [float(v) for v in numbers] if listed else float(value)
+        return typed_parameters.value(self, name or param.name, param.default)
 
     def _read_parameters(self) -> dict:
         for param in PARAMETERS:
@@ -708,12 +688,6 @@ def _health_limits(p: dict) -> HealthLimits:
         skipped_warn_fraction=p["input_skipped_warn_fraction"],
         exit_after=p["exit_after_internal_errors"],
     )
-
-
-def _is_decimal(default) -> bool:
-    """A float parameter, or a non-empty list of floats (extrinsics, the crop box)."""
-    values = default if isinstance(default, list) and default else [default]
-    return all(isinstance(v, float) for v in values)
 
 
 def _input_transform(config: sm.EncoderConfig, domain: str | None, grid_size: float) -> InputTransform:

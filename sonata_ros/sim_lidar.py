@@ -22,7 +22,6 @@ import sys
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -47,6 +46,7 @@ from sonata_model.io.pointcloud2 import (
 from sonata_model.synth.drive import generate_drive
 from sonata_model.synth.sensors import get_sensor
 
+from . import typed_parameters
 from .shutdown import init_ros, spin_until_stopped
 
 GROUND_TRUTH_FIELDS = [
@@ -81,10 +81,9 @@ IDENTITY_POSE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 class SimLidar(Node):
     def __init__(self) -> None:
         super().__init__("sim_lidar")
-        p = {
-            name: self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=True)).value
-            for name, (default, text) in PARAMETERS.items()
-        }
+        for name, (default, text) in PARAMETERS.items():
+            typed_parameters.declare(self, name, default, text)
+        p = {name: typed_parameters.value(self, name, default) for name, (default, _) in PARAMETERS.items()}
         self.frame_id = p["frame_id"]
         if p["reliability"] not in ("reliable", "best_effort"):
             raise ValueError(f"reliability must be reliable or best_effort, got {p['reliability']!r}")
