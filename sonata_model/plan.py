@@ -651,41 +651,42 @@ def _search_keys(row_key: Tensor, level0_sorted: Tensor | None, level0_perm: Ten
     return search, rows
 
 
-def _before_centre(search: Tensor, rows: Tensor | None, keys: Tensor, out: Tensor, chunk: int | None) -> Tensor:
-    """Write into `out` (K, 13) the row of each key's neighbour at each of the 13 kernel offsets before
-    the centre, R (the number of rows) where there is none.
+def _search(search: Tensor, rows: Tensor | None, keys: Tensor, deltas: Tensor, chunk: int | None) -> Tensor:
+    """(K, D) position in `search` (or its row, `rows[position]`) of each key moved by each of the `deltas`
+    (key offsets), `search`'s length where there is none.
 
-    b is a's neighbour at offset d exactly when a is b's at -d (kernel index 26 - k), so these 13 hits
-    give all 26. On a CPU the keys are searched in chunks: each (K, 13) int64 temporary of a 100k-voxel
-    frame is 10 MB, and a process's allocator keeps such peaks resident; a GPU takes all keys at once
-    (`chunk` None)."""
+    On a CPU the keys are searched in chunks: each (K, D) int64 temporary of a 100k-voxel frame is tens
+    of MB, and a process's allocator keeps such peaks resident; a GPU takes all keys at once (`chunk`
+    None), in one call."""
     total = search.shape[0]
-    half = _constants(keys.device).delta_keys[:_CENTRE]
     step = chunk or (_CPU_ROW_CHUNK if keys.device.type == "cpu" else keys.shape[0])
+    if step >= keys.shape[0]:
+        return _search_chunk(search, rows, keys, deltas, total)
+    out = keys.new_empty((keys.shape[0], deltas.shape[0]))
     for start in range(0, keys.shape[0], max(step, 1)):
-        wanted = keys[start : start + step, None] + half
-        position = torch.searchsorted(search, wanted).clamp_(max=total - 1)
-        miss = search[position] != wanted
-        if rows is not None:
-            position = rows[position]
-        out[start : start + step] = position.masked_fill_(miss, total)
+        out[start : start + step] = _search_chunk(search, rows, keys[start : start + step], deltas, total)
     return out
+
+
+def _search_chunk(search: Tensor, rows: Tensor | None, keys: Tensor, deltas: Tensor, total: int) -> Tensor:
+    wanted = keys[:, None] + deltas
+    position = torch.searchsorted(search, wanted).clamp_(max=total - 1)
+    miss = search[position] != wanted
+    if rows is not None:
+        position = rows[position]
+    return position.masked_fill_(miss, total)
 
 
 def _neighbours(
     row_key: Tensor, row_level: Tensor, meta: dict[str, Tensor], search: Tensor, rows: Tensor | None, chunk: int | None
 ) -> Tensor:
-    """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none:
-    the 13 searched columns, the centre, and the other 13 as those hits written back mirrored."""
-    total, device = row_key.shape[0], row_key.device
-    table = torch.full((total + 1, 27), total, dtype=torch.long, device=device)  # global rows; R: none / dump
-    _before_centre(search, rows, row_key, out=table[:total, :_CENTRE], chunk=chunk)
-    own = torch.arange(total, device=device)
-    table[:total, _CENTRE] = own
-    mirrored = _constants(device).mirrored_columns.add(table[:total, :_CENTRE], alpha=27)  # miss: row R
-    table.view(-1).scatter_(0, mirrored.flatten(), own[:, None].expand(total, _CENTRE).flatten())
-    table = table[:total].sub_(meta["base"][row_level][:, None])  # level rows; a miss lies past its level's
-    return table.clamp_(max=meta["capacity"][row_level][:, None])
+    """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none.
+
+    Keys carry their level, so one search over all levels' sorted keys finds every level's neighbours:
+    a hit at global row p of level l is row p - base_l there; a miss (R) lies past every level's rows
+    and is clamped to the level's capacity."""
+    found = _search(search, rows, row_key, _constants(row_key.device).delta_keys, chunk)
+    return found.sub_(meta["base"][row_level, None]).clamp_(max=meta["capacity"][row_level, None])
 
 
 _CPU_ROW_CHUNK = 8192
@@ -700,8 +701,8 @@ def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None, 
     for base, capacity in zip(sizes.base, sizes.capacity, strict=True):
         level = slice(base, base + capacity)  # searched within the level: its keys are a sorted run
         level_rows = None if rows is None or base else rows[level]  # only level 0 can keep an order
-        found = torch.empty((capacity, _CENTRE), dtype=torch.long, device=row_key.device)
-        _before_centre(search[level], level_rows, row_key[level], out=found, chunk=chunk)  # level rows; C: none
+        before_centre = _constants(row_key.device).delta_keys[:_CENTRE]  # b is a's neighbour at d iff a is b's at -d
+        found = _search(search[level], level_rows, row_key[level], before_centre, chunk)  # level rows; C: none
         offset, row = (found < capacity).T.nonzero(as_tuple=True)  # ordered by (offset, row)
         levels.append((row, found[row, offset], torch.searchsorted(offset, _GROUP_ENDS)))
     ends = torch.stack([level[2] for level in levels])
@@ -723,7 +724,6 @@ _GROUP_ENDS = torch.arange(1, _CENTRE + 1)  # a hit at offset k sorts before k +
 @dataclass(frozen=True)
 class _DeviceConstants:
     delta_keys: Tensor  # (27,) key offsets of the 3x3x3 kernel, in the weight's (kx, ky, kz) order
-    mirrored_columns: Tensor  # (13,) 26 - k: the column where a hit at offset k is written back mirrored
     one: Tensor  # a float 1, expanded as a count's source (no fill per frame)
 
 
@@ -732,7 +732,6 @@ def _constants(device: torch.device) -> _DeviceConstants:
     """The plan's constant tensors, built once per device."""
     return _DeviceConstants(
         delta_keys=offset_keys(kernel_offsets(KERNEL_SIZE, device)),
-        mirrored_columns=torch.arange(26, _CENTRE, -1, device=device),
         one=torch.ones((), device=device),
     )
 
