@@ -120,7 +120,7 @@ class AttentionLayout:
     1, 1, L) 0 / -inf on the keys of the partly queried patches (None when every slot is a key).
     flash: `index` (P * L,) level row of each packed slot, sequence p at [cu_seqlens[p], cu_seqlens[p + 1])
     (spare tail slots belong to none). `inverse` (C,) the output holding each row's own output
-    (padding rows: 0).
+    (padding rows: 0 or a padding slot's output).
     """
 
     kernel: str
@@ -573,18 +573,16 @@ def _own_slots(patch: tuple[int, ...]) -> int:
     return max(0, min(stride, own - index * stride))
 
 
-_PATCH_FIELDS = (
-    "first_slot",
-    "query_base",
-    "start",
-    "last",
-    "index",
-    "stride",
-    "own",
-    "keys",
-    "slot_base",
-    "packed_base",
-    "row_base",
+_PATCH_FIELDS = (  # per patch, as the slot numbers s (over all levels) of its slots use them
+    "own_end",  # s below it: the slot holds its own row, at curve position s + shift
+    "shift",
+    "copy_shift",  # the other slots: the position s + copy_shift, a row of the patch before...
+    "start",  # ... or, below the cloud's first position, that one (slots that are no key)
+    "row_base",  # the level's first row
+    "key_end",  # s below it: the slot is a key
+    "query_shift",  # sdpa: s + query_shift is the slot's output
+    "packed_shift",  # flash: s + packed_shift is the slot's place among the level's packed slots...
+    "packed_slot_shift",  # ... and s + packed_slot_shift among all levels'
 )
 
 
@@ -609,7 +607,22 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
         ends = np.cumsum(packed[level == s])
         packed_base[level == s] = ends - packed[level == s]
         cu_seqlens.append(np.concatenate([[0], ends]))
-    per_patch = np.stack([level_first_slot + slot_base, query_base, *patches.T, slot_base, packed_base, base[level]])
+    start, _, index, stride, own, keys = patches.T
+    first_slot = level_first_slot + slot_base
+    shift = start + index * stride - first_slot
+    per_patch = np.stack(
+        [
+            first_slot + own - index * stride,
+            shift,
+            shift - stride,
+            start,
+            base[level],
+            first_slot + keys,
+            query_base - first_slot,
+            packed_base - first_slot,
+            level_first_slot + packed_base - first_slot,
+        ]
+    )
     levels = np.arange(num_levels + 1, dtype=np.int64)
     pad_key = (levels << LEVEL_SHIFT) + (PAD_CLOUD << 3 * AXIS_BITS) + MARGIN_KEY
     depth = np.ones((num_levels, PAD_CLOUD + 1), dtype=np.int64)  # padding rows (all at 0): depth 1
@@ -627,7 +640,6 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
         "offset": np.cumsum(sizes.per_cloud, axis=1),
         "patch": per_patch,
         "length": lengths,
-        "patch_id": np.arange(len(patches)),
         "cu_seqlens": np.concatenate(cu_seqlens),
     }
     flat = torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.int64).ravel() for v in parts.values()]))
@@ -743,25 +755,26 @@ def _layouts(
     for all of them at once over the flat slots."""
     num_slots = sum(sizes.slots)
     device = order.device
-    owner = torch.repeat_interleave(meta["patch_id"], meta["length"], output_size=num_slots)
-    slot = dict(zip(_PATCH_FIELDS, meta["patch"][:, owner].unbind(0), strict=True))
-    j = torch.arange(num_slots, device=device) - slot["first_slot"]
-    q = slot["index"] * slot["stride"] + j
-    own = q < slot["own"]
-    position = torch.clamp(torch.where(own, q, q - slot["stride"]) + slot["start"], slot["start"], slot["last"])
+    per_slot = torch.repeat_interleave(meta["patch"], meta["length"], dim=1, output_size=num_slots)
+    slot = dict(zip(_PATCH_FIELDS, per_slot.unbind(0), strict=True))
+    s = torch.arange(num_slots, device=device)
+    own = s < slot["own_end"]
+    position = torch.maximum(s + torch.where(own, slot["shift"], slot["copy_shift"]), slot["start"])
     rows = order[:, position]  # (K, S) global row of every slot along every curve
     index = rows - slot["row_base"]
-    is_key = j < slot["keys"]
+    is_key = s < slot["key_end"]
     if attention == "sdpa":
-        target = slot["query_base"] + j
+        target = s + slot["query_shift"]
     else:
-        target = slot["packed_base"] + j
-        packed_slot = torch.where(is_key, slot["first_slot"] - slot["slot_base"] + target, num_slots)
+        target = s + slot["packed_shift"]
+        packed_slot = torch.where(is_key, s + slot["packed_slot_shift"], num_slots)
         index = torch.zeros((len(order), num_slots + 1), dtype=torch.long, device=device).scatter_(
             1, packed_slot.expand_as(index), index
         )[:, :num_slots]
-    inverse = torch.zeros((len(order), total_rows + 1), dtype=torch.long, device=device)
-    inverse.scatter_(1, torch.where(own, rows, total_rows), target.expand_as(rows))
+    # A row's own slot has the smallest output of all slots holding it: the copies of a cloud's last
+    # patch and the slots that are no key come after it. Padding rows: 0, or any padding slot's output.
+    inverse = torch.zeros((len(order), total_rows), dtype=torch.long, device=device)
+    inverse.scatter_reduce_(1, rows, target.expand_as(rows), "amin", include_self=False)
     bias = torch.where(is_key, 0.0, -torch.inf) if attention == "sdpa" and any(sizes.masked) else None
     cu_seqlens = meta["cu_seqlens"].int() if attention == "flash" else None
-    return index, inverse[:, :total_rows], bias, cu_seqlens
+    return index, inverse, bias, cu_seqlens
