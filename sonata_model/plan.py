@@ -148,13 +148,12 @@ class PatchShape:
 @dataclass
 class ConvPairs:
     """A level's neighbours as (row, neighbour) pairs, for a CPU: the pairs of the 26 non-centre kernel
-    offsets, grouped by offset, so that a grouped matmul multiplies each group by its own tap of the
-    weight without copying the weight (each row at most once per group)."""
+    offsets, grouped by offset, so that each group is multiplied by its own tap of the weight (each row
+    at most once per group)."""
 
     source: Tensor  # (Q,) neighbour row of each pair
     target: Tensor  # (Q,) row it contributes to
-    ends: Tensor  # (27,) int32 cumulative pair count after each kernel offset (the centre's group is empty)
-    counts: tuple[int, ...]  # pairs per kernel offset, host side
+    counts: tuple[int, ...]  # pairs per kernel offset (the centre's group is empty), host side
 
 
 @dataclass(eq=False)
@@ -306,7 +305,7 @@ class FramePlan:
         for mine, theirs in zip(self.levels, other.levels, strict=True):
             mine.num_voxels, mine.counts = theirs.num_voxels, theirs.counts
             if mine.pairs is not None:
-                for name in ("source", "target", "ends"):
+                for name in ("source", "target"):
                     getattr(mine.pairs, name).copy_(getattr(theirs.pairs, name))
         self.voxel_of_member, self.representative = other.voxel_of_member, other.representative
         return self
@@ -724,9 +723,7 @@ def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None, 
         mirrored = half[::-1]  # offset 14 mirrors offset 12, ..., 26 mirrors 0
         source = torch.cat((neighbour, *reversed(row.split(half))))
         target = torch.cat((row, *reversed(neighbour.split(half))))
-        level_counts = (*half, 0, *mirrored)
-        level_ends = torch.tensor(np.cumsum(level_counts), dtype=torch.int32, device=row_key.device)
-        out.append(ConvPairs(source, target, level_ends, level_counts))
+        out.append(ConvPairs(source, target, (*half, 0, *mirrored)))
     return out
 
 

@@ -4,9 +4,12 @@
   neighbour table (a missing neighbour reads an appended zero row) and one matmul with the weight
   flattened to (C_out, 27 C_in): two kernels, no host sync, fixed shapes. That computes all 27 taps
   where a surface voxel has 5 to 9 neighbours: free on a GPU, 3-5x the conv's work on a CPU core. So on
-  a CPU the plan compacts the table into `ConvPairs`: the centre tap is one matmul, the other taps one
-  grouped matmul over the pairs grouped by kernel offset (each group times its own tap, read in place
-  from the weight), summed into the rows with one `index_add` (deterministic on a CPU).
+  a CPU the plan compacts the table into `ConvPairs`, grouped by kernel offset: the centre tap is one
+  matmul, then each other tap gathers its pairs' neighbours, multiplies them by its tap (read in place
+  from the weight) and adds them into its rows (`index_add`, deterministic on a CPU). A tap's pairs
+  are a few MB, so its three steps run in cache; all taps at once made frame-sized temporaries (36-51
+  MB at the `sonata` stages 0-1 of a 41k-voxel room) that glibc maps and faults in afresh per call:
+  the per-tap loop is 1.5-3x as fast on those stages (benchmarks/encoder.py --profile).
 - "spconv": spconv 2.x `SubMConv3d`. Its pairs ("rulebook") are built by the first conv of a stage and
   kept on the plan's level, which every later block of the stage reuses (spconv keeps them on the
   *output* tensor's `indice_dict`). On CPU tensors the CUDA build needs `ConvAlgo.Native`, asserts on
@@ -63,14 +66,6 @@ def compute_dtype(feat: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else feat.dtype
 
 
-def _grouped_mm_fits(gathered: Tensor, taps: Tensor) -> bool:
-    """Whether `F.grouped_mm` takes these operands: it has no CPU backward, and it wants its operands'
-    strides in multiples of 16 bytes (channel counts such as Utonia's 54 in fp32 are not)."""
-    if torch.is_grad_enabled() and (gathered.requires_grad or taps.requires_grad):
-        return False
-    return gathered.shape[1] * gathered.element_size() % 16 == 0
-
-
 class SubMConv3d(nn.Module):
     """Submanifold sparse conv; `weight` (C_out, k, k, k, C_in) and `bias` (C_out,) as in spconv."""
 
@@ -105,18 +100,15 @@ class SubMConv3d(nn.Module):
         return F.linear(columns, self.weight.flatten(1), self.bias)  # autocast casts the weight, not fp32 data
 
     def _pairs_forward(self, feat: Tensor, pairs: ConvPairs) -> Tensor:
-        """The centre tap as one matmul, the other taps as one grouped matmul over the plan's pairs (which
-        name found neighbours only: no zero row to read)."""
-        out = F.linear(feat, self.weight[:, 1, 1, 1], self.bias)
-        gathered = feat.index_select(0, pairs.source)
-        taps = self.weight.view(self.out_channels, 27, self.in_channels).permute(1, 2, 0).to(gathered.dtype)
-        if _grouped_mm_fits(gathered, taps):
-            products = F.grouped_mm(gathered, taps, offs=pairs.ends)
-        else:  # a tap at a time (autograd, or rows that grouped_mm's 16-byte alignment rule refuses)
-            parts = gathered.split(pairs.counts)
-            products = torch.cat([part @ taps[k] for k, part in enumerate(parts)])
-        total = torch.promote_types(out.dtype, torch.float32)  # up to 27 terms: sum them in fp32 at least
-        return out.to(total).index_add_(0, pairs.target, products.to(total))  # `out` is this call's own
+        """The centre tap as one matmul over all rows, then each other tap over its own pairs."""
+        total = torch.promote_types(compute_dtype(feat), torch.float32)  # up to 27 terms: sum them in fp32
+        out = F.linear(feat, self.weight[:, 1, 1, 1], self.bias).to(total)  # `out` is this call's own
+        taps = self.weight.view(self.out_channels, 27, self.in_channels)
+        groups = zip(pairs.source.split(pairs.counts), pairs.target.split(pairs.counts), strict=True)
+        for k, (source, target) in enumerate(groups):
+            if pairs.counts[k]:
+                out.index_add_(0, target, F.linear(feat.index_select(0, source), taps[:, k]).to(total))
+        return out
 
     def _spconv_forward(self, feat: Tensor, level: LevelPlan) -> Tensor:
         import spconv.pytorch as spconv
