@@ -64,6 +64,7 @@ ATTENTION_KERNELS = ("sdpa", "flash")
 SPARSE_BACKENDS = ("torch", "spconv")
 KERNEL_SIZE = 3
 _INVALID = torch.iinfo(torch.long).max  # key of members that take no part (outside the domain's range)
+_LEVEL_CLOUDS = 1 << (63 - 3 * AXIS_BITS)  # values of a key's (level, cloud) bits
 
 
 class EmptyCloudError(ValueError):
@@ -385,15 +386,18 @@ def build_plan(
     sorted_key, perm = torch.sort(key, dim=1)
     first = torch.nn.functional.pad(sorted_key[:, 1:] != sorted_key[:, :-1], (1, 0), value=True)
     rank = torch.cumsum(first, dim=1)  # 1 + the member's voxel within its level
-    cloud = (sorted_key >> 3 * AXIS_BITS) & PAD_CLOUD  # invalid members land in the padding cloud's column
-    stats = torch.zeros(num_levels * (PAD_CLOUD + 1) + (PAD_CLOUD + 1) * 3, dtype=torch.long, device=device)
-    counts, extent = stats[: num_levels * (PAD_CLOUD + 1)], stats[num_levels * (PAD_CLOUD + 1) :]
-    counts.view(num_levels, -1).scatter_add_(1, cloud, first.long())
+    # rank's largest value per (level, cloud) is the voxel count of that cloud and those before it
+    # (keys' top bits: level << BATCH_BITS | cloud; the invalid members' all ones: the last slot).
+    level_cloud = sorted_key >> 3 * AXIS_BITS
+    stats = torch.zeros(_LEVEL_CLOUDS + (PAD_CLOUD + 1) * 3, dtype=torch.long, device=device)
+    counts, extent = stats[:_LEVEL_CLOUDS], stats[_LEVEL_CLOUDS:]
+    counts.scatter_reduce_(0, level_cloud.view(-1), rank.view(-1), "amax")
     cells = grid_coord if valid is None else torch.where(valid[:, None], grid_coord, 0)
     extent.view(-1, 3).scatter_reduce_(0, batch[:, None].expand_as(cells), cells, "amax")
     host = stats.cpu().numpy()  # the sync: voxels per level and cloud, each cloud's extent
-    per_cloud = host[: counts.shape[0]].reshape(num_levels, -1)[:, :num_clouds]
-    extents = host[counts.shape[0] :].reshape(-1, 3)[:num_clouds]
+    so_far = np.maximum.accumulate(host[:_LEVEL_CLOUDS].reshape(-1, PAD_CLOUD + 1)[:num_levels, :num_clouds], axis=1)
+    per_cloud = np.diff(so_far, axis=1, prepend=0)
+    extents = host[_LEVEL_CLOUDS:].reshape(-1, 3)[:num_clouds]
     _check(per_cloud, extents, n, voxelize, grid_size)
 
     sizes = _Sizes(per_cloud, n if not voxelize else None, buckets, config.enc_patch_size, num_clouds)
@@ -406,20 +410,19 @@ def build_plan(
     member_row = torch.full((num_levels + 1, n + 1), total, dtype=torch.long, device=device)
     member_row[:, n] = meta["pad_row"]
     members = member_row[:num_levels, :n]
-    members.scatter_(1, perm, rank + meta["row_start"][:, None])
+    rows = rank + meta["row_start"][:, None]  # (L, N) the row of each member in sorted order
     if not voxelize:
-        torch.arange(n, device=device, out=member_row[0, :n])
+        rows[0] = perm[0]  # level 0 keeps the members' order
     if valid is not None:
-        members.masked_fill_(valid.logical_not(), total)  # the dump row
+        rows.masked_fill_(sorted_key == _INVALID, total)  # the dump row
+    members.scatter_(1, perm, rows)
     row_level = torch.repeat_interleave(meta["level"], meta["rows"], output_size=total + 1)  # + the dump row
     row_key = meta["pad_key"][row_level].index_put_((members,), key)[:total]
     row_level = row_level[:total]
     unmargined = row_key - MARGIN_KEY
     row_grid, row_cloud = unpack_keys(unmargined)
     rep = torch.full((total + 1,), n, dtype=torch.long, device=device)  # padding rows: the stand-in
-    rep.scatter_reduce_(
-        0, member_row.view(-1), torch.arange(n + 1, device=device).expand_as(member_row).flatten(), "amin"
-    )
+    rep.scatter_reduce_(0, rows.view(-1), perm.view(-1), "amin")  # the lowest member of each row
 
     # Pooling: the row one level up of every row (padding rows: the next level's first padding row).
     up = row_level + 1

@@ -90,6 +90,18 @@ def test_invalid_points_take_no_part():
     with pytest.raises(EmptyCloudError) as error:
         sample(coord[:10], [5, 5], 0.25, torch.tensor([True] * 5 + [False] * 5))
     assert error.value.clouds == [1]
+    for emptied in ([1], [0, 2]):  # counted per cloud after the empty ones too
+        keep = torch.ones(15, dtype=torch.bool)
+        for c in emptied:
+            keep[5 * c : 5 * c + 5] = False
+        with pytest.raises(EmptyCloudError) as error:
+            sample(coord[:15], [5, 5, 5], 0.25, keep)
+        assert error.value.clouds == emptied
+    partly = torch.tensor([True] * 5 + [False] * 3 + [True] * 7)
+    _, level = sample(coord[:15], [5, 5, 5], 0.25, partly)
+    cells = np.floor(coord[:15].numpy() / 0.25)
+    kept = [cells[c * 5 : c * 5 + 5][partly[c * 5 : c * 5 + 5].numpy()] for c in range(3)]
+    assert level.counts == tuple(len(np.unique(k, axis=0)) for k in kept) == (5, 2, 5)
 
 
 def test_clouds_too_large_for_the_grid_are_refused():
