@@ -16,6 +16,7 @@ The node is restarted, respawn_delay seconds later, when it exits with code 70 (
 that): it does so after `exit_after_internal_errors` consecutive internal errors, such as a sticky CUDA
 error that only a fresh process clears. Any other exit is final: a node that cannot start (a missing
 checkpoint, a bad parameter: code 1) would fail the same way again, and a stopped one was meant to stop.
+Boolean arguments take true/false (1/0, yes/no): a typo stops the launch rather than meaning false.
 dds_profile:=<file.xml> gives the node's process a Fast DDS profile, e.g. the
 shipped config/fastdds_large_messages.xml (shared memory for ~3 MB clouds under best-effort QoS; the
 driver that publishes the clouds needs it too, see the file).
@@ -64,7 +65,7 @@ FALSE = ("false", "0", "no")
 def _perception_node(context):
     value = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     overrides = _overrides(value)
-    managed = value["managed"].lower() in TRUE
+    managed = _flag(value, "managed")
     files = [value["params_file"], *([value["inputs_file"]] if value["inputs_file"] else [])]
 
     def node():  # a fresh action for every start: an action runs once
@@ -80,7 +81,7 @@ def _perception_node(context):
             additional_env=_dds_environment(value["dds_profile"]),
         )
 
-    return _supervised(node, value["respawn"].lower() in TRUE, float(value["respawn_delay"]))
+    return _supervised(node, _flag(value, "respawn"), _seconds(value, "respawn_delay"))
 
 
 def _supervised(start, respawn: bool, delay: float) -> list:
@@ -108,12 +109,29 @@ def _overrides(value: dict[str, str]) -> dict[str, object]:
     overrides: dict[str, object] = {name: value[name] for name in OVERRIDES if value[name]}
     for name in BOOLEAN_OVERRIDES:
         if name in overrides:
-            text = str(overrides[name]).lower()
-            if text not in TRUE + FALSE:
-                raise ValueError(f"{name}:={overrides[name]!r}: expected true or false")
-            overrides[name] = text in TRUE
-    overrides["use_sim_time"] = value["use_sim_time"].lower() in TRUE
+            overrides[name] = _flag(value, name)
+    overrides["use_sim_time"] = _flag(value, "use_sim_time")
     return overrides
+
+
+def _flag(value: dict[str, str], name: str) -> bool:
+    """A boolean argument; anything but true/false (1/0, yes/no) stops the launch with its name, where
+    a typo such as managed:=ture would silently mean false."""
+    text = value[name].lower()
+    if text not in TRUE + FALSE:
+        raise ValueError(f"{name}:={value[name]!r}: expected true or false")
+    return text in TRUE
+
+
+def _seconds(value: dict[str, str], name: str) -> float:
+    """A non-negative duration argument, or the launch stops with its name."""
+    try:
+        seconds = float(value[name])
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"{name}:={value[name]!r}: expected seconds >= 0")
+    return seconds
 
 
 def _dds_environment(profile: str) -> dict[str, str]:

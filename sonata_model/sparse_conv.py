@@ -8,8 +8,8 @@
   matmul, then each other tap gathers its pairs' neighbours, multiplies them by its tap (read in place
   from the weight) and adds them into its rows (`index_add`, deterministic on a CPU). A tap's pairs
   are a few MB, so its three steps run in cache; all taps at once made frame-sized temporaries (36-51
-  MB at the `sonata` stages 0-1 of a 41k-voxel room) that glibc maps and faults in afresh per call:
-  the per-tap loop is 1.5-3x as fast on those stages (benchmarks/encoder.py --profile).
+  MB at the `sonata` stages 0-1 of a 41k-voxel room) that glibc maps and faults in afresh per call
+  (the README's profile of a CPU frame).
 - "spconv": spconv 2.x `SubMConv3d`. Its pairs ("rulebook") are built by the first conv of a stage and
   kept on the plan's level, which every later block of the stage reuses (spconv keeps them on the
   *output* tensor's `indice_dict`). On CPU tensors the CUDA build needs `ConvAlgo.Native`, asserts on

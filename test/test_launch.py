@@ -111,7 +111,7 @@ def test_argument_overrides_reach_the_node_with_the_parameters_types():
     tree = ast.parse(LAUNCH.read_text())
     constants = {name: ast.literal_eval(literal(tree, name)) for name in ("OVERRIDES", "BOOLEAN_OVERRIDES")}
     constants |= {name: ast.literal_eval(literal(tree, name)) for name in ("TRUE", "FALSE")}
-    overrides = launch_function(tree, "_overrides", dict(constants))
+    overrides = launch_function(tree, "_overrides", {**constants, "_flag": launch_function(tree, "_flag", constants)})
     defaults = {param.name: param.default for param in PARAMETERS}
     assert set(constants["BOOLEAN_OVERRIDES"]) == {n for n in constants["OVERRIDES"] if type(defaults[n]) is bool}
     empty = {name: "" for name in constants["OVERRIDES"]} | {"use_sim_time": "false"}
@@ -122,6 +122,27 @@ def test_argument_overrides_reach_the_node_with_the_parameters_types():
     assert overrides(empty | {"cuda_graphs": "false"})["cuda_graphs"] is False
     with pytest.raises(ValueError, match="cuda_graphs:='maybe': expected true or false"):
         overrides(empty | {"cuda_graphs": "maybe"})
+
+
+def test_boolean_and_duration_arguments_refuse_typos():
+    """managed:=ture, respawn:=flase or use_sim_time:=treu stop the launch naming the argument (a typo
+    read as false would start the plain node, never restart it, or ignore /clock); so does a
+    respawn_delay that is not a duration."""
+    tree = ast.parse(LAUNCH.read_text())
+    constants = {name: ast.literal_eval(literal(tree, name)) for name in ("TRUE", "FALSE")}
+    flag = launch_function(tree, "_flag", dict(constants))
+    seconds = launch_function(tree, "_seconds", {})
+    for text, expected in (("true", True), ("True", True), ("1", True), ("yes", True), ("false", False), ("0", False)):
+        assert flag({"managed": text}, "managed") is expected
+    for name, typo in (("managed", "ture"), ("respawn", "flase"), ("use_sim_time", "treu"), ("managed", "")):
+        with pytest.raises(ValueError, match=f"{name}:={typo!r}: expected true or false"):
+            flag({name: typo}, name)
+    assert seconds({"respawn_delay": "2.5"}, "respawn_delay") == 2.5
+    assert seconds({"respawn_delay": "0"}, "respawn_delay") == 0.0
+    for bad in ("2s", "-1", "nan", ""):
+        with pytest.raises(ValueError, match=f"respawn_delay:={bad!r}: expected seconds >= 0"):
+            seconds({"respawn_delay": bad}, "respawn_delay")
+    assert "managed = _flag(value, 'managed')" in ast.unparse(tree)  # respawn's: in the respawn test
 
 
 def test_managed_chooses_the_lifecycle_node_with_the_same_executable():
@@ -163,8 +184,7 @@ def test_the_node_is_respawned_after_internal_errors_only_and_gets_the_dds_profi
     assert defaults["respawn"] == "true" and float(defaults["respawn_delay"]) > 0 and defaults["dds_profile"] == ""
     keywords = node_keywords(tree)
     assert "respawn" not in keywords  # launch's own respawn would restart a node that cannot start, forever
-    supervised = "_supervised(node, value['respawn'].lower() in TRUE, float(value['respawn_delay']))"
-    assert supervised in ast.unparse(tree)
+    assert "_supervised(node, _flag(value, 'respawn'), _seconds(value, 'respawn_delay'))" in ast.unparse(tree)
     # only the node's giving up after internal errors calls for a fresh process (run for real)
     assert ast.literal_eval(literal(tree, "EXIT_INTERNAL_ERRORS")) == EXIT_INTERNAL_ERRORS
     restarts = launch_function(tree, "_restarts", {"EXIT_INTERNAL_ERRORS": EXIT_INTERNAL_ERRORS})
