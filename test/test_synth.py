@@ -8,11 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
+from sonata_model.io.bags import BAG_FORMATS
 from sonata_model.io.frame import IGNORE_LABEL
 from sonata_model.io.labels import load_label_set
 from sonata_model.io.sources import open_source
 from sonata_model.synth import CLASS_NAMES
 from sonata_model.synth.classes import BUILDING, CAR, ROAD, SIDEWALK, TERRAIN, VEGETATION
+from sonata_model.synth.cli import FORMATS
 from sonata_model.synth.cli import main as synth_main
 from sonata_model.synth.drive import drive_world, generate_drive
 from sonata_model.synth.ego import body_box
@@ -293,16 +295,23 @@ def test_bev_png_is_written(tmp_path, hdl64_frame):
     assert np.ptp(rows) > 0.7 * road.shape[0] and abs(np.median(columns) - road.shape[1] / 2) < road.shape[1] / 8
 
 
-@pytest.mark.parametrize("fmt", ["frames", "mcap"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_cli_writes_readable_drives(tmp_path, fmt, capsys):
+    """Every --format reads back as what was generated: bags (mcap, db3, bag1) in the sensor's driver
+    layout with the labels as frame folders beside them, a SemanticKITTI sequence, frame folders."""
     assert (
         synth_main(["--sensor", "vlp16", "--frames", "2", "--seed", "1", "--format", fmt, "--out", str(tmp_path)]) == 0
     )
-    labels = open_source(f"frames:{tmp_path}" if fmt == "frames" else f"frames:{tmp_path}/labels")
     expected = list(generate_drive("vlp16", frames=2, seed=1))
+    labelled = {"frames": f"frames:{tmp_path}", "kitti": f"kitti:{tmp_path}"}.get(fmt, f"frames:{tmp_path}/labels")
+    labels = open_source(labelled)
+    assert len(labels) == 2
     np.testing.assert_array_equal(labels[1].segment, expected[1].segment)
-    if fmt == "mcap":
-        bag = open_source(f"bag:{tmp_path}/drive:/points")
+    np.testing.assert_allclose(labels[1].coord, expected[1].coord, atol=1e-6)
+    if fmt in BAG_FORMATS:
+        bag = open_source(f"bag:{tmp_path}/{'drive.bag' if fmt == 'bag1' else 'drive'}:/points")
+        assert len(bag) == 2
         np.testing.assert_array_equal(bag[0].coord, expected[0].coord)
+        np.testing.assert_allclose(bag[1].strength, expected[1].strength, atol=1e-6)
     assert "wrote 2 frames" in capsys.readouterr().out
     assert set(SENSORS) == {"vlp16", "hdl32", "hdl64", "os128", "vls128"}
