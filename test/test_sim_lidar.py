@@ -1,10 +1,22 @@
-"""The simulated LiDAR's bad options end it at start with exit 1 and what is wrong, not a traceback;
-a decimal option takes a whole number."""
+"""The simulated LiDAR: bad options end it at start with exit 1 and what is wrong, not a traceback; a
+decimal option takes a whole number; a synthetic drive's labels arrive point for point with its clouds;
+a bag is replayed as recorded, without labels."""
 
 from __future__ import annotations
 
+import signal
+
+import numpy as np
 import pytest
-from ros_helpers import NodeProcess
+from rclpy.qos import QoSProfile
+from ros_helpers import NodeProcess, spin_until
+from sensor_msgs.msg import PointCloud2
+
+from sonata_model.io.bags import BagWriter
+from sonata_model.io.labels import load_label_set
+from sonata_model.io.pointcloud2 import pack_rgb, structured_view
+from sonata_model.synth.drive import generate_drive
+from sonata_ros.sim_lidar import mounted_drive
 
 
 @pytest.mark.parametrize(
@@ -27,3 +39,87 @@ def test_a_decimal_option_takes_a_whole_number():
     process = NodeProcess("sonata_ros.sim_lidar", ["-p", "fov_deg:=180", "-p", "count:=1", "-r", "__node:=half_sim"])
     assert process.process.wait(timeout=60) == 0
     assert "published 1 clouds" in process.output and "Traceback" not in process.output
+
+
+def collect(client, topics: dict[str, str], process: NodeProcess, enough) -> dict[str, list]:
+    """Messages on `topics` (key -> topic) until `enough(received)` holds, with reliable subscriptions made
+    before the simulator starts publishing."""
+    received: dict[str, list] = {key: [] for key in topics}
+    subscriptions = [
+        client.create_subscription(PointCloud2, topic, received[key].append, QoSProfile(depth=50))
+        for key, topic in topics.items()
+    ]
+    try:
+        spin_until(client, lambda: enough(received), 60, f"messages on {list(topics.values())}")
+    finally:
+        for subscription in subscriptions:
+            client.destroy_subscription(subscription)
+        if process.process.poll() is None:
+            process.stop(signal.SIGINT)
+    assert "Traceback" not in process.output
+    return received
+
+
+def test_a_synthetic_drive_publishes_its_labels_point_for_point(client):
+    """~/ground_truth holds, for every cloud on ~/points, the same points in the same order with the
+    drive's class of each and its palette colour, under the same stamp and frame."""
+    expected = mounted_drive("vlp16", 2, 3)
+    palette = load_label_set("synthetic").palette()
+    process = NodeProcess(
+        "sonata_ros.sim_lidar",
+        [
+            *("-p", "sensor:=vlp16", "-p", "frames:=2", "-p", "seed:=3", "-p", "rate_hz:=20.0"),
+            *("-p", "reliability:=reliable", "-p", "wait_for_subscribers:=1", "-p", "frame_id:=sim_gt"),
+            *("-r", "__node:=gt_sim", "-r", "~/points:=/gt_sim/points", "-r", "~/ground_truth:=/gt_sim/truth"),
+        ],
+    )
+
+    def pairs(received) -> dict:
+        truth = {stamp(m): m for m in received["truth"]}
+        return {stamp(m): (m, truth[stamp(m)]) for m in received["points"] if stamp(m) in truth}
+
+    received = collect(
+        client, {"points": "/gt_sim/points", "truth": "/gt_sim/truth"}, process, lambda r: len(pairs(r)) >= 3
+    )
+    matched = 0
+    for cloud, truth in pairs(received).values():
+        assert cloud.header.frame_id == truth.header.frame_id == "sim_gt"
+        points, labels = structured_view(cloud).reshape(-1), structured_view(truth).reshape(-1)
+        xyz = np.stack([points[a] for a in "xyz"], axis=1)
+        assert np.array_equal(xyz, np.stack([labels[a] for a in "xyz"], axis=1))
+        frame = next(f for f in expected if len(f.coord) == len(xyz) and np.array_equal(f.coord, xyz))
+        np.testing.assert_array_equal(labels["class_id"], frame.segment.astype(np.uint8))
+        np.testing.assert_array_equal(labels["rgb"], pack_rgb(palette[frame.segment.astype(np.uint8)]))
+        matched += 1
+    assert matched >= 3 and len({len(f.coord) for f in expected}) == 2  # both frames of the loop told apart
+
+
+def test_a_bag_is_replayed_in_a_loop_without_ground_truth(client, tmp_path):
+    """bag:=... publishes the bag's clouds (x, y, z, intensity) in order, looped `count` times over, and
+    nothing on ~/ground_truth (a bag has no labels)."""
+    frames = list(generate_drive("vlp16", frames=2, seed=4))
+    with BagWriter(tmp_path / "run", format="mcap", topic="/lidar", layout="velodyne") as writer:
+        for frame in frames:
+            writer.write(frame)
+    process = NodeProcess(
+        "sonata_ros.sim_lidar",
+        [
+            *("-p", f"bag:={tmp_path / 'run'}", "-p", "count:=4", "-p", "rate_hz:=20.0"),
+            *("-p", "reliability:=reliable", "-p", "wait_for_subscribers:=1"),
+            *("-r", "__node:=bag_sim", "-r", "~/points:=/bag_sim/points", "-r", "~/ground_truth:=/bag_sim/truth"),
+        ],
+    )
+    received = collect(
+        client, {"points": "/bag_sim/points", "truth": "/bag_sim/truth"}, process, lambda r: len(r["points"]) >= 4
+    )
+    assert process.process.wait(timeout=30) == 0 and "published 4 clouds" in process.output
+    assert received["truth"] == []
+    for k, cloud in enumerate(received["points"][:4]):
+        view = structured_view(cloud).reshape(-1)
+        frame = frames[k % 2]
+        np.testing.assert_array_equal(np.stack([view[a] for a in "xyz"], axis=1), frame.coord)
+        np.testing.assert_allclose(view["intensity"], frame.strength * 255, atol=1e-3)  # as a driver sends it
+
+
+def stamp(message) -> tuple[int, int]:
+    return message.header.stamp.sec, message.header.stamp.nanosec
