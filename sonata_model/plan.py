@@ -427,8 +427,9 @@ def build_plan(
     # Pooling: the row one level up of every row (padding rows: the next level's first padding row).
     up = row_level + 1
     parent = member_row[up, rep[:total]]  # last level: the dump row
-    ancestors = member_row[:num_levels, rep[: sizes.capacity[0]]]  # (L, C_0): each level-0 row's row at every level
-    representative = rep[: sizes.capacity[0]].clamp(max=n - 1)  # padding rows: any member
+    level0_rep = rep[: sizes.capacity[0]]
+    ancestors = member_row[:num_levels, level0_rep]  # (L, C_0): each level-0 row's row at every level
+    representative = level0_rep.clamp(max=n - 1)  # padding rows: any member
 
     # Coordinates: level 0 the representatives', each coarser level the mean of its children's.
     children = torch.zeros(total + 1, device=device).index_add_(0, parent, _constants(device).one.expand(total))
