@@ -4,6 +4,7 @@ with fp32, and oneDNN's per-shape kernel caches stay bounded over a stream of va
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -107,3 +108,14 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_may_be_slower(monkeypat
         sm.Segmenter(encoder, None, device="cpu", precision="fp32", domain="outdoor")
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
         sm.Segmenter(encoder, None, device="cpu", precision="bf16", domain="outdoor")
+
+
+def test_importing_the_package_caps_onednns_caches_unless_the_environment_set_them():
+    """Both cache variables default to the package's cap at import; a value the user exported is kept."""
+    read = "import os, sonata_model; print(*(os.environ[name] for name in sonata_model.onednn.CACHE_VARIABLES))"
+    clean = {k: v for k, v in os.environ.items() if k not in sm.onednn.CACHE_VARIABLES}
+    default = subprocess.run([sys.executable, "-c", read], env=clean, capture_output=True, text=True, check=True)
+    assert default.stdout.split() == [str(sm.onednn.CACHE_CAPACITY)] * 2
+    own = {**clean, "LRU_CACHE_CAPACITY": "5", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"}
+    kept = subprocess.run([sys.executable, "-c", read], env=own, capture_output=True, text=True, check=True)
+    assert kept.stdout.split() == ["5", "7"]
