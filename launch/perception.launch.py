@@ -10,7 +10,8 @@ The node's input `~/input/pointcloud` is remapped to input_topic; its outputs ar
 `/sonata_perception/output/{segmentation,embeddings,embedding_rgb}`.
 
 managed:=true starts the lifecycle variant: it waits unconfigured for a lifecycle manager (or
-`ros2 lifecycle set /sonata_perception configure`, then `activate`).
+`ros2 lifecycle set /sonata_perception configure`, then `activate`); restarted after code 70 (only an
+active node exits so), it configures and activates itself.
 
 The node is restarted, respawn_delay seconds later, when it exits with code 70 (respawn:=false to stop
 that): it does so after `exit_after_internal_errors` consecutive internal errors, such as a sticky CUDA
@@ -68,7 +69,7 @@ def _perception_node(context):
     managed = _flag(value, "managed")
     files = [value["params_file"], *([value["inputs_file"]] if value["inputs_file"] else [])]
 
-    def node():  # a fresh action for every start: an action runs once
+    def node(restarted: bool):  # a fresh action for every start: an action runs once
         return (LifecycleNode if managed else Node)(
             package="sonata_ros",
             executable="sonata_perception",
@@ -77,24 +78,33 @@ def _perception_node(context):
             output="screen",
             parameters=[*files, overrides],
             remappings=[("~/input/pointcloud", value["input_topic"])],
-            arguments=[*(["--managed"] if managed else []), "--ros-args", "--log-level", value["log_level"]],
+            arguments=[*_node_flags(managed, restarted), "--ros-args", "--log-level", value["log_level"]],
             additional_env=_dds_environment(value["dds_profile"]),
         )
 
     return _supervised(node, _flag(value, "respawn"), _seconds(value, "respawn_delay"))
 
 
-def _supervised(start, respawn: bool, delay: float) -> list:
-    """The node `start()` makes and, with `respawn`, a handler that starts a fresh one `delay` s after it
-    exits with code 70 (launch's own respawn restarts after any exit, a failed start every `delay` s)."""
-    node = start()
+def _node_flags(managed: bool, restarted: bool) -> list[str]:
+    """The node's own arguments: a managed node restarted after code 70 (which only an active node exits
+    with) brings itself back up; a lifecycle manager without a bond would not notice the new process."""
+    if not managed:
+        return []
+    return ["--managed", "--activate"] if restarted else ["--managed"]
+
+
+def _supervised(start, respawn: bool, delay: float, restarted: bool = False) -> list:
+    """The node `start(restarted)` makes and, with `respawn`, a handler that starts a fresh one `delay` s
+    after it exits with code 70 (launch's own respawn restarts after any exit, a failed start every
+    `delay` s)."""
+    node = start(restarted)
     if not respawn:
         return [node]
 
     def on_exit(event, _context):
         if not _restarts(event.returncode):
             return []
-        return [TimerAction(period=delay, actions=_supervised(start, respawn, delay))]
+        return [TimerAction(period=delay, actions=_supervised(start, respawn, delay, restarted=True))]
 
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))]
 

@@ -3,6 +3,7 @@
     ros2 launch sonata_ros perception.launch.py input_topic:=/points
     python -m sonata_ros.perception_node --ros-args --params-file config/perception.yaml
     python -m sonata_ros.perception_node --managed --ros-args ...     # lifecycle node, starts unconfigured
+    python -m sonata_ros.perception_node --managed --activate ...     # lifecycle node, brings itself up
 
 Subscription callbacks only store the newest cloud of each input (`FrameSync`); a worker thread takes
 a set (one cloud, or with `input_topics` the clouds of several LiDARs), merges them, runs ONE forward
@@ -15,6 +16,9 @@ the node exits with code 70 so that the launch file's `respawn` starts a fresh p
 The plain node configures and activates itself at start. The managed one follows the ROS 2 life cycle:
 configure reads the parameters, loads and warms up the model; activate subscribes and starts the
 worker; deactivate stops taking clouds and finishes the one in flight; cleanup releases the model.
+With `--activate` it configures and activates itself at start and a manager takes it from there: the
+launch file restarts a managed node that way, since only an active node exits with code 70 and a
+lifecycle manager without a bond would not notice the new process.
 """
 
 from __future__ import annotations
@@ -616,6 +620,12 @@ class ManagedPerceptionNode(Perception, LifecycleNode):
         self.lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
+    def bring_up(self) -> None:
+        """Configure, then activate, through the node's own transitions (as a manager would; a failed
+        configure is logged and leaves the node unconfigured for a manager)."""
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
     def stop(self) -> None:
         """Whatever the state: deactivate and release what is there."""
         if self.lifecycle_state == "active":
@@ -701,7 +711,10 @@ def _input_transform(config: sm.EncoderConfig, domain: str | None, grid_size: fl
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=NODE_NAME, description="Sonata semantic segmentation of PointCloud2.")
     parser.add_argument("--managed", action="store_true", help="a lifecycle node: starts unconfigured")
+    parser.add_argument("--activate", action="store_true", help="with --managed: configure and activate at start")
     options = parser.parse_args(rclpy.utilities.remove_ros_args(sys.argv if args is None else args)[1:])
+    if options.activate and not options.managed:
+        parser.error("--activate is for the managed node (--managed); the plain node is active from the start")
     fix_malloc_thresholds()  # before the first frame: a flat RSS without page faults on every frame
     stop = init_ros(args)
     try:
@@ -710,6 +723,8 @@ def main(args: list[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
+    if options.activate:
+        node.bring_up()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -151,8 +151,15 @@ def test_managed_chooses_the_lifecycle_node_with_the_same_executable():
     assert ast.unparse(keywords["executable"]) == "'sonata_perception'"
     assert ast.unparse(keywords["namespace"]) == "''"  # launch_ros' LifecycleNode requires one
     assert ast.unparse(keywords["arguments"]) == (
-        "[*(['--managed'] if managed else []), '--ros-args', '--log-level', value['log_level']]"
+        "[*_node_flags(managed, restarted), '--ros-args', '--log-level', value['log_level']]"
     )
+    flags = launch_function(tree, "_node_flags", {})  # run for real
+    assert flags(False, False) == flags(False, True) == []  # the plain node is active from the start
+    assert flags(True, False) == ["--managed"]  # waits unconfigured for its manager
+    assert flags(True, True) == ["--managed", "--activate"]  # restarted after code 70: it was active
+    source = ast.unparse(tree)
+    assert "node = start(restarted)" in source
+    assert "actions=_supervised(start, respawn, delay, restarted=True)" in source
     assert ast.unparse(keywords["parameters"]) == "[*files, overrides]"  # inputs_file over params_file
 
 

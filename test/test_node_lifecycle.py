@@ -113,7 +113,7 @@ def key(msg: PointCloud2) -> tuple[int, int]:
     return msg.header.stamp.sec, msg.header.stamp.nanosec
 
 
-def start_managed(name: str, **parameters) -> NodeProcess:
+def start_managed(name: str, activate: bool = False, **parameters) -> NodeProcess:
     args = [f"{k}:={v}" for k, v in {"device": "cpu", "input_reliability": "reliable", **parameters}.items()]
     return NodeProcess(
         "sonata_ros.perception_node",
@@ -124,7 +124,7 @@ def start_managed(name: str, **parameters) -> NodeProcess:
             "-r",
             f"~/input/pointcloud:=/{name}/points",
         ],
-        args=("--managed",),
+        args=("--managed", "--activate") if activate else ("--managed",),
     )
 
 
@@ -246,3 +246,36 @@ def test_the_inputs_named_at_start_take_their_sensor_parameters_before_configure
         if node.process.poll() is None:
             assert node.stop(signal.SIGINT) == 0
     assert "Traceback" not in node.output
+
+
+def test_a_managed_node_started_with_activate_brings_itself_up_and_stays_managed(client, model_files):
+    """`--managed --activate` (how the launch file restarts a managed node after code 70): active and
+    answering without a manager, and a manager can still take it down and up again."""
+    encoder, head = model_files
+    name = NAME  # the name Traffic listens under
+    node = start_managed(name, activate=True, checkpoint=encoder, head=head)
+    traffic = Traffic(client, f"/{name}/points")
+    manager = None
+    try:
+        node.wait_for_line("active: taking clouds")
+        manager = Manager(client, name)
+        assert manager.state() == "active"
+        frame = next(iter(generate_drive("vlp16", frames=1, seed=5)))
+        message = cloud(Frame(coord=frame.coord[:4000], strength=frame.strength[:4000]), "velodyne")
+        spin_until(client, lambda: traffic.publisher.get_subscription_count() == 1, 20, "the input subscription")
+        spin_until(client, lambda: traffic.output.get_publisher_count() == 1, 20, "the node's output publisher")
+        assert traffic.ask(message).width == message.width
+        assert manager.transition("deactivate") is True and manager.state() == "inactive"
+        assert manager.transition("activate") is True and manager.state() == "active"
+    finally:
+        traffic.close()
+        if manager is not None:
+            manager.close()
+        assert node.stop(signal.SIGINT) == 0
+    assert "Traceback" not in node.output
+
+
+def test_activate_without_managed_is_refused():
+    node = NodeProcess("sonata_ros.perception_node", ["-r", "__node:=not_managed"], args=("--activate",))
+    assert node.process.wait(timeout=60) == 2
+    assert "--activate is for the managed node (--managed)" in node.output
