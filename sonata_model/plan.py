@@ -713,10 +713,10 @@ def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None, 
     before the centre, grouped by offset, and the same hits swapped for the mirrored offsets 26 - k
     (a CPU's own memory: `nonzero` per level and one read of the counts, no device to wait for)."""
     levels = []
+    before_centre = _constants(row_key.device).delta_keys[:_CENTRE]  # b is a's neighbour at d iff a is b's at -d
     for base, capacity in zip(sizes.base, sizes.capacity, strict=True):
         level = slice(base, base + capacity)  # searched within the level: its keys are a sorted run
         level_rows = None if rows is None or base else rows[level]  # only level 0 can keep an order
-        before_centre = _constants(row_key.device).delta_keys[:_CENTRE]  # b is a's neighbour at d iff a is b's at -d
         found = _search(search[level], level_rows, row_key[level], before_centre, chunk)  # level rows; C: none
         offset, row = (found < capacity).T.nonzero(as_tuple=True)  # ordered by (offset, row)
         levels.append((row, found[row, offset], torch.searchsorted(offset, _GROUP_ENDS)))
