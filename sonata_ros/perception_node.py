@@ -567,10 +567,21 @@ class ManagedPerceptionNode(Perception, LifecycleNode):
         LifecycleNode.__init__(self, NODE_NAME, **kwargs)
         self.fatal = None
         self.lifecycle_state = "unconfigured"  # unconfigured | inactive | active | finalized
-        for name in self._read_parameters()["input_names"]:  # so that a manager can set them before configure
+        self._declare_sensor_parameters(self._read_parameters()["input_names"])
+        self.add_on_set_parameters_callback(self._only_while_unconfigured)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+
+    def _declare_sensor_parameters(self, names: list[str]) -> None:
+        """`sensors.<name>.*` of the inputs `names`, so that a manager can set them before configure."""
+        for name in names:
             for param in SENSOR_PARAMETERS:
                 self._declare_parameter(param, f"sensors.{name}.{param.name}")
-        self.add_on_set_parameters_callback(self._only_while_unconfigured)
+
+    def _on_parameters_set(self, parameters: list[Parameter]) -> None:
+        """Inputs named after start (a manager setting `input_names`) get their sensor parameters too."""
+        for parameter in parameters:
+            if parameter.name == "input_names" and isinstance(parameter.value, list | tuple):
+                self._declare_sensor_parameters([str(name) for name in parameter.value])
 
     def _only_while_unconfigured(self, parameters: list[Parameter]) -> SetParametersResult:
         if self.lifecycle_state == "unconfigured":

@@ -232,7 +232,8 @@ def test_the_plain_node_stays_the_default(client, model_files):
 
 
 def test_the_inputs_named_at_start_take_their_sensor_parameters_before_configure(client, model_files):
-    """A managed multi-LiDAR node: a lifecycle manager sets an input's extrinsic while unconfigured."""
+    """A managed multi-LiDAR node: a lifecycle manager sets an input's extrinsic while unconfigured, also
+    for an input it names itself after start."""
     encoder, head = model_files
     name = "managed_fleet"
     node = start_managed(name, checkpoint=encoder, head=head, input_topics="['/a', '/b']", input_names="[front, rear]")
@@ -241,6 +242,16 @@ def test_the_inputs_named_at_start_take_their_sensor_parameters_before_configure
         assert manager.state() == "unconfigured"
         (result,) = manager.set(**{"sensors.front.translation": [1.2, 0.0, 0.3]})
         assert result.successful, result.reason
+        # an input named later by the manager gets its sensor parameters too, read at configure
+        assert all(
+            r.successful for r in manager.set(input_topics=["/a", "/b", "/c"], input_names=["front", "rear", "roof"])
+        )
+        (result,) = manager.set(**{"sensors.roof.translation": [0.0, 0.0]})  # a typo the configure catches
+        assert result.successful, result.reason
+        assert manager.transition("configure") is False
+        assert "sensors.roof" in node.wait_for_line("configure failed:")
+        assert manager.set(**{"sensors.roof.translation": [0.0, 0.0, 1.9]})[0].successful
+        assert manager.transition("configure") is True and manager.state() == "inactive"
         manager.close()
     finally:
         if node.process.poll() is None:
