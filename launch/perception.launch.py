@@ -4,23 +4,22 @@ Starts the sonata_perception node with config/perception.yaml (or params_file:=.
 inputs_file:=... when given (several LiDARs: see multi_lidar.launch.py). The checkpoint, head, device,
 domain, precision and cuda_graphs arguments override the params file only when given (an empty
 argument keeps the file's value). Real time on a GPU: device:=cuda precision:=bf16 cuda_graphs:=true, with
-dds_profile:=<share>/config/fastdds_large_messages.xml (below: a 64-beam labelled cloud spends ~8.5 ms in
-transit instead of ~20 ms with Fast DDS's defaults, benchmarks/dds_latency.py).
+dds_profile:=<share>/config/fastdds_large_messages.xml (a 64-beam cloud spends ~8.5 ms in transit
+instead of ~20 ms with Fast DDS's defaults, benchmarks/dds_latency.py).
 The node's input `~/input/pointcloud` is remapped to input_topic; its outputs are
 `/sonata_perception/output/{segmentation,embeddings,embedding_rgb}`.
 
 managed:=true starts the lifecycle variant: it waits unconfigured for a lifecycle manager (or
 `ros2 lifecycle set /sonata_perception configure`, then `activate`); restarted after code 70 (only an
-active node exits so), it configures and activates itself.
+active node exits so), it configures and activates itself, or exits with code 1 if it cannot.
 
 The node is restarted, respawn_delay seconds later, when it exits with code 70 (respawn:=false to stop
 that): it does so after `exit_after_internal_errors` consecutive internal errors, such as a sticky CUDA
 error that only a fresh process clears. Any other exit is final: a node that cannot start (a missing
 checkpoint, a bad parameter: code 1) would fail the same way again, and a stopped one was meant to stop.
 Boolean arguments take true/false (1/0, yes/no): a typo stops the launch rather than meaning false.
-dds_profile:=<file.xml> gives the node's process a Fast DDS profile, e.g. the
-shipped config/fastdds_large_messages.xml (shared memory for ~3 MB clouds under best-effort QoS; the
-driver that publishes the clouds needs it too, see the file).
+dds_profile:=<file.xml> gives the node's process a Fast DDS profile (shared memory for ~3 MB clouds
+under best-effort QoS; the driver that publishes the clouds needs it too, see the file).
 """
 
 import os

@@ -23,13 +23,14 @@ none at all, and copying one frame's plan into a graph's inputs is a copy per fi
 Attention patches follow the reference's rule: a cloud of n >= K voxels is cut into ceil(n / K)
 patches of K consecutive curve positions, the last one completed with the K - n % K positions before
 it (copies, whose outputs are dropped); a cloud of n < K voxels is one sequence of n. Here every level
-has one patch length L (K, or the largest cloud when all are shorter), short clouds' patches are
-padded to L with masked keys, and (bucketed) spare patches complete a fixed count. `AttentionLayout`
-holds it per (level, order) for the kernel chosen: "sdpa" (P x L slots, an additive key mask when
-some slot is not a key) or "flash" (flash_attn varlen: the real slots packed, `cu_seqlens`). A level's
-full patches (every slot its own row's) come first; the others (a cloud's last patch, a short cloud)
-are queried at their own slots only, so a 1,214-voxel level of 1,024-patches attends 1,214 queries,
-not 2,048 (the copies stay keys).
+has one patch length L (K, or the largest cloud when all are shorter; bucketed: K, or the capacity),
+short clouds' patches are padded to L with masked keys, and (bucketed) spare patches complete a fixed
+count. `AttentionLayout` holds it per (level, order) for the kernel chosen: "sdpa" (P x L slots, an
+additive key mask when some slot is not a key, always when bucketed) or "flash" (flash_attn varlen: the
+real slots packed, `cu_seqlens`). Unbucketed, a level's full patches (every slot its own row's) come
+first; the others (a cloud's last patch, a short cloud) are queried at their first slots only, as
+many as the largest of their own counts (their own rows come first), so a 1,214-voxel level of
+1,024-patches attends 1,214 queries, not 2,048 (the copies stay keys).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class AttentionLayout:
     sdpa: `index` (P * L,) level row of each slot, patch p at slots [p L, (p + 1) L); the first
     `full_patches` patches are queried at all L slots, the others at their first `query_length` slots
     (their own rows come first); the outputs are those queries in that order. `bias` (P - full_patches,
-    1, 1, L) 0 / -inf on the keys of the partly queried patches (None when every slot is a key).
+    1, 1, L) 0 / -inf on the keys of the partly queried patches (None when every slot is a key and the
+    plan is not bucketed).
     flash: `index` (P * L,) level row of each packed slot, sequence p at [cu_seqlens[p], cu_seqlens[p + 1])
     (spare tail slots belong to none). `inverse` (C,) the output holding each row's own output
     (padding rows: 0 or a padding slot's output).
@@ -203,10 +205,6 @@ class LevelPlan:
     kernel: str  # the attention kernel
     num_orders: int
     rulebook: dict = field(default_factory=dict, repr=False)  # spconv's pairs, built by the stage's first conv
-
-    @property
-    def padded(self) -> bool:
-        return self.capacity > self.num_voxels
 
     @_view
     def coord(self) -> Tensor:
@@ -537,12 +535,10 @@ class _Sizes:
             k = patch_sizes[s]
             length = min(k, self.capacity[s] if buckets else int(counts.max()))
             level = sorted(_patches(counts, k, length, self.base[s]), key=lambda p: _own_slots(p) < length)
-            self.masked.append(buckets is not None or any(p[5] < length for p in level))
+            self.masked.append(buckets is not None or any(p[4] < length for p in level))
             if buckets:  # fixed shapes per bucket: every patch queried whole
                 first_pad = self.base[s] + self.voxels[s]
-                level += [(first_pad, first_pad, 0, length, 0, length)] * (
-                    self.capacity[s] // length + num_clouds - len(level)
-                )
+                level += [(first_pad, 0, length, 0, length)] * (self.capacity[s] // length + num_clouds - len(level))
                 self.full.append(0)
                 self.query_length.append(length)
             else:
@@ -551,28 +547,29 @@ class _Sizes:
                 self.query_length.append(max((o for o in own if o < length), default=0))
             self.patches.append(len(level))
             self.length.append(length)
-            rows.append(np.array(level, dtype=np.int64).reshape(-1, 6))
+            rows.append(np.array(level, dtype=np.int64).reshape(-1, 5))
         self.patch_rows = np.concatenate(rows)
         self.slots = [p * length for p, length in zip(self.patches, self.length, strict=True)]
 
 
 def _patches(counts: np.ndarray, k: int, length: int, base: int) -> list[tuple[int, ...]]:
-    """(start, last, index in cloud, stride, own count, key count) of each patch of one level's clouds:
-    slot j of patch i reads curve position i * stride + j (minus stride past the cloud's end), is the
-    own slot of that position when below the own count, and a key when j is below the key count."""
+    """(start, index in cloud, stride, own count, key count) of each patch of one level's clouds: slot j
+    of patch i reads curve position i * stride + j (minus stride past the cloud's end; the cloud's start
+    for a slot that would fall before it, which is no key), is the own slot of that position when below
+    the own count, and a key when j is below the key count."""
     out, start = [], base
     for n in counts.tolist():
         if n >= k:
-            out += [(start, start + n - 1, i, k, n, k) for i in range(-(-n // k))]
+            out += [(start, i, k, n, k) for i in range(-(-n // k))]
         elif n:
-            out.append((start, start + n - 1, 0, k, n, n))
+            out.append((start, 0, k, n, n))
         start += n
     return out
 
 
 def _own_slots(patch: tuple[int, ...]) -> int:
     """How many of a patch's slots hold their own row (the others copy rows of the patch before)."""
-    _, _, index, stride, own, _ = patch
+    _, index, stride, own, _ = patch
     return max(0, min(stride, own - index * stride))
 
 
@@ -604,13 +601,13 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
     slot_base = position * lengths
     full, query_length = np.array(sizes.full)[level], np.array(sizes.query_length)[level]
     query_base = np.where(position < full, slot_base, full * lengths + (position - full) * query_length)
-    packed = patches[:, 5] * (patches[:, 4] > 0)  # real slots per sequence; spare patches none
+    packed = patches[:, 4] * (patches[:, 3] > 0)  # real slots per sequence; spare patches none
     packed_base, cu_seqlens = np.zeros(len(patches), dtype=np.int64), []
     for s in range(num_levels):
         ends = np.cumsum(packed[level == s])
         packed_base[level == s] = ends - packed[level == s]
         cu_seqlens.append(np.concatenate([[0], ends]))
-    start, _, index, stride, own, keys = patches.T
+    start, index, stride, own, keys = patches.T
     first_slot = level_first_slot + slot_base
     shift = start + index * stride - first_slot
     per_patch = np.stack(

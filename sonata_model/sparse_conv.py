@@ -2,9 +2,11 @@
 
 - "torch" (default): one gather of the 27 neighbours of every row through the plan's (C, 27)
   neighbour table (a missing neighbour reads an appended zero row) and one matmul with the weight
-  flattened to (C_out, 27 C_in): two kernels, no host sync, fixed shapes. That computes all 27 taps
+  flattened to (C_out, 27 C_in): three kernels (the zero row appended, the gather, the matmul), no
+  host sync, fixed shapes. That computes all 27 taps
   where a surface voxel has 5 to 9 neighbours: free on a GPU, 3-5x the conv's work on a CPU core. So on
-  a CPU the plan compacts the table into `ConvPairs`, grouped by kernel offset: the centre tap is one
+  a CPU the plan gives the found (row, neighbour) pairs instead of a table (`ConvPairs`, straight from
+  the neighbour search), grouped by kernel offset: the centre tap is one
   matmul, then each other tap gathers its pairs' neighbours, multiplies them by its tap (read in place
   from the weight) and adds them into its rows (`index_add`, deterministic on a CPU). A tap's pairs
   are a few MB, so its three steps run in cache; all taps at once made frame-sized temporaries (36-51

@@ -16,9 +16,10 @@ the node exits with code 70 so that the launch file's `respawn` starts a fresh p
 The plain node configures and activates itself at start. The managed one follows the ROS 2 life cycle:
 configure reads the parameters, loads and warms up the model; activate subscribes and starts the
 worker; deactivate stops taking clouds and finishes the one in flight; cleanup releases the model.
-With `--activate` it configures and activates itself at start and a manager takes it from there: the
-launch file restarts a managed node that way, since only an active node exits with code 70 and a
-lifecycle manager without a bond would not notice the new process.
+With `--activate` it configures and activates itself at start (or exits with code 1 when it cannot,
+like the plain node) and a manager takes it from there: the launch file restarts a managed node that
+way, since only an active node exits with code 70 and a lifecycle manager without a bond would not
+notice the new process.
 """
 
 from __future__ import annotations
@@ -631,11 +632,12 @@ class ManagedPerceptionNode(Perception, LifecycleNode):
         self.lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
-    def bring_up(self) -> None:
-        """Configure, then activate, through the node's own transitions (as a manager would; a failed
-        configure is logged and leaves the node unconfigured for a manager)."""
+    def bring_up(self) -> bool:
+        """Configure, then activate, through the node's own transitions (as a manager would); whether
+        the node is active (a failed configure is logged with its reason)."""
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
+        return self.lifecycle_state == "active"
 
     def stop(self) -> None:
         """Whatever the state: deactivate and release what is there."""
@@ -734,8 +736,11 @@ def main(args: list[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
-    if options.activate:
-        node.bring_up()
+    if options.activate and not node.bring_up():  # no manager would notice a node left unconfigured
+        rclpy.logging.get_logger(NODE_NAME).fatal("cannot start: configure failed")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

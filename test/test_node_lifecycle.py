@@ -286,6 +286,15 @@ def test_a_managed_node_started_with_activate_brings_itself_up_and_stays_managed
     assert "Traceback" not in node.output
 
 
+def test_a_managed_node_that_cannot_bring_itself_up_exits_with_the_reason(tmp_path):
+    """`--managed --activate` whose configure fails exits with code 1 and why, as the plain node does,
+    rather than waiting unconfigured for a manager that would never notice it."""
+    node = start_managed("managed_down", activate=True, checkpoint=tmp_path / "absent.pth")
+    assert node.process.wait(timeout=60) == 1
+    assert f"checkpoint not found: {tmp_path / 'absent.pth'}" in node.output
+    assert "cannot start: configure failed" in node.output and "Traceback" not in node.output
+
+
 def test_activate_without_managed_is_refused():
     node = NodeProcess("sonata_ros.perception_node", ["-r", "__node:=not_managed"], args=("--activate",))
     assert node.process.wait(timeout=60) == 2
