@@ -26,21 +26,23 @@ def test_mean_iou_counts_classes_present_in_the_ground_truth_and_unknown_predict
 
 
 def test_the_demo_reports_the_drive_it_segmented(tmp_path):
-    env = {**os.environ, "DEMO_FRAMES": "6", "DEMO_OUTPUT": str(tmp_path), "DEMO_TIMEOUT_S": "240"}
+    env = {**os.environ, "DEMO_FRAMES": "10", "DEMO_OUTPUT": str(tmp_path), "DEMO_TIMEOUT_S": "240"}
     done = subprocess.run(
         [sys.executable, "-m", "sonata_ros.demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr + "".join(p.read_text() for p in tmp_path.glob("*.log"))
     lines = done.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
-    assert summary["frames"] >= 6 and summary["rate_hz"] > 0
+    assert summary["frames"] >= 10 and summary["rate_hz"] > 0
     latency = summary["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
     histogram = summary["class_histogram"]
-    assert {"road", "building", "vegetation"} <= set(histogram) and sum(histogram.values()) > 6 * 10_000
+    assert {"road", "building", "vegetation"} <= set(histogram) and sum(histogram.values()) > 10 * 10_000
     assert summary["miou_vs_ground_truth"] >= 0.25  # the shipped demo model: 0.38 on 50 frames
     assert any(line.startswith(f"rate {summary['rate_hz']} Hz") for line in lines)
-    with Image.open(tmp_path / "demo.png") as picture:
-        assert picture.width > 2 * picture.height  # three panels side by side: predicted, truth, embedding
+    with Image.open(tmp_path / "demo.png") as picture:  # panels side by side, each ~0.9x as wide as tall:
+        # predicted and ground truth, then the embedding's PCA colours when they arrived in time (the
+        # listener asks for them near the end only, and stops waiting after 3x the frames)
+        assert 1.5 < picture.width / picture.height < 3.0
     for log in ("sim_lidar.log", "perception_node.log"):
         assert "Traceback" not in (tmp_path / log).read_text()
