@@ -258,3 +258,20 @@ def test_projected_embeddings_and_rows_equal_the_full_upcast_without_building_it
     full = out.embedding_tensor
     torch.testing.assert_close(projected, full @ weight.T + bias, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rows, full[[0, 5, 17]])
+
+
+def test_the_mlp_runs_gelu_in_place_at_inference_only():
+    """Inference applies GELU in place on fc1's own output (one buffer of rows x 4C fewer per block);
+    with autograd the out-of-place GELU keeps fc1's output for the backward. Same values either way."""
+    torch.manual_seed(0)
+    mlp = sm.encoder.MLP(8, 32)
+    x = torch.randn(50, 8)
+    with torch.inference_mode(), count_ops() as inference:
+        fast = mlp(x)
+    with count_ops() as training:
+        slow = mlp(x)
+    assert inference.ops["aten.gelu_"] == 1 and "aten.gelu" not in inference.ops
+    assert training.ops["aten.gelu"] == 1 and "aten.gelu_" not in training.ops
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    slow.sum().backward()
+    assert mlp.fc1.weight.grad is not None and torch.isfinite(mlp.fc1.weight.grad).all()
