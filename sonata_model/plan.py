@@ -169,7 +169,7 @@ class FrameTensors:
     origin_coord: Tensor | None  # (R, 3) the same for the members' pre-augmentation coordinates
     grid_coord: Tensor  # (R, 3) int64 (padding rows: 0)
     batch: Tensor  # (R,) int64 cloud of each row (padding rows: PAD_CLOUD)
-    offset: Tensor  # (L, B) int64 cumulative real voxel counts per level
+    offset: Tensor  # (L * B,) int64 cumulative real voxel counts per cloud, level after level
     parent: Tensor  # (R,) row one level up of each row, counted within that level (last level: unused)
     neighbours: Tensor | None  # (R, 27) int64 level row at each kernel offset, the capacity where none
     index: Tensor  # (K, S) level row of each attention slot of every level, along each order
@@ -228,7 +228,8 @@ class LevelPlan:
     @_view
     def offset(self) -> Tensor:
         """(B,) int64 cumulative real voxel counts."""
-        return self.frame.offset[self.stage]
+        clouds = len(self.counts)
+        return self.frame.offset[self.stage * clouds : (self.stage + 1) * clouds]
 
     @_view
     def parent(self) -> Tensor | None:
@@ -277,7 +278,7 @@ class FramePlan:
     sparse_backend: str
     frame: FrameTensors
     voxel_of_member: Tensor  # (N,) level-0 row of each member; -1 for members that took no part
-    representative: Tensor  # (C_0,) member kept for each level-0 row: the lowest (padding rows: 0)
+    representative: Tensor  # (C_0,) member kept for each level-0 row: the lowest (padding rows: the last member)
 
     @property
     def signature(self) -> tuple:
@@ -382,7 +383,9 @@ def build_plan(
     if valid is not None:
         key = torch.where(valid, key, _INVALID)
     sorted_key, perm = torch.sort(key, dim=1)
-    first = torch.nn.functional.pad(sorted_key[:, 1:] != sorted_key[:, :-1], (1, 0), value=True)
+    # A new voxel starts where a key differs from the one before it, rolled over all levels: a level's
+    # first key meets the last of the level before (another level's key) and level 0's the last level's.
+    first = sorted_key != sorted_key.roll(1)
     rank = torch.cumsum(first, dim=1)  # 1 + the member's voxel within its level
     # rank's largest value per (level, cloud) is the voxel count of that cloud and those before it
     # (keys' top bits: level << BATCH_BITS | cloud; the invalid members' all ones: the last slot).
@@ -392,7 +395,7 @@ def build_plan(
     counts.scatter_reduce_(0, level_cloud.view(-1), rank.view(-1), "amax")
     cells = grid_coord if valid is None else torch.where(valid[:, None], grid_coord, 0)
     extent.view(-1, 3).scatter_reduce_(0, batch[:, None].expand_as(cells), cells, "amax")
-    host = stats.cpu().numpy()  # the sync: voxels per level and cloud, each cloud's extent
+    host = np.from_dlpack(stats.cpu())  # the sync: voxels per level and cloud, each cloud's extent
     so_far = np.maximum.accumulate(host[:_LEVEL_CLOUDS].reshape(-1, PAD_CLOUD + 1)[:num_levels, :num_clouds], axis=1)
     per_cloud = np.diff(so_far, axis=1, prepend=0)
     extents = host[_LEVEL_CLOUDS:].reshape(-1, 3)[:num_clouds]
@@ -405,18 +408,19 @@ def build_plan(
     # Rows: each member's row at every level, in an (L + 1, N + 1) table whose last column is a stand-in
     # member of the padding rows (each level's first padding row) and whose last row is the dump row (R),
     # so that "the row one level up" of padding and last-level rows needs no case of its own.
-    member_row = torch.full((num_levels + 1, n + 1), total, dtype=torch.long, device=device)
-    member_row[:, n] = meta["pad_row"]
-    members = member_row[:num_levels, :n]
+    member_row = meta["pad_row"][:, None].repeat(1, n + 1)  # the scatter below fills all but those rows
     rows = rank + meta["row_start"][:, None]  # (L, N) the row of each member in sorted order
     if not voxelize:
         rows[0] = perm[0]  # level 0 keeps the members' order
     if valid is not None:
         rows.masked_fill_(sorted_key == _INVALID, total)  # the dump row
-    members.scatter_(1, perm, rows)
-    row_level = torch.repeat_interleave(meta["level"], meta["rows"], output_size=total + 1)  # + the dump row
-    row_key = meta["pad_key"][row_level].index_put_((members,), key)[:total]
-    row_level = row_level[:total]
+    member_row.scatter_(1, perm, rows)
+    # Every row's key (padding rows: their level's padding key), + the dump row's (level L: it sorts
+    # after, and differs from, every key searched for).
+    keys_and_dump = torch.repeat_interleave(meta["pad_key"], meta["rows"], output_size=total + 1)
+    keys_and_dump.index_put_((rows,), sorted_key)
+    row_key = keys_and_dump[:total]
+    row_level = row_key >> LEVEL_SHIFT
     unmargined = row_key - MARGIN_KEY
     row_grid, row_cloud = unpack_keys(unmargined)
     rep = torch.full((total + 1,), n, dtype=torch.long, device=device)  # padding rows: the stand-in
@@ -424,14 +428,16 @@ def build_plan(
 
     # Pooling: the row one level up of every row (padding rows: the next level's first padding row).
     up = row_level + 1
+    up_base = meta["base"][up]  # the first row of the level one up
     parent = member_row[up, rep[:total]]  # last level: the dump row
     level0_rep = rep[: sizes.capacity[0]]
-    ancestors = member_row[:num_levels, level0_rep]  # (L, C_0): each level-0 row's row at every level
-    representative = level0_rep.clamp(max=n - 1)  # padding rows: any member
+    ancestors = member_row[:, level0_rep]  # (L + 1, C_0): each level-0 row's row at every level, and the dump row
+    representative = level0_rep.clamp(max=n - 1)  # padding rows: the last member
 
     # Coordinates: level 0 the representatives', each coarser level the mean of its children's.
     children = torch.zeros(total + 1, device=device).index_add_(0, parent, _constants(device).one.expand(total))
-    weight = torch.cumprod(children.clamp(min=1)[ancestors].reciprocal(), dim=0)  # level 0 rows have no children: 1
+    # level 0 rows have no children (weight 1); the dump row's sum is dropped
+    weight = torch.cumprod(children.clamp(min=1)[ancestors].reciprocal(), dim=0)
     values = coord if origin_coord is None else torch.cat((coord, origin_coord), dim=1)
     values = values[representative]
     row_values = values.new_zeros((total + 1, values.shape[1]))
@@ -439,11 +445,11 @@ def build_plan(
 
     neighbours, pairs = None, [None] * num_levels
     if sparse_backend == "torch":
-        search, search_rows = _search_keys(row_key, None if voxelize else sorted_key[0], perm[0])
+        search, search_rows = (keys_and_dump, None) if voxelize else _search_keys(keys_and_dump, sorted_key[0], perm[0])
         if conv_pairs:
             pairs = _pairs(row_key, sizes, search, search_rows, search_chunk)
         else:
-            neighbours = _neighbours(row_key, row_level, meta, search, search_rows, search_chunk)
+            neighbours = _neighbours(row_key, row_level, up_base, meta, search, search_rows, search_chunk)
     cloud_of_row = unmargined >> 3 * AXIS_BITS  # (level, cloud) as one number
     order = serialize(row_grid, cloud_of_row, num_levels << BATCH_BITS, config.order, meta["depth"]).order
     index, inverse, bias, cu_seqlens = _layouts(order, meta, sizes, attention, total)
@@ -453,7 +459,7 @@ def build_plan(
         grid_coord=row_grid,
         batch=row_cloud,
         offset=meta["offset"],
-        parent=parent - meta["base"][up],
+        parent=parent - up_base,
         neighbours=neighbours,
         index=index,
         inverse=inverse,
@@ -633,9 +639,7 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
         "depth": depth,
         "base": np.append(base, sizes.total_rows),  # + the dump row's "level"
         "row_start": base - 1,
-        "capacity": np.array(sizes.capacity),
         "rows": np.append(sizes.capacity, 1),
-        "level": levels,
         "pad_row": np.append(pad_row, sizes.total_rows),
         "offset": np.cumsum(sizes.per_cloud, axis=1),
         "patch": per_patch,
@@ -647,7 +651,6 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
         flat = flat.pin_memory()
     chunks = torch.split(flat.to(device, non_blocking=True), [int(np.size(v)) for v in parts.values()])
     meta = dict(zip(parts, chunks, strict=True))
-    meta["offset"] = meta["offset"].view(num_levels, -1)
     meta["patch"] = meta["patch"].view(len(per_patch), -1)
     return meta
 
@@ -663,42 +666,52 @@ def _search_keys(row_key: Tensor, level0_sorted: Tensor | None, level0_perm: Ten
     return search, rows
 
 
-def _search(search: Tensor, rows: Tensor | None, keys: Tensor, deltas: Tensor, chunk: int | None) -> Tensor:
+def _search(
+    search: Tensor, rows: Tensor | None, keys: Tensor, deltas: Tensor, missing: int | Tensor, chunk: int | None
+) -> Tensor:
     """(K, D) position in `search` (or its row, `rows[position]`) of each key moved by each of the `deltas`
-    (key offsets), `search`'s length where there is none.
+    (key offsets); `missing` (a number, or (K, 1): one per key) where there is none. `search` ends with a
+    key above every key looked for (the next level's first or the dump row's), so no position runs past it.
 
     On a CPU the keys are searched in chunks: each (K, D) int64 temporary of a 100k-voxel frame is tens
     of MB, and a process's allocator keeps such peaks resident; a GPU takes all keys at once (`chunk`
     None), in one call."""
-    total = search.shape[0]
     step = chunk or (_CPU_ROW_CHUNK if keys.device.type == "cpu" else keys.shape[0])
     if step >= keys.shape[0]:
-        return _search_chunk(search, rows, keys, deltas, total)
+        return _search_chunk(search, rows, keys, deltas, missing)
     out = keys.new_empty((keys.shape[0], deltas.shape[0]))
     for start in range(0, keys.shape[0], max(step, 1)):
-        out[start : start + step] = _search_chunk(search, rows, keys[start : start + step], deltas, total)
+        part = slice(start, start + step)
+        missing_here = missing if isinstance(missing, int) else missing[part]
+        out[part] = _search_chunk(search, rows, keys[part], deltas, missing_here)
     return out
 
 
-def _search_chunk(search: Tensor, rows: Tensor | None, keys: Tensor, deltas: Tensor, total: int) -> Tensor:
+def _search_chunk(search: Tensor, rows: Tensor | None, keys: Tensor, deltas: Tensor, missing: int | Tensor) -> Tensor:
     wanted = keys[:, None] + deltas
-    position = torch.searchsorted(search, wanted).clamp_(max=total - 1)
-    miss = search[position] != wanted
+    position = torch.searchsorted(search, wanted)
+    found = search[position] == wanted
     if rows is not None:
         position = rows[position]
-    return position.masked_fill_(miss, total)
+    return torch.where(found, position, missing)
 
 
 def _neighbours(
-    row_key: Tensor, row_level: Tensor, meta: dict[str, Tensor], search: Tensor, rows: Tensor | None, chunk: int | None
+    row_key: Tensor,
+    row_level: Tensor,
+    up_base: Tensor,
+    meta: dict[str, Tensor],
+    search: Tensor,
+    rows: Tensor | None,
+    chunk: int | None,
 ) -> Tensor:
     """(R, 27) level row of each row's neighbour at each kernel offset; the level's capacity where none.
 
     Keys carry their level, so one search over all levels' sorted keys finds every level's neighbours:
-    a hit at global row p of level l is row p - base_l there; a miss (R) lies past every level's rows
-    and is clamped to the level's capacity."""
-    found = _search(search, rows, row_key, _constants(row_key.device).delta_keys, chunk)
-    return found.sub_(meta["base"][row_level, None]).clamp_(max=meta["capacity"][row_level, None])
+    a hit at global row p of level l is row p - base_l there; a miss becomes the first row of the level
+    one up (`up_base`, base_l+1), which is row capacity_l there."""
+    found = _search(search, rows, row_key, _constants(row_key.device).delta_keys, up_base[:, None], chunk)
+    return found - meta["base"][row_level, None]
 
 
 _CPU_ROW_CHUNK = 8192
@@ -712,9 +725,10 @@ def _pairs(row_key: Tensor, sizes: _Sizes, search: Tensor, rows: Tensor | None, 
     levels = []
     before_centre = _constants(row_key.device).delta_keys[:_CENTRE]  # b is a's neighbour at d iff a is b's at -d
     for base, capacity in zip(sizes.base, sizes.capacity, strict=True):
-        level = slice(base, base + capacity)  # searched within the level: its keys are a sorted run
-        level_rows = None if rows is None or base else rows[level]  # only level 0 can keep an order
-        found = _search(search[level], level_rows, row_key[level], before_centre, chunk)  # level rows; C: none
+        level = slice(base, base + capacity)  # searched within the level: its keys are a sorted run...
+        ending = slice(base, base + capacity + 1)  # ... followed by a greater key (the next level's)
+        level_rows = None if rows is None or base else rows[ending]  # only level 0 can keep an order
+        found = _search(search[ending], level_rows, row_key[level], before_centre, capacity, chunk)  # C: none
         offset, row = (found < capacity).T.nonzero(as_tuple=True)  # ordered by (offset, row)
         levels.append((row, found[row, offset], torch.searchsorted(offset, _GROUP_ENDS)))
     ends = torch.stack([level[2] for level in levels])

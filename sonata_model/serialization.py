@@ -7,12 +7,14 @@ Bit-exact with the reference implementation's codes:
 - "-trans": x and y swapped first.
 
 Shaped for the GPU: a handful of int64 tensor ops on all points at once, no host sync, no branch on the
-data. z-order spreads each 16-bit coordinate with one lookup in a 2**16-entry table. Skilling's
+data. z-order spreads each 16-bit coordinate with one lookup in a table per (order, axis) of 2**16
+entries, each already shifted to its axis's place (x and y swapped for "-trans"). Skilling's
 transform is a finite-state machine over the octants of the z-order code, read from the top level
 down (48 states: the axis permutation and reflections applied to the lower bits, and the parity the
 final Gray decode carries); a table `(state, 4 levels of octants) -> (12 code bits, next state)` runs
 it in 4 lookups for depth 16. A smaller depth d is the same walk over 16 - d leading zero octants
-started from the state that those zeros lead back to the machine's start: one lookup per point.
+started from the state that those zeros lead back to the machine's start, which the first lookup's
+table (indexed by depth) folds in.
 
 One deliberate difference: the reference takes one depth for the whole batch (from the batch's largest
 coordinate) and puts the cloud index at bit 3 * depth. Hilbert order depends on the depth, so here each
@@ -110,10 +112,10 @@ def _start_for_depth(successor: np.ndarray, code: np.ndarray, depth: int) -> int
 
 @dataclass(frozen=True)
 class _Tables:
-    spread: Tensor  # (2**16,) bit i of the index at bit 3i
-    axis_weights: Tensor  # (2, 1, 3) z-order's (x, y, z) shifts as factors: plain and "-trans"
+    spread: Tensor  # (6, 2**16) per (z-order kind, axis): bit i of the index at bit 3i + the axis's shift
+    spread_rows: Tensor  # (2, 1, 3) the row of `spread` for each (plain / "-trans", axis)
     hilbert_step: Tensor  # (S, 4096) per state and 12 z-code bits: next state << 24 | 12 code bits
-    hilbert_start: Tensor  # (17,) start state for each depth
+    hilbert_first: Tensor  # (17, 4096) the same from each depth's start state: the first lookup
     chunk_shifts: Tensor  # (4,) where each lookup's 12 z-code bits start, top first
 
 
@@ -134,11 +136,12 @@ def _tables(device: torch.device) -> _Tables:
         bits = (bits << 3) | code[state, octant]
         state = successor[state, octant]
     step = (state << 2 * _STEP_BITS | bits).reshape(states, 1 << _STEP_BITS)
+    axis_shifts = np.array([2, 1, 0, 1, 2, 0])[:, None]  # (x, y, z) plain, then "-trans"
     return _Tables(
-        spread=torch.from_numpy(spread).to(device),
-        axis_weights=torch.tensor([[[4, 2, 1]], [[2, 4, 1]]], dtype=torch.long, device=device),
+        spread=torch.from_numpy(spread << axis_shifts).to(device),
+        spread_rows=torch.arange(6, device=device).view(2, 1, 3),
         hilbert_step=torch.from_numpy(step).to(device),
-        hilbert_start=torch.from_numpy(start).to(device),
+        hilbert_first=torch.from_numpy(step[start]).to(device),
         chunk_shifts=torch.arange(BATCH_SHIFT - _STEP_BITS, -1, -_STEP_BITS, device=device),
     )
 
@@ -146,14 +149,11 @@ def _tables(device: torch.device) -> _Tables:
 def _hilbert(zcode: Tensor, depth: Tensor | int, tables: _Tables) -> Tensor:
     """Hilbert codes from z-order codes: the state machine, 4 levels per lookup, top level first."""
     chunks = ((zcode.unsqueeze(-1) >> tables.chunk_shifts) & _STEP_MASK).unbind(-1)
-    state = tables.hilbert_start[depth]
-    if state.dim() == 0:  # one depth for every row: a 0-dim index tensor would be read on the host
-        state = state.expand_as(chunks[0])
-    entries = []
-    for step, chunk in enumerate(chunks):
-        entries.append(tables.hilbert_step[state, chunk])
-        if step < len(chunks) - 1:
-            state = entries[-1] >> 2 * _STEP_BITS
+    if isinstance(depth, Tensor) and depth.dim() == 0:  # a 0-dim index tensor would be read on the host
+        depth = depth.expand_as(chunks[0])
+    entries = [tables.hilbert_first[depth, chunks[0]]]
+    for chunk in chunks[1:]:
+        entries.append(tables.hilbert_step[entries[-1] >> 2 * _STEP_BITS, chunk])
     bits = torch.stack(entries, dim=-1) & _STEP_MASK
     return (bits << tables.chunk_shifts).sum(dim=-1)
 
@@ -167,7 +167,7 @@ def encode_orders(grid_coord: Tensor, depth: int | Tensor, orders: Sequence[str]
     if unknown:
         raise ValueError(f"unknown serialization order {unknown[0]!r}; expected one of {ORDERS}")
     tables = _tables(grid_coord.device)
-    zcodes = (tables.spread[grid_coord] * tables.axis_weights).sum(dim=2)  # (2, N): z, z-trans
+    zcodes = tables.spread[tables.spread_rows, grid_coord].sum(dim=2)  # (2, N): z, z-trans
     if not any(o.startswith("hilbert") for o in orders):
         return zcodes[[ORDERS.index(o) for o in orders]]
     codes = torch.cat((zcodes, _hilbert(zcodes, depth, tables)))  # in ORDERS' order
