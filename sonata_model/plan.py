@@ -386,6 +386,8 @@ def build_plan(
     # A new voxel starts where a key differs from the one before it, rolled over all levels: a level's
     # first key meets the last of the level before (another level's key) and level 0's the last level's.
     first = sorted_key != sorted_key.roll(1)
+    if num_levels == 1:  # no other level's key to meet: a cloud within one voxel would start none
+        first[:, 0] = True
     rank = torch.cumsum(first, dim=1)  # 1 + the member's voxel within its level
     # rank's largest value per (level, cloud) is the voxel count of that cloud and those before it
     # (keys' top bits: level << BATCH_BITS | cloud; the invalid members' all ones: the last slot).

@@ -134,3 +134,16 @@ def test_a_fixed_origin_makes_a_voxels_grid_coordinate_independent_of_the_other_
         assert torch.equal(voxel_grid(coord[:rows], batch, 1, 0.5, origin=origin)[:2], expected)
     moved = voxel_grid(coord[:2], torch.zeros(2, dtype=torch.long), 1, 0.5)
     assert not torch.equal(moved, expected)  # each cloud's minimum: (0, 6, 0), (6, 0, 2)
+
+
+@pytest.mark.parametrize("stages", [1, 2, 3])
+def test_a_cloud_within_one_voxel_is_one_voxel_at_every_level(stages):
+    """A level's first key starts a voxel even when every key of the level is equal (one voxel) and the
+    plan has no other level to compare it with."""
+    coord = torch.tensor([[0.01, 0.02, 0.03], [0.02, 0.01, 0.04], [0.03, 0.03, 0.01]])  # one 0.1 cell
+    batch = torch.zeros(3, dtype=torch.long)
+    grid = voxel_grid(coord, batch, 1, 0.1)
+    plan = build_plan(stage_config(stages=stages), coord, grid, batch, 1, voxelize=True, grid_size=0.1)
+    assert [level.num_voxels for level in plan.levels] == [1] * stages
+    assert plan.voxel_of_member.tolist() == [0, 0, 0] and plan.representative.tolist() == [0]
+    assert torch.allclose(plan.levels[-1].coord, coord[:1])
