@@ -393,10 +393,9 @@ def build_plan(
     # (keys' top bits: level << BATCH_BITS | cloud; the invalid members' all ones: the last slot).
     level_cloud = sorted_key >> 3 * AXIS_BITS
     stats = torch.zeros(_LEVEL_CLOUDS + (PAD_CLOUD + 1) * 3, dtype=torch.long, device=device)
-    counts, extent = stats[:_LEVEL_CLOUDS], stats[_LEVEL_CLOUDS:]
-    counts.scatter_reduce_(0, level_cloud.view(-1), rank.view(-1), "amax")
+    stats.scatter_reduce_(0, level_cloud.view(-1), rank.view(-1), "amax")  # the counts: its first slots
     cells = grid_coord if valid is None else torch.where(valid[:, None], grid_coord, 0)
-    extent.view(-1, 3).scatter_reduce_(0, batch[:, None].expand_as(cells), cells, "amax")
+    stats[_LEVEL_CLOUDS:].view(-1, 3).scatter_reduce_(0, batch[:, None].expand_as(cells), cells, "amax")
     host = np.from_dlpack(stats.cpu())  # the sync: voxels per level and cloud, each cloud's extent
     so_far = np.maximum.accumulate(host[:_LEVEL_CLOUDS].reshape(-1, PAD_CLOUD + 1)[:num_levels, :num_clouds], axis=1)
     per_cloud = np.diff(so_far, axis=1, prepend=0)
