@@ -18,10 +18,11 @@ from ros_helpers import ROOT, NodeProcess, spin_until
 
 PROFILE = ROOT / "config" / "fastdds_large_messages.xml"
 CLOUDS = 50
-# All 50 arrive in every run here; 48 leaves room for a scheduler stall of the shared 2-core CI machine
-# (the node's subscription keeps depth 1, so a callback delayed past the next cloud loses one).
-# Without it 16 to 26 of 50 arrived (benchmarks/results/dds_profile.json).
-MIN_ARRIVED = 48
+# All 50 arrive when this test runs alone here; in a full suite on the shared 2-core machine 47 once did
+# (the node's subscription keeps depth 1, so a callback delayed past the next cloud by a stall loses
+# one): 45 leaves room for that. Without the profile 16 to 26 of 50 arrived
+# (benchmarks/results/dds_profile.json), far below.
+MIN_ARRIVED = 45
 
 
 def test_64_beam_clouds_reach_the_node_best_effort_with_the_shipped_profile(client):
