@@ -38,6 +38,8 @@ BATCH_SHIFT = 3 * MAX_DEPTH
 _STEP_LEVELS = 4  # octant levels per Hilbert table lookup
 _STEP_BITS = 3 * _STEP_LEVELS
 _STEP_MASK = (1 << _STEP_BITS) - 1
+_CODE_SHIFT = 63 - _STEP_BITS  # a table entry: its 12 code bits at the top (the sign bit clear)...
+_STATE_MASK = (1 << 6) - 1  # ... and the next state at the bottom (48 states)
 
 
 def _octant_bits(octant: int) -> tuple[int, int, int]:
@@ -114,9 +116,10 @@ def _start_for_depth(successor: np.ndarray, code: np.ndarray, depth: int) -> int
 class _Tables:
     spread: Tensor  # (6, 2**16) per (z-order kind, axis): bit i of the index at bit 3i + the axis's shift
     spread_rows: Tensor  # (2, 1, 3) the row of `spread` for each (plain / "-trans", axis)
-    hilbert_step: Tensor  # (S, 4096) per state and 12 z-code bits: next state << 24 | 12 code bits
+    hilbert_step: Tensor  # (S, 4096) per state and 12 z-code bits: 12 code bits << 51 | next state
     hilbert_first: Tensor  # (17, 4096) the same from each depth's start state: the first lookup
     chunk_shifts: Tensor  # (4,) where each lookup's 12 z-code bits start, top first
+    code_shifts: Tensor  # (4,) right shifts that move each lookup's code bits there (the state falls off)
 
 
 @functools.cache
@@ -135,7 +138,7 @@ def _tables(device: torch.device) -> _Tables:
         octant = (octants >> (3 * level)) & 7
         bits = (bits << 3) | code[state, octant]
         state = successor[state, octant]
-    step = (state << 2 * _STEP_BITS | bits).reshape(states, 1 << _STEP_BITS)
+    step = (bits << _CODE_SHIFT | state).reshape(states, 1 << _STEP_BITS)
     axis_shifts = np.array([2, 1, 0, 1, 2, 0])[:, None]  # (x, y, z) plain, then "-trans"
     return _Tables(
         spread=torch.from_numpy(spread << axis_shifts).to(device),
@@ -143,6 +146,7 @@ def _tables(device: torch.device) -> _Tables:
         hilbert_step=torch.from_numpy(step).to(device),
         hilbert_first=torch.from_numpy(step[start]).to(device),
         chunk_shifts=torch.arange(BATCH_SHIFT - _STEP_BITS, -1, -_STEP_BITS, device=device),
+        code_shifts=_CODE_SHIFT - torch.arange(BATCH_SHIFT - _STEP_BITS, -1, -_STEP_BITS, device=device),
     )
 
 
@@ -153,9 +157,8 @@ def _hilbert(zcode: Tensor, depth: Tensor | int, tables: _Tables) -> Tensor:
         depth = depth.expand_as(chunks[0])
     entries = [tables.hilbert_first[depth, chunks[0]]]
     for chunk in chunks[1:]:
-        entries.append(tables.hilbert_step[entries[-1] >> 2 * _STEP_BITS, chunk])
-    bits = torch.stack(entries, dim=-1) & _STEP_MASK
-    return (bits << tables.chunk_shifts).sum(dim=-1)
+        entries.append(tables.hilbert_step[entries[-1] & _STATE_MASK, chunk])
+    return (torch.stack(entries, dim=-1) >> tables.code_shifts).sum(dim=-1)
 
 
 def encode_orders(grid_coord: Tensor, depth: int | Tensor, orders: Sequence[str]) -> Tensor:
