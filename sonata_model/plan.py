@@ -416,8 +416,8 @@ def build_plan(
     if valid is not None:
         rows.masked_fill_(sorted_key == _INVALID, total)  # the dump row
     member_row.scatter_(1, perm, rows)
-    # Every row's key (padding rows: their level's padding key), + the dump row's (level L: it sorts
-    # after, and differs from, every key searched for).
+    # Every row's key (padding rows: their level's padding key), + the dump row's, which sorts after and
+    # differs from every key searched for (level L's padding key, or the invalid members' all ones).
     keys_and_dump = torch.repeat_interleave(meta["pad_key"], meta["rows"], output_size=total + 1)
     keys_and_dump.index_put_((rows,), sorted_key)
     row_key = keys_and_dump[:total]
