@@ -436,13 +436,14 @@ def build_plan(
     representative = level0_rep.clamp(max=n - 1)  # padding rows: the last member
 
     # Coordinates: level 0 the representatives', each coarser level the mean of its children's.
-    children = torch.zeros(total + 1, device=device).index_add_(0, parent, _constants(device).one.expand(total))
+    # (R + 1, 1): a column, so that the weights below come out (L + 1, C_0, 1), ready to scale (C_0, 3) values
+    children = torch.zeros(total + 1, 1, device=device).index_add_(0, parent, _constants(device).one.expand(total, 1))
     # level 0 rows have no children (weight 1); the dump row's sum is dropped
     weight = torch.cumprod(children.clamp(min=1)[ancestors].reciprocal(), dim=0)
     values = coord if origin_coord is None else torch.cat((coord, origin_coord), dim=1)
     values = values[representative]
     row_values = values.new_zeros((total + 1, values.shape[1]))
-    row_values.index_add_(0, ancestors.flatten(), (weight[..., None] * values).flatten(0, 1))
+    row_values.index_add_(0, ancestors.flatten(), (weight * values).flatten(0, 1))
 
     neighbours, pairs = None, [None] * num_levels
     if sparse_backend == "torch":
