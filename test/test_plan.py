@@ -116,7 +116,7 @@ def test_plan_building_stays_within_its_op_budget():
     finally:
         segmenter_module.build_plan = original
     counts = built["counts"]
-    # 102 launches / 156 ops (110 / 175 before the neighbour search's misses took the next level's base
+    # 103 launches / 155 ops (110 / 175 before the neighbour search's misses took the next level's base
     # and the member table its keys straight from the sort; 126 / 218 before the levels' views were
     # left to first use); a per-level or per-order loop would add dozens
     assert counts.launches <= 105 and counts.total <= 160, counts.summary()
