@@ -447,7 +447,7 @@ def build_plan(
 
     neighbours, pairs = None, [None] * num_levels
     if sparse_backend == "torch":
-        search, search_rows = (keys_and_dump, None) if voxelize else _search_keys(keys_and_dump, sorted_key[0], perm[0])
+        search, search_rows = _search_keys(keys_and_dump, sorted_key, perm, level0_kept_order=not voxelize)
         if conv_pairs:
             pairs = _pairs(row_key, sizes, search, search_rows, search_chunk)
         else:
@@ -657,14 +657,17 @@ def _upload(sizes: _Sizes, extents: np.ndarray, device: torch.device) -> dict[st
     return meta
 
 
-def _search_keys(row_key: Tensor, level0_sorted: Tensor | None, level0_perm: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The sorted keys that neighbours are searched in and, when level 0 kept the members' order (its
-    keys are searched in their sorted order), the row of each searched position (None: the position)."""
-    if level0_sorted is None:
-        return row_key, None
-    search = torch.cat((level0_sorted, row_key[level0_sorted.shape[0] :]))
-    rows = torch.arange(row_key.shape[0], device=row_key.device)
-    rows[: level0_perm.shape[0]] = level0_perm
+def _search_keys(
+    keys: Tensor, sorted_key: Tensor, perm: Tensor, level0_kept_order: bool
+) -> tuple[Tensor, Tensor | None]:
+    """The sorted keys that neighbours are searched in (every row's, then the dump row's) and, when level
+    0 kept the members' order (its keys are searched in their sorted order, `sorted_key[0]`), the row of
+    each searched position (None: the position)."""
+    if not level0_kept_order:
+        return keys, None
+    search = torch.cat((sorted_key[0], keys[sorted_key.shape[1] :]))
+    rows = torch.arange(keys.shape[0], device=keys.device)
+    rows[: perm.shape[1]] = perm[0]
     return search, rows
 
 

@@ -58,6 +58,7 @@ def test_codes_equal_the_references_at_every_depth(depth):
         reference = z_reference if order.startswith("z") else lambda x, y, z, d: hilbert_reference((x, y, z), d)
         expected = [reference(int(a), int(b), int(c), depth) for a, b, c in swapped]
         assert encode(tensor, depth, order).tolist() == expected, order
+        assert encode(tensor, torch.tensor(depth), order).tolist() == expected, order  # one depth as a 0-dim tensor
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
