@@ -51,12 +51,19 @@ def voxel_grid(
     minus the cell of `origin` (units of `coord`, a corner no valid point lies below) in every cloud."""
     cell = torch.floor(coord.double() / grid_size).long()
     if origin is not None:
-        return cell - torch.floor(torch.tensor(origin, dtype=torch.float64) / grid_size).long().to(coord.device)
+        return cell - _origin_cell(tuple(origin), grid_size, coord.device)
     if valid is not None:
         cell = torch.where(valid[:, None], cell, torch.iinfo(torch.long).max)
     low = cell.new_full((num_clouds, 3), torch.iinfo(torch.long).max)
     low = low.scatter_reduce(0, batch[:, None].expand_as(cell), cell, "amin")
     return cell - low[batch]
+
+
+@functools.cache
+def _origin_cell(origin: tuple[float, float, float], grid_size: float, device: torch.device) -> Tensor:
+    """(3,) cell of `origin`, on the device once: a per-frame upload from the host would make it wait for
+    the device's queued work (a blocking copy synchronises the stream)."""
+    return torch.floor(torch.tensor(origin, dtype=torch.float64) / grid_size).long().to(device)
 
 
 def pack_keys(grid: Tensor, batch: Tensor | int, level: Tensor | int = 0) -> Tensor:

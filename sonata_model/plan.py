@@ -396,7 +396,7 @@ def build_plan(
     stats.scatter_reduce_(0, level_cloud.view(-1), rank.view(-1), "amax")  # the counts: its first slots
     cells = grid_coord if valid is None else torch.where(valid[:, None], grid_coord, 0)
     stats[_LEVEL_CLOUDS:].view(-1, 3).scatter_reduce_(0, batch[:, None].expand_as(cells), cells, "amax")
-    host = np.from_dlpack(stats.cpu())  # the sync: voxels per level and cloud, each cloud's extent
+    host = _read_sizes(stats)  # the sync: voxels per level and cloud, each cloud's extent
     so_far = np.maximum.accumulate(host[:_LEVEL_CLOUDS].reshape(-1, PAD_CLOUD + 1)[:num_levels, :num_clouds], axis=1)
     per_cloud = np.diff(so_far, axis=1, prepend=0)
     extents = host[_LEVEL_CLOUDS:].reshape(-1, 3)[:num_clouds]
@@ -506,6 +506,11 @@ def build_plan(
         voxel_of_member=voxel_of_member,
         representative=representative,
     )
+
+
+def _read_sizes(stats: Tensor) -> np.ndarray:
+    """The plan's one host read (`np.from_dlpack`: one op, where `.cpu().numpy()` dispatches five)."""
+    return np.from_dlpack(stats.cpu())
 
 
 def _check(per_cloud: np.ndarray, extents: np.ndarray, members: int, voxelize: bool, grid_size: float | None) -> None:

@@ -3,8 +3,10 @@
 On a GPU every aten op that is not a view is (at least) one kernel launch, and some ops make the host
 wait for the device: reading a value (`.item()`, `bool(t)`, `int(t)`), ops whose output size depends on
 the data (`nonzero`, `unique`, `masked_select`, boolean-mask indexing, `repeat_interleave` without
-`output_size`, `bincount`), `torch.equal`, and copies to the host. `count_ops` records both while a
-block runs, on any device, so a CPU run already shows what a CUDA run would pay.
+`output_size`, `bincount`), `torch.equal`, copies to the host, and blocking copies from the host to a
+device (CUDA synchronises the stream after one: the host waits for the work queued before it).
+`count_ops` records both while a block runs, on any device, so a CPU run already shows what a CUDA run
+would pay (and a run on the `meta` device shows every upload, which on a CPU run is no copy at all).
 
 On the CPU `.cpu()` and `.tolist()` never reach the dispatcher, so while it is active the counter also
 wraps those two methods and counts their calls on CPU tensors as copies to the host (a CUDA tensor's
@@ -97,21 +99,41 @@ def sync_kind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> str | N
         return "nonzero"
     if func in _REPEAT_BY_TENSOR and kwargs.get("output_size") is None:
         return "repeat_interleave"
-    if packet in _COPIES and _copies_to_host(func, args, kwargs):
-        return "copy_to_host"
+    if packet in _COPIES:
+        return _copy_kind(func, args, kwargs)
     return None
 
 
-def _copies_to_host(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> bool:
+def _copy_kind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> str | None:
+    """A copy's sync kind: "copy_to_host" (a device's tensor to the host), "blocking_upload" (the host's to
+    a device, not `non_blocking`), or None."""
     if func.overloadpacket is aten.copy_:
-        destination, source = args[0], args[1]
-        return destination.device.type == "cpu" and source.device.type != "cpu"
-    target = kwargs.get("device")
-    if target is None and len(args) > 1:  # aten.to.device(self, device, ...), aten.to.other(self, other, ...)
-        target = args[1].device if isinstance(args[1], torch.Tensor) else args[1]
-    if not isinstance(target, str | torch.device):
-        return False
-    return torch.device(target).type == "cpu" and args[0].device.type != "cpu"
+        target, source = args[0].device, args[1].device
+    else:
+        source = args[0].device
+        target = _argument(func, args, kwargs, "device")
+        if target is None:  # aten.to.other(self, other, ...)
+            other = _argument(func, args, kwargs, "other")
+            target = other.device if isinstance(other, torch.Tensor) else None
+        if target is None:
+            return None
+        target = torch.device(target)
+    if target.type == "cpu" and source.type != "cpu":
+        return "copy_to_host"
+    if source.type == "cpu" and target.type != "cpu" and not _argument(func, args, kwargs, "non_blocking"):
+        return "blocking_upload"
+    return None
+
+
+def _argument(func: torch._ops.OpOverload, args: tuple, kwargs: dict, name: str) -> Any:
+    """The value of argument `name` of a dispatched call (None where the schema has no such argument or
+    the call left it at its default)."""
+    for position, argument in enumerate(func._schema.arguments):
+        if argument.name == name:
+            if name in kwargs:
+                return kwargs[name]
+            return args[position] if position < len(args) and not argument.kwarg_only else None
+    return None
 
 
 class _Recorder(TorchDispatchMode):

@@ -379,10 +379,14 @@ class Segmenter:
         raise ValueError(f"unknown feature key {key!r}")
 
     def _to_device(self, array: np.ndarray) -> Tensor:
+        """`array` on the device without making the host wait (CUDA: from pinned memory; a blocking upload
+        would wait for the device's queued work)."""
         tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cpu":
+            return tensor
         if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     def _autocast(self) -> AbstractContextManager:
         if self.precision == "fp32":

@@ -65,7 +65,8 @@ def default_backend() -> str:
 def compute_dtype(feat: Tensor) -> torch.dtype:
     """The dtype a matmul on `feat` runs in: the autocast dtype when autocast is on, else feat's."""
     device = feat.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else feat.dtype
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return torch.get_autocast_dtype(device) if autocast else feat.dtype
 
 
 class SubMConv3d(nn.Module):

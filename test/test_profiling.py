@@ -75,12 +75,19 @@ def test_a_copy_to_the_host_counts_once():
     assert counts.syncs == {"copy_to_host": 1}
 
 
-def test_copies_to_the_host_from_a_device_are_syncs():
+def test_copies_between_the_host_and_a_device_that_wait_are_syncs():
     device = torch.empty(2, device="meta")  # stands for a CUDA tensor: classified, never run
     host = torch.empty(2)
     assert sync_kind(aten._to_copy.default, (device,), {"device": torch.device("cpu")}) == "copy_to_host"
     assert sync_kind(aten.copy_.default, (host, device), {}) == "copy_to_host"
-    assert sync_kind(aten.copy_.default, (device, host), {}) is None  # host -> device does not wait
+    # host -> device: a blocking copy waits for the stream (CUDA synchronises it after the copy), an
+    # asynchronous one does not
+    assert sync_kind(aten.copy_.default, (device, host), {}) == "blocking_upload"
+    assert sync_kind(aten.copy_.default, (device, host, True), {}) is None
+    assert sync_kind(aten._to_copy.default, (host,), {"device": torch.device("meta")}) == "blocking_upload"
+    assert sync_kind(aten._to_copy.default, (host,), {"device": "meta", "non_blocking": True}) is None
+    assert sync_kind(aten.to.device, (host, torch.device("meta"), torch.float32, True), {}) is None
+    assert sync_kind(aten.to.other, (host, device), {}) == "blocking_upload"
     assert sync_kind(aten._to_copy.default, (host,), {"dtype": torch.float64}) is None
     assert sync_kind(aten.to.device, (device, torch.device("cpu"), torch.float32), {}) == "copy_to_host"
     assert sync_kind(aten.to.dtype_layout, (device,), {"device": "cpu"}) == "copy_to_host"
