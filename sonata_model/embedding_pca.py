@@ -31,6 +31,11 @@ class EmbeddingPCA:
             return cls(torch.as_tensor(meta["pca_mean"]), torch.as_tensor(meta["pca_basis"]))
         return None
 
+    def to(self, device: torch.device) -> EmbeddingPCA:
+        """This basis on `device`, to be kept beside the model: projecting a frame then uploads nothing
+        (a GPU waits for its queued work on every blocking upload)."""
+        return EmbeddingPCA(self.mean.to(device), self.basis.to(device))
+
     @property
     def components(self) -> int:
         return self.basis.shape[1]

@@ -225,7 +225,8 @@ class Perception:
             )
         self.labels = model.label_set
         self.palette = packed_palette(self.labels.colors)
-        self.pca = EmbeddingPCA.from_meta(encoder.meta)
+        stored = EmbeddingPCA.from_meta(encoder.meta)
+        self.pca = None if stored is None else stored.to(self.segmenter.device)
         self._pca_samples: list[torch.Tensor] = []
         self.model_description = model.description
 
@@ -483,10 +484,11 @@ class Perception:
         dim = self.p["embedding_dim"]
         if (want_rgb or dim > 0) and self.pca is None:
             voxels = result.num_voxels
-            self._pca_samples.append(result.embedding_rows(torch.arange(0, voxels, max(1, voxels // 20000))).cpu())
+            sample = torch.arange(0, voxels, max(1, voxels // 20000), device=self.segmenter.device)
+            self._pca_samples.append(result.embedding_rows(sample).cpu())
             if len(self._pca_samples) < self.p["pca_frames"]:
                 return
-            self.pca = EmbeddingPCA.fit(torch.cat(self._pca_samples), max(3, dim))
+            self.pca = EmbeddingPCA.fit(torch.cat(self._pca_samples), max(3, dim)).to(self.segmenter.device)
             self._pca_samples.clear()
             self.get_logger().info(f"embedding PCA basis fitted on {self.p['pca_frames']} frames and fixed")
         projected = None

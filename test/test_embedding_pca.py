@@ -8,6 +8,7 @@ import torch
 
 import sonata_model as sm
 from sonata_model.embedding_pca import EmbeddingPCA
+from sonata_model.profiling import count_ops
 
 
 def anisotropic(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,3 +58,19 @@ def test_a_basis_saved_with_the_model_is_the_one_read_back(tmp_path):
     pca = EmbeddingPCA.from_meta(loaded.meta)
     np.testing.assert_allclose(pca.project(feat).numpy(), fitted.project(feat).numpy(), atol=1e-5)
     assert EmbeddingPCA.from_meta({}) is None
+
+
+def test_a_basis_kept_on_the_models_device_projects_there_without_an_upload():
+    """`meta` stands in for a GPU (no data: shapes and devices only), where a blocking upload per frame
+    would make the host wait for the device's queued work."""
+    fitted = EmbeddingPCA.fit(anisotropic(1_000, seed=4)[0], components=3)
+    feat = torch.empty(50, 6, device="meta")
+    with count_ops() as host_basis:
+        fitted.project(feat)
+    assert host_basis.syncs == {"blocking_upload": 2}  # mean and basis, every frame
+    on_device = fitted.to(torch.device("meta"))
+    with count_ops(forbid_syncs=True):
+        weight, bias = on_device.linear(3)
+        projected = on_device.project(feat)
+    assert {weight.device.type, bias.device.type, projected.device.type} == {"meta"}
+    assert projected.shape == (50, 3)
