@@ -22,24 +22,29 @@ from sonata_model.profiling import count_ops
 CLASSES = 5
 
 
-def segmenter(name: str, device: str, buckets) -> sm.Segmenter:
+def segmenter(name: str, device: str, domain: str, buckets) -> sm.Segmenter:
     encoder = make_encoder(name)
     head = LinearHead(encoder.config.head_channels, CLASSES)
-    return sm.Segmenter(encoder, head, device=device, buckets=buckets, domain="outdoor")
+    return sm.Segmenter(encoder, head, device=device, buckets=buckets, domain=domain, normals="estimate")
 
 
 @pytest.mark.parametrize("name", ["tiny", "rope"])
-@pytest.mark.parametrize("buckets", [None, BUCKETS], ids=["exact", "bucketed"])
-def test_a_frame_on_a_device_stays_there_and_waits_for_nothing_but_the_sizes(name, buckets, monkeypatch):
-    frame = clouds()
+@pytest.mark.parametrize(
+    ("domain", "buckets"),
+    [("outdoor", None), ("outdoor", BUCKETS), ("indoor", None), ("object", BUCKETS)],
+    ids=["outdoor-exact", "outdoor-bucketed", "indoor-exact", "object-bucketed"],
+)
+def test_a_frame_on_a_device_stays_there_and_waits_for_nothing_but_the_sizes(name, domain, buckets, monkeypatch):
+    """Two clouds without normals: the normals are estimated on the device."""
+    frame = [sm.Cloud(cloud.coord, cloud.color) for cloud in clouds()]
     sizes = []
     read = plan_module._read_sizes
     monkeypatch.setattr(plan_module, "_read_sizes", lambda stats: sizes.append(read(stats)) or sizes[-1])
-    expected = segmenter(name, "cpu", buckets).segment_batch(frame)
+    expected = segmenter(name, "cpu", domain, buckets).segment_batch(frame)
 
     answered = []
     monkeypatch.setattr(plan_module, "_read_sizes", lambda stats: answered.append(stats.device) or sizes[0])
-    seg = segmenter(name, "meta", buckets)
+    seg = segmenter(name, "meta", domain, buckets)
     seg.segment_batch(frame)  # the constant tables reach the device on first use
     with torch.inference_mode(), count_ops(forbid_syncs=True) as counts:
         results = seg.segment_batch(frame)
