@@ -25,6 +25,7 @@ normals, as the released Sonata weights need.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -110,7 +111,7 @@ class InputTransform:
         """(N,) bool: the points this domain segments (all, without a range box)."""
         if self.range_box is None:
             return torch.ones(coord.shape[0], dtype=torch.bool, device=coord.device)
-        box = torch.tensor(self.range_box, dtype=coord.dtype, device=coord.device)
+        box = _range_box(tuple(self.range_box), coord.dtype, coord.device)
         return ((coord >= box[:3]) & (coord <= box[3:])).all(dim=1)
 
     def to_model(self, coord: Tensor, batch: Tensor, num_clouds: int, valid: Tensor | None = None) -> Tensor:
@@ -135,6 +136,13 @@ class InputTransform:
             return voxel_coord.new_zeros((len(voxel_offset), 3))
         batch = offset_to_batch(voxel_offset, voxel_coord.shape[0])
         return bounding_box_shift(voxel_coord, batch, len(voxel_offset), with_z=False)
+
+
+@functools.cache
+def _range_box(box: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(6,) range box on the device once: built per frame, it was a blocking upload (on a GPU the host
+    waited for the work queued before it)."""
+    return torch.tensor(box, dtype=dtype, device=device)
 
 
 def bounding_box_shift(coord: Tensor, batch: Tensor, clouds: int, with_z: bool, valid: Tensor | None = None) -> Tensor:

@@ -12,7 +12,9 @@ On the CPU `.cpu()` and `.tolist()` never reach the dispatcher, so while it is a
 wraps those two methods and counts their calls on CPU tensors as copies to the host (a CUDA tensor's
 copy is seen by the dispatcher instead). Not counted on the CPU: `.numpy()` (a GPU path must copy to
 the host first, and that copy is the one counted) and `.to(device)` (a CPU run cannot tell a copy to
-the host from a move to the compute device).
+the host from a move to the compute device). `torch.tensor` and `torch.as_tensor` of Python numbers
+or lists onto a device build the tensor on the host and copy it below the dispatcher, blocking: the
+counter wraps both and counts such a call as a blocking upload.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -49,6 +52,7 @@ _REPEAT_BY_TENSOR = (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_
 _INDEXING = (aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_)
 _COPIES = (aten._to_copy, aten.to, aten.copy_)  # aten.to reaches the mode undecomposed in inference mode
 _HOST_READS = ("cpu", "tolist")
+_FACTORIES = ("tensor", "as_tensor")
 
 
 class SyncError(RuntimeError):
@@ -153,7 +157,8 @@ class _Recorder(TorchDispatchMode):
 
 @contextmanager
 def count_ops(forbid_syncs: bool = False) -> Iterator[OpCounts]:
-    """Count the aten ops and sync-shaped ops run inside the block (not thread-safe: patches Tensor).
+    """Count the aten ops and sync-shaped ops run inside the block (not thread-safe: patches `torch.Tensor`
+    and two of torch's factories).
 
     With `forbid_syncs` the first sync-shaped op raises `SyncError` naming it, at the line that ran it.
     """
@@ -177,8 +182,23 @@ def count_ops(forbid_syncs: bool = False) -> Iterator[OpCounts]:
 
         return read
 
+    factories = {name: getattr(torch, name) for name in _FACTORIES}
+
+    def upload(name: str):
+        original = factories[name]
+
+        def build(data, *args, **kwargs):
+            tensor = original(data, *args, **kwargs)
+            if tensor.device.type != "cpu" and not isinstance(data, torch.Tensor | np.ndarray):
+                on_sync("blocking_upload", f"torch.{name}")  # a copy the dispatcher does not see
+            return tensor
+
+        return build
+
     for name in _HOST_READS:
         setattr(torch.Tensor, name, host_read(name))
+    for name in _FACTORIES:
+        setattr(torch, name, upload(name))
     try:
         with _Recorder(counts, on_sync):
             yield counts
@@ -188,3 +208,5 @@ def count_ops(forbid_syncs: bool = False) -> Iterator[OpCounts]:
                 setattr(torch.Tensor, name, original)
             else:
                 delattr(torch.Tensor, name)
+        for name, original in factories.items():
+            setattr(torch, name, original)

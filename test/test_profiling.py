@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,22 @@ def test_copies_between_the_host_and_a_device_that_wait_are_syncs():
     assert sync_kind(aten.to.dtype_layout, (device,), {"device": "cpu"}) == "copy_to_host"
     assert sync_kind(aten.to.other, (device, host), {}) == "copy_to_host"
     assert sync_kind(aten.to.dtype, (device, torch.float16), {}) is None
+
+
+def test_tensors_built_on_a_device_from_python_numbers_are_blocking_uploads():
+    """torch.tensor / as_tensor of Python data build on the host and copy below the dispatcher (`meta`
+    stands for a CUDA device: classified, never run)."""
+    factories = (torch.tensor, torch.as_tensor)
+    with count_ops() as counts:
+        torch.tensor([1.0, 2.0], device="meta")
+        torch.as_tensor(3.0, device="meta")
+        torch.tensor([1.0, 2.0])  # on the host: no copy
+        torch.as_tensor(torch.ones(2, device="meta"), device="meta")  # already there
+    assert counts.syncs == {"blocking_upload": 2}
+    with count_ops() as counts:
+        torch.as_tensor(np.ones(3), device="meta")  # numpy data: the dispatcher sees the copy, counted once
+    assert counts.syncs == {"blocking_upload": 1}
+    assert (torch.tensor, torch.as_tensor) == factories
 
 
 def test_tensor_methods_are_restored():

@@ -12,6 +12,7 @@ import torch
 from sonata_model.configs import get_config
 from sonata_model.domains import OUTDOOR_RANGE, InputTransform
 from sonata_model.io.frame import Frame
+from sonata_model.profiling import count_ops
 from sonata_model.train import augment
 from sonata_model.train.distill import DistillConfig, SonataDistiller, cube_mask
 from sonata_model.train.heads import PrototypeHead
@@ -30,6 +31,14 @@ def test_sinkhorn_balances_prototypes_and_normalises_samples():
     few = sinkhorn_knopp(scores, temperature=0.05, iterations=3)  # the recipe's 3 iterations: rows exact
     torch.testing.assert_close(few.sum(dim=1), torch.ones(500))
     assert (few >= 0).all()
+
+
+def test_sinkhorn_on_a_device_makes_the_host_wait_for_nothing():
+    """`meta` stands for a GPU here (shapes and devices only): mid-step, a blocking upload would stall
+    the host until the device drained its queue."""
+    with count_ops(forbid_syncs=True):
+        q = sinkhorn_knopp(torch.empty(500, 64, device="meta"), temperature=0.05)
+    assert q.device.type == "meta" and q.shape == (500, 64)
 
 
 def test_matching_equals_brute_force_per_cloud_with_a_radius():

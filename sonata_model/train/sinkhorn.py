@@ -24,7 +24,7 @@ def sinkhorn_knopp(scores: Tensor, temperature: float, iterations: int = 3) -> T
     global batch). Scores are cosine similarities (|s| <= 1), so exp(s / temperature) stays finite."""
     q = torch.exp(scores.float() / temperature).t()  # (K, n)
     num_prototypes = q.shape[0]
-    num_samples = _all_reduce(torch.tensor(float(q.shape[1]), device=q.device))
+    num_samples = _all_reduce(q.new_full((), float(q.shape[1])))  # filled on the device: no upload to wait for
     q /= _all_reduce(q.sum())
     for _ in range(iterations):
         q /= _all_reduce(q.sum(dim=1, keepdim=True))  # every prototype: total 1 / K
