@@ -25,13 +25,12 @@ normals, as the released Sonata weights need.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .grid import offset_to_batch
+from .grid import device_constant, offset_to_batch
 
 DOMAINS = ("indoor", "outdoor", "object")
 CENTRES = ("xyz", "none", "xy_after_grid")
@@ -111,7 +110,7 @@ class InputTransform:
         """(N,) bool: the points this domain segments (all, without a range box)."""
         if self.range_box is None:
             return torch.ones(coord.shape[0], dtype=torch.bool, device=coord.device)
-        box = _range_box(tuple(self.range_box), coord.dtype, coord.device)
+        box = device_constant(tuple(self.range_box), coord.dtype, coord.device)
         return ((coord >= box[:3]) & (coord <= box[3:])).all(dim=1)
 
     def to_model(self, coord: Tensor, batch: Tensor, num_clouds: int, valid: Tensor | None = None) -> Tensor:
@@ -136,13 +135,6 @@ class InputTransform:
             return voxel_coord.new_zeros((len(voxel_offset), 3))
         batch = offset_to_batch(voxel_offset, voxel_coord.shape[0])
         return bounding_box_shift(voxel_coord, batch, len(voxel_offset), with_z=False)
-
-
-@functools.cache
-def _range_box(box: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(6,) range box on the device once: built per frame, it was a blocking upload (on a GPU the host
-    waited for the work queued before it)."""
-    return torch.tensor(box, dtype=dtype, device=device)
 
 
 def bounding_box_shift(coord: Tensor, batch: Tensor, clouds: int, with_z: bool, valid: Tensor | None = None) -> Tensor:

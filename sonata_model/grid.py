@@ -16,6 +16,7 @@ Everything here is a handful of tensor ops on all points, without a host sync.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -51,7 +52,8 @@ def voxel_grid(
     minus the cell of `origin` (units of `coord`, a corner no valid point lies below) in every cloud."""
     cell = torch.floor(coord.double() / grid_size).long()
     if origin is not None:
-        return cell - _origin_cell(tuple(origin), grid_size, coord.device)
+        origin_cell = tuple(math.floor(float(v) / float(grid_size)) for v in origin)  # float64, as `cell`
+        return cell - device_constant(origin_cell, torch.long, coord.device)
     if valid is not None:
         cell = torch.where(valid[:, None], cell, torch.iinfo(torch.long).max)
     low = cell.new_full((num_clouds, 3), torch.iinfo(torch.long).max)
@@ -60,10 +62,10 @@ def voxel_grid(
 
 
 @functools.cache
-def _origin_cell(origin: tuple[float, float, float], grid_size: float, device: torch.device) -> Tensor:
-    """(3,) cell of `origin`, on the device once: a per-frame upload from the host would make it wait for
-    the device's queued work (a blocking copy synchronises the stream)."""
-    return torch.floor(torch.tensor(origin, dtype=torch.float64) / grid_size).long().to(device)
+def device_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`values` as a tensor on `device`, built once: a tensor of Python numbers built per frame is a
+    blocking upload (on a GPU the host waits for the work queued before it)."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def pack_keys(grid: Tensor, batch: Tensor | int, level: Tensor | int = 0) -> Tensor:
