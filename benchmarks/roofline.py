@@ -131,14 +131,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-result", type=Path, default=RESULTS / "vs_reference_cpu.json")
-    parser.add_argument("--record", action="store_true", help="write benchmarks/results/roofline_<config>_cpu.json")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write benchmarks/results/roofline_<config>_cpu[_<threads>threads].json (no suffix for one thread)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
     encoder = sm.SonataEncoder(sm.get_config(args.config)).eval()
     cloud = indoor_cloud(args.points, encoder.config.transform("indoor").grid, args.seed)
-    runner = ProjectRunner(encoder, cloud, "cpu")
+    runner = ProjectRunner(encoder, cloud, "cpu", "fp32")
     with torch.inference_mode():
         flops = forward_flops(encoder, runner)  # also the warm-up
         clock = StageClock(encoder, torch.device("cpu"))
@@ -177,7 +181,7 @@ def main() -> None:
         result["recorded_speedup"] = {"file": args.reference_result.name, "speedup": speedup}
         result["speedup_bound"] = round(speedup * frame_ms["median_ms"] / floor_ms, 2)
         result["speedup_bound_with_attention"] = round(speedup * frame_ms["median_ms"] / with_attention_ms, 2)
-    emit(f"roofline_{args.config}_cpu", result, args.record)
+    emit(f"roofline_{args.config}_cpu" + (f"_{args.threads}threads" if args.threads != 1 else ""), result, args.record)
 
 
 if __name__ == "__main__":

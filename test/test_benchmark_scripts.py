@@ -1,0 +1,72 @@
+"""The benchmark scripts the README quotes still run and print what they promise.
+
+Benchmarks are not timed here (their numbers come from `--record` runs on a stated machine); these
+runs only keep the scripts rerunnable, as the README tells users to do: each runs in its own process
+on a tiny input and its JSON is checked for values that hold on any machine. (roofline.py once broke
+silently when a signature it calls changed.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=BENCHMARKS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{script} {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+    result = json.loads(done.stdout)
+    assert result["command"].startswith(script)
+    return result
+
+
+def test_encoder_benchmark_counts_a_sync_free_forward_and_one_plan_read():
+    result = run_benchmark("encoder.py", "--config", "tiny", "--points", "3000", "--repeats", "1", "--warmup", "0")
+    voxels = result["voxels_per_stage"]
+    assert 0 < voxels[0] <= 3000 and voxels == sorted(voxels, reverse=True)
+    assert result["total"]["median_ms"] > 0
+    assert result["ops"]["forward"]["syncs"] == 0
+    assert result["ops"]["forward_gpu_shape"]["syncs"] == 0
+    assert result["ops"]["plan_gpu_shape"]["syncs_by_kind"] == {"copy_to_host": 1}
+
+
+def test_roofline_floor_is_below_the_measured_frame():
+    result = run_benchmark("roofline.py", "--config", "tiny", "--points", "3000", "--repeats", "1")
+    assert result["gflop_total"] == pytest.approx(sum(result["gflop"].values()), abs=0.02)
+    assert result["floor_ms"] <= result["floor_with_attention_ms"] <= result["frame_ms"]["median_ms"]
+    assert result["frame_over_floor"] >= 1
+
+
+def test_codec_benchmark_decodes_without_warnings():
+    result = run_benchmark("codec.py", "--points", "5000", "--repeats", "2")
+    assert result["points"] > 4000
+    assert 0 < result["decode_only"]["median_ms"] <= result["decode_mask_output_message"]["median_ms"]
+    assert result["node_warnings"] == []
+
+
+def test_buckets_benchmark_counts_signatures_per_growth():
+    result = run_benchmark("buckets.py", "--frames", "3", "--growths", "1.25", "2.0")
+    assert [g["growth"] for g in result["growths"]] == [1.25, 2.0]
+    assert all(1 <= g["distinct_signatures"] <= 3 for g in result["growths"])
+
+
+def test_gc_pauses_benchmark_freezes_the_long_lived_objects():
+    result = run_benchmark("gc_pauses.py", "--config", "tiny", "--points", "3000", "--frames", "3")
+    assert result["frozen_objects"] > 1000
+    walked = {key: result[key]["walked_by_a_full_collection"] for key in ("as_it_is", "after_freeze")}
+    assert walked["after_freeze"] < walked["as_it_is"] / 100
