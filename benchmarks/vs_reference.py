@@ -6,7 +6,8 @@
 Same released-format checkpoint (`--checkpoint`, or a random-valued one written here with
 `sm.save_encoder`, which is the released layout), same cloud, one run: the median time per frame of
 each after warm-up (the reference: its default transform, forward and all-level upcast, as its demos
-do; here: `Segmenter` and its embedding), the ratio, and the largest difference of the all-level
+do; here: `Segmenter` and its embedding), the ratio (and its quartiles over the alternating pairs of
+frames, `speedup_per_pair`), and the largest difference of the all-level
 upcast features (1232 channels for `sonata`) over all input points. `--cuda-graphs` (CUDA): ours as
 the real-time node runs it, size buckets and the forward replayed from a CUDA graph (captured in the
 warm-up; the same cloud falls in the same bucket every frame, as a sensor's stream mostly does).
@@ -203,6 +204,13 @@ class ProjectRunner:
         return (time.perf_counter() - start) * 1e3
 
 
+def pair_ratios(reference_ms: list[float], ours_ms: list[float]) -> dict[str, float]:
+    """Quartiles of reference / ours over the alternating frames, pair by pair: a machine whose speed
+    drifts during the run moves both frames of a pair alike, so the spread shows what the drift leaves."""
+    q25, median, q75 = np.percentile(np.array(reference_ms) / np.array(ours_ms), [25, 50, 75])
+    return {"q25": round(float(q25), 2), "median": round(float(median), 2), "q75": round(float(q75), 2)}
+
+
 def reference_version(path: str) -> str:
     done = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     return done.stdout.strip() if done.returncode == 0 else "unknown (not a git checkout)"
@@ -279,6 +287,7 @@ def main() -> None:
             "cuda_graphs": args.cuda_graphs,
         },
         "speedup": round(reference_summary["median_ms"] / ours_summary["median_ms"], 2),
+        "speedup_per_pair": pair_ratios([f["ms"] for f in reference_frames], ours_ms),
         "feature_channels": ours_feat.shape[1],
         "max_abs_diff": float(difference.max()),
         "max_abs_feature": float(np.abs(reference_feat).max()),
