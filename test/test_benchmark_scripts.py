@@ -70,3 +70,11 @@ def test_gc_pauses_benchmark_freezes_the_long_lived_objects():
     assert result["frozen_objects"] > 1000
     walked = {key: result[key]["walked_by_a_full_collection"] for key in ("as_it_is", "after_freeze")}
     assert walked["after_freeze"] < walked["as_it_is"] / 100
+
+
+def test_node_latency_benchmark_times_every_frame_through_a_real_node():
+    result = run_benchmark("node_latency.py", "--config", "tiny", "--frames", "3", "--warmup", "1")
+    assert result["dropped"] == 0 and result["latency_ms"]["n"] == 3
+    stages = result["stage_mean_ms"]
+    assert {"decode", "voxelize", "encoder", "head", "publish"} <= set(stages)
+    assert result["latency_ms"]["min_ms"] >= stages["encoder"] * 0.8  # end to end holds the forward
