@@ -78,3 +78,15 @@ def test_node_latency_benchmark_times_every_frame_through_a_real_node():
     stages = result["stage_mean_ms"]
     assert {"decode", "voxelize", "encoder", "head", "publish"} <= set(stages)
     assert result["latency_ms"]["min_ms"] >= stages["encoder"] * 0.8  # end to end holds the forward
+
+
+def test_vs_reference_pair_ratios_cancel_drift_that_moves_both_frames_of_a_pair():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from vs_reference import pair_ratios
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    # the host slows down 2x halfway: both sides' frames slow alike, each pair's ratio stays 3.5
+    reference, ours = [7.0, 7.0, 14.0, 14.0], [2.0, 2.0, 4.0, 4.0]
+    assert pair_ratios(reference, ours) == {"q25": 3.5, "median": 3.5, "q75": 3.5}
+    assert pair_ratios([8.0, 6.0, 10.0], [2.0, 2.0, 2.0]) == {"q25": 3.5, "median": 4.0, "q75": 4.5}
