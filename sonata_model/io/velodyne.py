@@ -46,14 +46,134 @@ _VLS128_DISTANCE_M = np.float32(0.004)
 
 _VLP16_ELEVATION_DEG = (-15, 1, -13, 3, -11, 5, -9, 7, -7, 9, -5, 11, -3, 13, -1, 15)
 _VLS128_ELEVATION_DEG = (  # by laser id (user manual)
-    -11.742, -1.99, 3.4, -5.29, -0.78, 4.61, -4.08, 1.31, -6.5, -1.11, 4.28, -4.41, 0.1, 6.48, -3.2, 2.19,
-    -3.86, 1.53, -9.244, -1.77, 2.74, -5.95, -0.56, 4.83, -2.98, 2.41, -6.28, -0.89, 3.62, -5.07, 0.32, 7.58,
-    -0.34, 5.18, -3.64, 1.75, -25.0, -2.43, 2.96, -5.73, 0.54, 9.7, -2.76, 2.63, -7.65, -1.55, 3.84, -4.85,
-    3.18, -5.51, -0.12, 5.73, -4.3, 1.09, -16.042, -2.21, 4.06, -4.63, 0.76, 15.0, -3.42, 1.97, -6.85, -1.33,
-    -5.62, -0.23, 5.43, -3.53, 0.98, -19.582, -2.32, 3.07, -4.74, 0.65, 11.75, -2.65, 1.86, -7.15, -1.44, 3.95,
-    -2.1, 3.29, -5.4, -0.01, 4.5, -4.19, 1.2, -13.565, -1.22, 4.17, -4.52, 0.87, 6.08, -3.31, 2.08, -6.65,
-    1.42, -10.346, -1.88, 3.51, -6.06, -0.67, 4.72, -3.97, 2.3, -6.39, -1.0, 4.39, -5.18, 0.21, 6.98, -3.09,
-    4.98, -3.75, 1.64, -8.352, -2.54, 2.85, -5.84, -0.45, 8.43, -2.87, 2.52, -6.17, -1.66, 3.73, -4.96, 0.43,
+    -11.742,
+    -1.99,
+    3.4,
+    -5.29,
+    -0.78,
+    4.61,
+    -4.08,
+    1.31,
+    -6.5,
+    -1.11,
+    4.28,
+    -4.41,
+    0.1,
+    6.48,
+    -3.2,
+    2.19,
+    -3.86,
+    1.53,
+    -9.244,
+    -1.77,
+    2.74,
+    -5.95,
+    -0.56,
+    4.83,
+    -2.98,
+    2.41,
+    -6.28,
+    -0.89,
+    3.62,
+    -5.07,
+    0.32,
+    7.58,
+    -0.34,
+    5.18,
+    -3.64,
+    1.75,
+    -25.0,
+    -2.43,
+    2.96,
+    -5.73,
+    0.54,
+    9.7,
+    -2.76,
+    2.63,
+    -7.65,
+    -1.55,
+    3.84,
+    -4.85,
+    3.18,
+    -5.51,
+    -0.12,
+    5.73,
+    -4.3,
+    1.09,
+    -16.042,
+    -2.21,
+    4.06,
+    -4.63,
+    0.76,
+    15.0,
+    -3.42,
+    1.97,
+    -6.85,
+    -1.33,
+    -5.62,
+    -0.23,
+    5.43,
+    -3.53,
+    0.98,
+    -19.582,
+    -2.32,
+    3.07,
+    -4.74,
+    0.65,
+    11.75,
+    -2.65,
+    1.86,
+    -7.15,
+    -1.44,
+    3.95,
+    -2.1,
+    3.29,
+    -5.4,
+    -0.01,
+    4.5,
+    -4.19,
+    1.2,
+    -13.565,
+    -1.22,
+    4.17,
+    -4.52,
+    0.87,
+    6.08,
+    -3.31,
+    2.08,
+    -6.65,
+    1.42,
+    -10.346,
+    -1.88,
+    3.51,
+    -6.06,
+    -0.67,
+    4.72,
+    -3.97,
+    2.3,
+    -6.39,
+    -1.0,
+    4.39,
+    -5.18,
+    0.21,
+    6.98,
+    -3.09,
+    4.98,
+    -3.75,
+    1.64,
+    -8.352,
+    -2.54,
+    2.85,
+    -5.84,
+    -0.45,
+    8.43,
+    -2.87,
+    2.52,
+    -6.17,
+    -1.66,
+    3.73,
+    -4.96,
+    0.43,
 )
 _VLS128_AZIMUTH_OFFSET_DEG = (-6.354, -4.548, -2.732, -0.911, 0.911, 2.732, 4.548, 6.354)  # laser id % 8
 
@@ -90,13 +210,16 @@ class VelodyneCalibration:
         """A velodyne_pointcloud / Nebula calibration YAML (`lasers` with laser_id, vert_correction,
         rot_correction, dist_correction; `distance_resolution`)."""
         try:
-            doc = yaml.safe_load(open(path))
+            with open(path) as file:
+                doc = yaml.safe_load(file)
             lasers = sorted(doc["lasers"], key=lambda laser: int(laser["laser_id"]))
             ids = [int(laser["laser_id"]) for laser in lasers]
             if ids != list(range(len(lasers))):
                 raise ValueError(f"laser ids must be 0..{len(lasers) - 1}, got {ids}")
-            column = {k: np.array([float(laser.get(k, 0.0)) for laser in lasers], np.float32) for k in
-                      ("vert_correction", "rot_correction", "dist_correction")}
+            column = {
+                k: np.array([float(laser.get(k, 0.0)) for laser in lasers], np.float32)
+                for k in ("vert_correction", "rot_correction", "dist_correction")
+            }
             resolution = float(doc.get("distance_resolution", 0.002))
         except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
             raise VelodyneError(f"calibration {path}: {exc}") from exc
@@ -176,10 +299,11 @@ def decode_packets(
         calibration = BUILTIN_CALIBRATIONS[product]
     lasers = 128 if fmt == VLS128_FORMAT else 16
     if len(calibration.elevation) != lasers:
-        raise VelodyneError(f"{PRODUCTS[product][0]} packets need {lasers} lasers; the calibration has "
-                            f"{len(calibration.elevation)}")
+        raise VelodyneError(
+            f"{PRODUCTS[product][0]} packets need {lasers} lasers; the calibration has {len(calibration.elevation)}"
+        )
     count = len(packets)
-    blocks = packets[:, :BLOCKS * BLOCK_BYTES].reshape(count, BLOCKS, BLOCK_BYTES)
+    blocks = packets[:, : BLOCKS * BLOCK_BYTES].reshape(count, BLOCKS, BLOCK_BYTES)
     header = blocks[:, :, 0].astype(np.int64) | blocks[:, :, 1].astype(np.int64) << 8
     rotation = blocks[:, :, 2].astype(np.int64) | blocks[:, :, 3].astype(np.int64) << 8
     returns = blocks[:, :, 4:].reshape(count, BLOCKS, CHANNELS, 3)
@@ -207,17 +331,22 @@ def decode_packets(
         laser = bank[:, :, None] * 32 + np.arange(CHANNELS)
         group = laser // 8
         fraction = (np.float32(_VLS128_GROUP_US) / np.float32(_VLS128_SEQUENCE_US)) * (group + group // 8).astype(
-            np.float32)
+            np.float32
+        )
         turned = turn[:, :, None] * fraction
-        offset_s = (_VLS128_SEQUENCE_US * (block_index // 4)[None, :, None] + _VLS128_GROUP_US * (group + laser // 64)
-                    - _VLS128_PACKET_OFFSET_US) * 1e-6
+        offset_s = (
+            _VLS128_SEQUENCE_US * (block_index // 4)[None, :, None]
+            + _VLS128_GROUP_US * (group + laser // 64)
+            - _VLS128_PACKET_OFFSET_US
+        ) * 1e-6
         distance = raw.astype(np.float32) * _VLS128_DISTANCE_M
     else:
         valid_block = np.cumprod(header == BANK_HEADERS[0], axis=1).astype(bool)
         laser = np.broadcast_to(np.arange(CHANNELS) % 16, raw.shape)
         firing = np.arange(CHANNELS) // 16
         firing_us = (np.arange(CHANNELS) % 16).astype(np.float32) * _VLP16_LASER_US + firing.astype(np.float32) * (
-            _VLP16_FIRING_US)
+            _VLP16_FIRING_US
+        )
         turned = turn[:, :, None] * firing_us / _VLP16_BLOCK_US
         sequence = np.where(dual[:, None], block_index - block_index % 2, 2 * block_index)[:, :, None] + firing
         offset_s = 55.296e-6 * sequence + 2.304e-6 * (np.arange(CHANNELS) % 16)
@@ -231,7 +360,8 @@ def decode_packets(
     keep = valid_block[:, :, None] & (raw != 0) & ~repeated
     keep &= (distance.astype(np.float64) > min_range) & (distance.astype(np.float64) < max_range)
     corrected = (azimuth[:, :, None].astype(np.float32) + turned).astype(np.float64) - (
-        calibration.azimuth_offset[laser].astype(np.float64) * 180.0 / np.pi * 100)
+        calibration.azimuth_offset[laser].astype(np.float64) * 180.0 / np.pi * 100
+    )
     corrected = corrected.astype(np.float32)
     corrected = np.where(corrected < 0, corrected + np.float32(36000), corrected)
     cell = (np.floor(corrected.astype(np.float64) + 0.5).astype(np.int64) & 0xFFFF) % 36000
@@ -317,9 +447,11 @@ class RevolutionCutter:
     packet. The first frame of a stream starts mid-turn and is not yielded.
     """
 
-    def __init__(self, calibration: VelodyneCalibration | None = None, *, scan_phase_deg: float = 0.0, **decode_options):
+    def __init__(
+        self, calibration: VelodyneCalibration | None = None, *, scan_phase_deg: float = 0.0, **decode_options
+    ):
         self.calibration, self.decode_options = calibration, decode_options
-        self.phase = int(round(scan_phase_deg * 100))
+        self.phase = round(scan_phase_deg * 100)
         self.phase_rad = np.radians(scan_phase_deg)
         self.packets_seen = 0
         self.previous_first: int | None = None  # the last packet's first azimuth minus the phase
@@ -353,8 +485,13 @@ class RevolutionCutter:
 
     def _append(self, decoded: DecodedPackets, offset: int, seconds: np.ndarray) -> None:
         new = {
-            "xyz": decoded.xyz, "intensity": decoded.intensity, "ring": decoded.ring, "azimuth": decoded.azimuth,
-            "time": decoded.time, "packet": decoded.packet + offset, "stamp": seconds[decoded.packet],
+            "xyz": decoded.xyz,
+            "intensity": decoded.intensity,
+            "ring": decoded.ring,
+            "azimuth": decoded.azimuth,
+            "time": decoded.time,
+            "packet": decoded.packet + offset,
+            "stamp": seconds[decoded.packet],
         }
         for name, values in new.items():
             held = self.pending[name]
@@ -375,8 +512,9 @@ class RevolutionCutter:
         complete, self.started = self.started, True
         if not complete or len(points["packet"]) == 0:
             return None
-        return Revolution(points["xyz"], points["intensity"], points["ring"], points["time"],
-                          float(points["stamp"][0]), end_packet)
+        return Revolution(
+            points["xyz"], points["intensity"], points["ring"], points["time"], float(points["stamp"][0]), end_packet
+        )
 
     def _check_gap(self, next_packet_seconds: float) -> None:
         """Drop the carried points when the next packet comes more than 0.05 s after them (packets lost)."""
