@@ -1,7 +1,9 @@
 """PointCloud2 frames from and to bag files, through `rosbags` (no ROS install needed).
 
 Reads rosbag2 (`.mcap` / `.db3`: a bag folder with metadata.yaml, or a bare `.mcap` file) and ROS 1
-`.bag`. A damaged bag yields every good frame it holds: undecodable or malformed messages are skipped,
+`.bag`, from a PointCloud2 topic or a Velodyne driver's raw packets (`velodyne_msgs/VelodyneScan`,
+decoded into revolutions by `velodyne_bags`).
+A damaged bag yields every good frame it holds: undecodable or malformed messages are skipped,
 and a file that indexed reading refuses (cut off, no index) is read front to back by `bag_recovery`.
 What was skipped is counted in the iterator's `BagReport` and logged.
 
@@ -40,11 +42,20 @@ from .pointcloud2 import (
     structured_view,
     to_message,
 )
+from .velodyne import RevolutionCutter, UnsupportedSensorError, VelodyneCalibration, VelodyneError
+from .velodyne_bags import (
+    VELODYNE_SCAN,
+    azimuth_bounds,
+    register_velodyne_types,
+    revolution_frame,
+    revolution_spans,
+    scan_packets,
+)
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
+POINT_TOPIC_TYPES = (POINTCLOUD2, VELODYNE_SCAN)  # topics frames are read from
 BAG_FORMATS = ("mcap", "db3", "bag1")
 RAW_PACKET_DRIVERS = {  # packet message types that only a LiDAR driver turns into points
-    "velodyne_msgs/msg/VelodyneScan": "velodyne_pointcloud or Nebula",
     "velodyne_msgs/msg/VelodynePacket": "velodyne_pointcloud or Nebula",
     "pandar_msgs/msg/PandarScan": "the Hesai driver or Nebula",
     "nebula_msgs/msg/NebulaPackets": "Nebula",
@@ -65,7 +76,7 @@ class NoPointCloudError(BagError):
 def _no_clouds(path: Path, topic_types: dict[str, str]) -> NoPointCloudError:
     """The error for a bag whose topics (name -> type) hold no PointCloud2, saying what they hold instead."""
     listed = ", ".join(f"{topic} ({msgtype})" for topic, msgtype in sorted(topic_types.items())) or "none"
-    text = f"{path}: no {POINTCLOUD2} topic; the bag holds {listed}"
+    text = f"{path}: no {POINTCLOUD2} (or {VELODYNE_SCAN}) topic; the bag holds {listed}"
     raw = sorted({msgtype for msgtype in topic_types.values() if msgtype in RAW_PACKET_DRIVERS})
     for msgtype in raw:
         text += (
@@ -112,7 +123,9 @@ class BagReport:
 def _typestore(ros1: bool = False):
     from rosbags.typesys import Stores, get_typestore
 
-    return get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_JAZZY)
+    store = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_JAZZY)
+    register_velodyne_types(store, ros1)
+    return store
 
 
 def _open(path: Path):
@@ -125,7 +138,7 @@ def _open(path: Path):
         reader.open()
     except Exception as exc:  # rosbags raises several types for unreadable files
         declared = _declared_topics(path)
-        if declared is not None and POINTCLOUD2 not in declared.values():
+        if declared is not None and not set(POINT_TOPIC_TYPES) & set(declared.values()):
             raise _no_clouds(path, declared) from exc
         raise BagError(f"cannot open bag {path}: {exc}") from exc
     return reader
@@ -143,19 +156,19 @@ def _salvage(path: Path, open_error: BagError) -> Salvage:
 
 
 def _choose_topic(path: Path, topics: Iterable[str], topic: str | None) -> str:
-    """`topic`, checked against the bag's PointCloud2 topics, or the only one when None."""
+    """`topic`, checked against the bag's point topics (PointCloud2, VelodyneScan), or the only one when None."""
     topics = sorted(set(topics))
     if topic is None:
         if len(topics) != 1:
-            raise BagError(f"{path}: name a topic; PointCloud2 topics are {topics}")
+            raise BagError(f"{path}: name a topic; point topics are {topics}")
         return topics[0]
     if topic not in topics:
-        raise BagError(f"{path}: no PointCloud2 topic {topic!r}; PointCloud2 topics are {topics}")
+        raise BagError(f"{path}: no point topic {topic!r}; point topics are {topics}")
     return topic
 
 
 def _cloud_connections(reader, path: Path, topic: str | None) -> list:
-    clouds = [c for c in reader.connections if c.msgtype == POINTCLOUD2]
+    clouds = [c for c in reader.connections if c.msgtype in POINT_TOPIC_TYPES]
     if not clouds:
         raise _no_clouds(path, {c.topic: c.msgtype for c in reader.connections})
     topic = _choose_topic(path, (c.topic for c in clouds), topic)
@@ -163,7 +176,7 @@ def _cloud_connections(reader, path: Path, topic: str | None) -> list:
 
 
 def _salvaged_counts(salvage: Salvage) -> Counter:
-    return Counter(m.topic for m in salvage if m.msgtype == POINTCLOUD2)
+    return Counter(m.topic for m in salvage if m.msgtype in POINT_TOPIC_TYPES)
 
 
 def list_pointcloud_topics(path: str | os.PathLike) -> dict[str, int]:
@@ -205,17 +218,33 @@ def cloud_frame(msg, *, name: str, intensity_scale: float | None = None) -> Fram
     )
 
 
-class BagFrames:
-    """Iterator over the PointCloud2 frames of one topic; `.report` says what was read and skipped.
+def _calibration(calibration: str | os.PathLike | VelodyneCalibration | None) -> VelodyneCalibration | None:
+    if calibration is None or isinstance(calibration, VelodyneCalibration):
+        return calibration
+    return VelodyneCalibration.load(calibration)
 
-    Frame names are f"{bag name}#{k}" with k the message's position in the topic (skipped ones count).
+
+class BagFrames:
+    """Iterator over the frames of one topic; `.report` says what was read and skipped.
+
+    Frame names are f"{bag name}#{k}" with k the message's position in the topic (skipped ones count),
+    or for a VelodyneScan topic the revolution's. `velodyne_calibration` (a velodyne_pointcloud YAML)
+    replaces the sensor's factory table.
     """
 
-    def __init__(self, path: str | os.PathLike, topic: str | None = None, *, intensity_scale: float | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        topic: str | None = None,
+        *,
+        intensity_scale: float | None = None,
+        velodyne_calibration: str | os.PathLike | VelodyneCalibration | None = None,
+    ):
         self.path = Path(path)
         self.topic = topic
         self.intensity_scale = intensity_scale
         self.report = BagReport(str(self.path))
+        self._cutter = RevolutionCutter(_calibration(velodyne_calibration))
         self._frames = self._generate()
 
     def __iter__(self) -> BagFrames:
@@ -250,9 +279,7 @@ class BagFrames:
                 except Exception as exc:  # a corrupt chunk or record: keep what was read
                     self.report.truncated = f"message {index}: {type(exc).__name__}: {exc}"
                     return
-                frame = self._frame(reader.deserialize, raw, connection.msgtype, index)
-                if frame is not None:
-                    yield frame
+                yield from self._frames_of(reader.deserialize, raw, connection.msgtype, index)
         finally:
             reader.close()
             self._log()
@@ -268,24 +295,43 @@ class BagFrames:
         stores = {False: _typestore(), True: _typestore(ros1=True)}
         index = 0
         for message in salvage:
-            if message.topic != topic or message.msgtype != POINTCLOUD2:
+            if message.topic != topic or message.msgtype not in POINT_TOPIC_TYPES:
                 continue
             store = stores[message.ros1]
             deserialize = store.deserialize_ros1 if message.ros1 else store.deserialize_cdr
-            frame = self._frame(deserialize, message.data, message.msgtype, index)
+            yield from self._frames_of(deserialize, message.data, message.msgtype, index)
             index += 1
-            if frame is not None:
-                yield frame
         if salvage.unattributed:
             self.report.skipped["message without a connection record"] += salvage.unattributed
         self.report.truncated = f"{open_error}; read front to back: {salvage.stopped or 'to the end of the file'}"
 
-    def _frame(self, deserialize: Callable[[bytes, str], object], raw, msgtype: str, index: int) -> Frame | None:
+    def _frames_of(self, deserialize: Callable[[bytes, str], object], raw, msgtype: str, index: int) -> list[Frame]:
         try:
             msg = deserialize(raw, msgtype)
         except Exception as exc:  # garbage bytes make the deserializer raise anything
             self.report.skip("undecodable message", f"message {index}: {type(exc).__name__}: {exc}")
-            return None
+            return []
+        if msgtype == VELODYNE_SCAN:
+            return self._revolutions(msg, index)
+        frame = self._frame(msg, index)
+        return [] if frame is None else [frame]
+
+    def _revolutions(self, msg, index: int) -> list[Frame]:
+        try:
+            revolutions = list(self._cutter.feed(*scan_packets(msg)))
+        except UnsupportedSensorError as exc:
+            raise BagError(f"{self.path}: {exc}") from exc
+        except VelodyneError as exc:
+            self.report.skip("malformed VelodyneScan", f"message {index}: {exc}")
+            return []
+        frames = []
+        for revolution in revolutions:
+            name = f"{self.path.name}#{self.report.frames}"
+            frames.append(revolution_frame(revolution, name=name, frame_id=msg.header.frame_id))
+            self.report.frames += 1
+        return frames
+
+    def _frame(self, msg, index: int) -> Frame | None:
         try:
             frame = cloud_frame(msg, name=f"{self.path.name}#{index}", intensity_scale=self.intensity_scale)
         except PointCloudError as exc:
@@ -300,22 +346,35 @@ class BagFrames:
 
 
 def iter_bag_frames(
-    path: str | os.PathLike, topic: str | None = None, *, intensity_scale: float | None = None
+    path: str | os.PathLike,
+    topic: str | None = None,
+    *,
+    intensity_scale: float | None = None,
+    velodyne_calibration: str | os.PathLike | VelodyneCalibration | None = None,
 ) -> BagFrames:
-    """The PointCloud2 frames of `topic` (or of the bag's only PointCloud2 topic), in bag order."""
-    return BagFrames(path, topic, intensity_scale=intensity_scale)
+    """The frames of `topic` (or of the bag's only point topic), in bag order."""
+    return BagFrames(path, topic, intensity_scale=intensity_scale, velodyne_calibration=velodyne_calibration)
 
 
 class BagSource:
-    """Random access to one PointCloud2 topic of an intact bag (a FrameSource).
+    """Random access to one point topic of an intact bag (a FrameSource).
 
-    Opening reads the bag once to index the receive time of every message; frame i is then read by a
-    time-window query, which seeks to the chunk that holds it. For many epochs of training, extract
-    the bag to frame folders instead. A corrupt message raises its PointCloudError / BagError.
+    Opening reads the bag once to index the receive time of every message (of a VelodyneScan topic also
+    where each revolution lies); frame i is then read by a time-window query, which seeks to the chunk that
+    holds it. For many epochs of training, extract the bag to frame folders instead. A corrupt message
+    raises its PointCloudError / BagError.
     """
 
-    def __init__(self, path: str | os.PathLike, topic: str | None = None, *, intensity_scale: float | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        topic: str | None = None,
+        *,
+        intensity_scale: float | None = None,
+        velodyne_calibration: str | os.PathLike | VelodyneCalibration | None = None,
+    ):
         self.path, self.intensity_scale = Path(path), intensity_scale
+        self.calibration = _calibration(velodyne_calibration)
         self.name = f"bag:{self.path}"
         self.label_set: LabelSet | None = None
         try:
@@ -326,32 +385,71 @@ class BagSource:
             raise BagError(f"{exc}; a damaged bag can only be read front to back (iter_bag_frames)") from exc
         try:
             connections = _cloud_connections(reader, self.path, topic)
-            self.topic = connections[0].topic
-            self.timestamps = np.array([t for _, t, _ in reader.messages(connections=connections)], dtype=np.int64)
+            self.topic, self.packets = connections[0].topic, connections[0].msgtype == VELODYNE_SCAN
+            stamps, bounds = [], []
+            for connection, t, raw in reader.messages(connections=connections):
+                stamps.append(t)
+                if self.packets:
+                    bounds.append(azimuth_bounds(self._scan(reader, connection, raw, len(stamps) - 1)[1]))
+            self.timestamps = np.array(stamps, dtype=np.int64)
         finally:
             reader.close()
+        if self.packets:
+            self.revolutions = revolution_spans(bounds)
+            self.message_packet_offset = np.cumsum([0] + [len(first) for first, _ in bounds])
 
     def __len__(self) -> int:
-        return len(self.timestamps)
+        return len(self.revolutions) if self.packets else len(self.timestamps)
 
     def __getitem__(self, i: int) -> Frame:
-        stamp = int(self.timestamps[i])
         i = range(len(self))[i]  # negative indices count from the end, as the name should
-        nth = int(np.count_nonzero(self.timestamps[:i] == stamp))  # messages sharing the stamp
         reader = _open(self.path)
         try:
-            connections = _cloud_connections(reader, self.path, self.topic)
-            window = reader.messages(connections=connections, start=stamp, stop=stamp + 1)
-            for k, (connection, _, raw) in enumerate(window):
-                if k == nth:
-                    try:
-                        msg = reader.deserialize(raw, connection.msgtype)
-                    except Exception as exc:
-                        raise BagError(f"{self.path}: message {i} cannot be deserialized: {exc}") from exc
-                    return cloud_frame(msg, name=f"{self.path.name}#{i}", intensity_scale=self.intensity_scale)
+            if self.packets:
+                return self._revolution(reader, i)
+            for connection, raw in self._messages(reader, i, i):
+                try:
+                    msg = reader.deserialize(raw, connection.msgtype)
+                except Exception as exc:
+                    raise BagError(f"{self.path}: message {i} cannot be deserialized: {exc}") from exc
+                return cloud_frame(msg, name=f"{self.path.name}#{i}", intensity_scale=self.intensity_scale)
         finally:
             reader.close()
-        raise BagError(f"{self.path}: message {i} (t={stamp}) is gone; was the bag changed after opening?")
+        raise BagError(f"{self.path}: message {i} (t={self.timestamps[i]}) is gone; was the bag changed after opening?")
+
+    def _messages(self, reader, first: int, last: int) -> Iterator[tuple[object, bytes]]:
+        """Messages first..last (positions in the topic), by one time-window query."""
+        start, stop = int(self.timestamps[first]), int(self.timestamps[last])
+        earlier = int(np.count_nonzero(self.timestamps[:first] == start))  # messages sharing the first stamp
+        connections = _cloud_connections(reader, self.path, self.topic)
+        window = reader.messages(connections=connections, start=start, stop=stop + 1)
+        for connection, _, raw in itertools.islice(window, earlier, earlier + last - first + 1):
+            yield connection, raw
+
+    def _scan(self, reader, connection, raw, index: int) -> tuple[object, np.ndarray, np.ndarray]:
+        """A VelodyneScan message, its packets and their stamps."""
+        try:
+            msg = reader.deserialize(raw, connection.msgtype)
+            return msg, *scan_packets(msg)
+        except Exception as exc:
+            raise BagError(f"{self.path}: VelodyneScan message {index} cannot be decoded: {exc}") from exc
+
+    def _revolution(self, reader, i: int) -> Frame:
+        span = self.revolutions[i]
+        cutter = RevolutionCutter(self.calibration)
+        cutter.packets_seen = int(self.message_packet_offset[span.first_message])
+        frame_id, found = "", []
+        for k, (connection, raw) in enumerate(self._messages(reader, span.first_message, span.last_message)):
+            msg, packets, seconds = self._scan(reader, connection, raw, span.first_message + k)
+            frame_id = msg.header.frame_id
+            try:
+                found += cutter.feed(packets, seconds)
+            except VelodyneError as exc:
+                raise BagError(f"{self.path}: revolution {i}: {exc}") from exc
+        revolution = next((r for r in found if r.end_packet == span.end_packet), None)
+        if revolution is None:
+            raise BagError(f"{self.path}: revolution {i} is gone; was the bag changed after opening?")
+        return revolution_frame(revolution, name=f"{self.path.name}#{i}", frame_id=frame_id)
 
 
 def frame_arrays(frame: Frame, layout: str) -> tuple[dict[str, np.ndarray], int]:

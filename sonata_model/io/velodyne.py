@@ -179,7 +179,11 @@ _VLS128_AZIMUTH_OFFSET_DEG = (-6.354, -4.548, -2.732, -0.911, 0.911, 2.732, 4.54
 
 
 class VelodyneError(ValueError):
-    """Packets this module cannot decode (unknown sensor, bad size) or a calibration file it cannot read."""
+    """Packets this module cannot decode (bad size, mixed sensors) or a calibration file it cannot read."""
+
+
+class UnsupportedSensorError(VelodyneError):
+    """A sensor whose packets are not decoded here, or not without the unit's calibration file."""
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,7 @@ def packet_product(packets: np.ndarray) -> int:
     product = int(products[0])
     if product not in PRODUCTS:
         name = UNSUPPORTED_PRODUCTS.get(product, "unknown sensor")
-        raise VelodyneError(
+        raise UnsupportedSensorError(
             f"product id {product:#04x} ({name}): only {', '.join(n for n, _ in PRODUCTS.values())} packets are "
             "decoded here; decode them with velodyne_pointcloud or Nebula and record its PointCloud2"
         )
@@ -295,11 +299,11 @@ def decode_packets(
     fmt = PRODUCTS[product][1]
     if calibration is None:
         if product not in BUILTIN_CALIBRATIONS:
-            raise VelodyneError(f"{PRODUCTS[product][0]} packets need the unit's calibration file")
+            raise UnsupportedSensorError(f"{PRODUCTS[product][0]} packets need the unit's calibration file")
         calibration = BUILTIN_CALIBRATIONS[product]
     lasers = 128 if fmt == VLS128_FORMAT else 16
     if len(calibration.elevation) != lasers:
-        raise VelodyneError(
+        raise UnsupportedSensorError(
             f"{PRODUCTS[product][0]} packets need {lasers} lasers; the calibration has {len(calibration.elevation)}"
         )
     count = len(packets)
