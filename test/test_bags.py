@@ -120,7 +120,10 @@ def test_a_bag_without_pointcloud2_fails_at_once_saying_what_it_holds(tmp_path):
         writer.write(
             connection, 1, ROS2.serialize_cdr(ROS2.types["std_msgs/msg/String"](data="hi"), "std_msgs/msg/String")
         )
-    expected = r"no sensor_msgs/msg/PointCloud2 \(or velodyne_msgs/msg/VelodyneScan\) topic; the bag holds /chatter \(std_msgs/msg/String\)$"
+    expected = (
+        r"no sensor_msgs/msg/PointCloud2 \(or velodyne_msgs/msg/VelodyneScan\) topic; "
+        r"the bag holds /chatter \(std_msgs/msg/String\)$"
+    )
     for read in (lambda: open_source(f"bag:{path}"), lambda: next(iter_bag_frames(path))):
         with pytest.raises(NoPointCloudError, match=expected):
             read()
@@ -133,7 +136,7 @@ def test_a_bag_without_pointcloud2_fails_at_once_saying_what_it_holds(tmp_path):
     with pytest.raises(AnyReaderError, match="Serialization format"):
         AnyReader([path], default_typestore=ROS2).open()
     for read in (lambda: open_source(f"bag:{path}"), lambda: next(iter_bag_frames(path))):
-        with pytest.raises(NoPointCloudError, match=r"PandarScan messages are raw sensor packets, not points: decode them with a LiDAR driver \(the Hesai"):
+        with pytest.raises(NoPointCloudError, match=r"PandarScan messages are raw sensor packets, not points: decode"):
             read()
 
 
@@ -156,8 +159,9 @@ def test_cut_mcap_yields_the_frames_before_the_cut(tmp_path, drive):
 def test_db3_without_metadata_or_cut_yields_its_frames(tmp_path, drive):
     path = write_bag(tmp_path / "run", drive * 3, fmt="db3", spacing_ns=10**9)
     (path / "metadata.yaml").rename(tmp_path / "metadata.yaml")  # a killed recorder writes none
-    frames = iter_bag_frames(path)
-    assert len(list(frames)) == 9 and "to the end of the file" in frames.report.truncated
+    frames = iter_bag_frames(path)  # its one storage file opens on its own, indexed
+    assert len(list(frames)) == 9 and frames.report.truncated is None
+    assert_same_frame(BagSource(path)[4], drive[1])
     (tmp_path / "metadata.yaml").rename(path / "metadata.yaml")
     db3 = next(path.glob("*.db3"))
     data = db3.read_bytes()

@@ -13,7 +13,6 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from sonata_model.io import lzf
-from sonata_model.io.bags import NoPointCloudError, iter_bag_frames
 from sonata_model.io.datasets import read_kitti_scan, read_nuscenes_scan
 from sonata_model.io.pcd import PcdError, PcdSource, read_packed, read_pcd, read_points, write_pcd
 from sonata_model.io.pointcloud2 import decode, pack_rgb, to_message, unpack_rgb
@@ -441,20 +440,3 @@ def test_the_nuscenes_sweep_decodes_with_its_rings():
     assert frame.num_points == 34_688 and np.isfinite(frame.coord).all()
     assert np.array_equal(np.unique(frame.extra["ring"]), np.arange(32))
     assert (frame.strength.min(), frame.strength.max()) == (0.0, 1.0)  # intensity 0-255
-
-
-@needs_real
-@pytest.mark.parametrize("sensor", ["vlp16", "vls128"])
-def test_the_nebula_packet_bags_fail_fast_naming_their_raw_packets(sensor):
-    path = REAL / "nebula-driver-frames" / "bags" / sensor
-    expected = (
-        r"no sensor_msgs/msg/PointCloud2 topic; the bag holds /velodyne_packets \(velodyne_msgs/msg/VelodyneScan\)\. "
-        r"velodyne_msgs/msg/VelodyneScan messages are raw sensor packets, not points: decode them with a LiDAR "
-        r"driver \(velodyne_pointcloud or Nebula\)"
-    )
-    start = time.perf_counter()
-    with pytest.raises(NoPointCloudError, match=expected):
-        open_source(f"bag:{path}")
-    with pytest.raises(NoPointCloudError, match=expected):
-        next(iter_bag_frames(path))
-    assert time.perf_counter() - start < 10

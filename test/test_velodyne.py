@@ -81,10 +81,10 @@ def test_a_real_packet_bag_reads_as_revolutions_streamed_and_at_random():
         assert 0.098 < frame.extra["time"].max() < 0.102  # 10 Hz
     stamps = np.diff([f.stamp_ns for f in frames]) * 1e-9
     np.testing.assert_allclose(stamps, 0.1, atol=0.002)
-    # the VLS-128 bag's metadata leaves the serialization format empty: rosbags refuses it, the
-    # front-to-back reader does not
-    vls = list(iter_bag_frames(NEBULA / "bags" / "vls128"))
-    assert len(vls) == 3 and all(205_000 < f.num_points < 215_000 for f in vls)
+    # the VLS-128 bag's metadata leaves the serialization format empty (an older rosbag2): rosbags refuses
+    # the folder, its one storage file opens on its own, at random too
+    vls = open_source(f"bag:{NEBULA / 'bags' / 'vls128'}")
+    assert len(vls) == 3 and all(205_000 < vls[k].num_points < 215_000 for k in range(3))
     assert np.percentile(np.linalg.norm(vls[0].coord, axis=1), 50) > 10  # an outdoor street, not the lab
 
 

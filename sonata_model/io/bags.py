@@ -140,7 +140,25 @@ def _open(path: Path):
         declared = _declared_topics(path)
         if declared is not None and not set(POINT_TOPIC_TYPES) & set(declared.values()):
             raise _no_clouds(path, declared) from exc
-        raise BagError(f"cannot open bag {path}: {exc}") from exc
+        reader = _open_storage_file(path)
+        if reader is None:
+            raise BagError(f"cannot open bag {path}: {exc}") from exc
+    return reader
+
+
+def _open_storage_file(folder: Path):
+    """The one storage file of a rosbag2 folder whose metadata.yaml rosbags refuses (older rosbag2 wrote an
+    empty serialization format), opened on its own; None if there is none or it is unreadable too."""
+    from rosbags.highlevel import AnyReader
+
+    file = storage_file(folder) if folder.is_dir() else None
+    if file is None:
+        return None
+    try:
+        reader = AnyReader([file], default_typestore=_typestore())
+        reader.open()
+    except Exception:  # a damaged file: left to the front-to-back reader
+        return None
     return reader
 
 
