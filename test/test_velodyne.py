@@ -225,3 +225,18 @@ def test_a_packet_bag_is_a_frame_source_for_training(tmp_path):
         np.testing.assert_array_equal(source[k].coord, streamed[k].coord)
     assert source[1].strength.max() == pytest.approx(150 / 255)
     assert BUILTIN_CALIBRATIONS[0x22].distance_resolution == 0.002
+
+
+def test_sonata_extract_turns_a_packet_bag_into_frame_folders(tmp_path):
+    from sonata_model.train.extract import main as extract
+
+    packets, seconds = vlp16_packets(3.2)
+    runs = [(packets[k : k + 50], seconds[k : k + 50]) for k in range(0, len(packets), 50)]
+    bag = write_packet_bag(tmp_path / "drive", runs)
+    assert extract(["--data", f"bag:{bag}", "--out", str(tmp_path / "frames"), "--workers", "1"]) == 0
+    frames = open_source(f"frames:{tmp_path / 'frames'}")
+    expected = list(RevolutionCutter().feed(packets, seconds))
+    assert len(frames) == len(expected) == 2
+    for k, revolution in enumerate(expected):
+        np.testing.assert_array_equal(frames[k].coord, revolution.xyz)
+        np.testing.assert_array_equal(frames[k].strength, revolution.intensity / np.float32(255))

@@ -1,6 +1,7 @@
 """One random-access interface over every frame source, and the spec strings the command lines take.
 
     bag:/data/run1.mcap[:/points]          rosbag2 (.mcap / .db3 / bag folder) or ROS 1 .bag, one topic
+                                           (PointCloud2, or Velodyne packets: one frame per revolution)
     kitti:/data/semantickitti[:00,01]      SemanticKITTI sequences (all by default; "seq00" also works)
     nuscenes:/data/nuscenes[:v1.0-mini]    nuScenes lidarseg (v1.0-trainval by default)
     frames:/data/extracted                 per-frame folders
