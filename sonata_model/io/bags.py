@@ -54,6 +54,7 @@ from .velodyne_bags import (
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 POINT_TOPIC_TYPES = (POINTCLOUD2, VELODYNE_SCAN)  # topics frames are read from
+CalibrationSpec = str | os.PathLike | VelodyneCalibration | None  # a velodyne_pointcloud YAML, or loaded
 BAG_FORMATS = ("mcap", "db3", "bag1")
 RAW_PACKET_DRIVERS = {  # packet message types that only a LiDAR driver turns into points
     "velodyne_msgs/msg/VelodynePacket": "velodyne_pointcloud or Nebula",
@@ -236,7 +237,7 @@ def cloud_frame(msg, *, name: str, intensity_scale: float | None = None) -> Fram
     )
 
 
-def _calibration(calibration: str | os.PathLike | VelodyneCalibration | None) -> VelodyneCalibration | None:
+def _calibration(calibration: CalibrationSpec) -> VelodyneCalibration | None:
     if calibration is None or isinstance(calibration, VelodyneCalibration):
         return calibration
     return VelodyneCalibration.load(calibration)
@@ -256,7 +257,7 @@ class BagFrames:
         topic: str | None = None,
         *,
         intensity_scale: float | None = None,
-        velodyne_calibration: str | os.PathLike | VelodyneCalibration | None = None,
+        velodyne_calibration: CalibrationSpec = None,
     ):
         self.path = Path(path)
         self.topic = topic
@@ -368,7 +369,7 @@ def iter_bag_frames(
     topic: str | None = None,
     *,
     intensity_scale: float | None = None,
-    velodyne_calibration: str | os.PathLike | VelodyneCalibration | None = None,
+    velodyne_calibration: CalibrationSpec = None,
 ) -> BagFrames:
     """The frames of `topic` (or of the bag's only point topic), in bag order."""
     return BagFrames(path, topic, intensity_scale=intensity_scale, velodyne_calibration=velodyne_calibration)
@@ -389,7 +390,7 @@ class BagSource:
         topic: str | None = None,
         *,
         intensity_scale: float | None = None,
-        velodyne_calibration: str | os.PathLike | VelodyneCalibration | None = None,
+        velodyne_calibration: CalibrationSpec = None,
     ):
         self.path, self.intensity_scale = Path(path), intensity_scale
         self.calibration = _calibration(velodyne_calibration)
