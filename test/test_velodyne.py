@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from sonata_model.io.bag_recovery import Salvage
@@ -18,6 +19,7 @@ from sonata_model.io.velodyne import (
     RevolutionCutter,
     UnsupportedSensorError,
     VelodyneCalibration,
+    VelodyneError,
     decode_packets,
 )
 from sonata_model.io.velodyne_bags import VELODYNE_SCAN, scan_packets
@@ -240,3 +242,26 @@ def test_sonata_extract_turns_a_packet_bag_into_frame_folders(tmp_path):
     for k, revolution in enumerate(expected):
         np.testing.assert_array_equal(frames[k].coord, revolution.xyz)
         np.testing.assert_array_equal(frames[k].strength, revolution.intensity / np.float32(255))
+
+
+def test_a_units_calibration_file_replaces_the_factory_table(tmp_path):
+    elevation = np.linspace(-10, 10, 16)  # a Puck Hi-Res: its packets say 0x24 and carry no table
+    lasers = [
+        {"laser_id": k, "vert_correction": float(np.radians(e)), "rot_correction": 0.0, "dist_correction": 0.1}
+        for k, e in enumerate(elevation)
+    ]
+    path = tmp_path / "hires.yaml"
+    path.write_text(yaml.safe_dump({"num_lasers": 16, "distance_resolution": 0.002, "lasers": lasers[::-1]}))
+    packets, seconds = vlp16_packets(2.0, product=0x24)
+    bag = write_packet_bag(tmp_path / "hires", [(packets, seconds)])
+    with pytest.raises(BagError, match="need the unit's calibration file"):
+        list(iter_bag_frames(bag))
+    (frame,) = iter_bag_frames(bag, velodyne_calibration=path)
+    laser = np.round(frame.strength * 255).astype(int) // 10
+    radius = np.linalg.norm(frame.coord, axis=1)
+    np.testing.assert_allclose(radius, 10.0 / np.cos(VLP16_ELEVATION[laser]) + 0.1, atol=0.002)  # range + 0.1 m
+    np.testing.assert_allclose(np.degrees(np.arcsin(frame.coord[:, 2] / radius)), elevation[laser], atol=1e-3)
+    np.testing.assert_array_equal(frame.extra["ring"], laser)  # the table rises with the laser id
+    path.write_text("lasers: [{laser_id: 3}]")
+    with pytest.raises(VelodyneError, match=f"calibration {path}: laser ids must be 0..0"):
+        VelodyneCalibration.load(path)
