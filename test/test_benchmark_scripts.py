@@ -90,3 +90,12 @@ def test_vs_reference_pair_ratios_cancel_drift_that_moves_both_frames_of_a_pair(
     reference, ours = [7.0, 7.0, 14.0, 14.0], [2.0, 2.0, 4.0, 4.0]
     assert pair_ratios(reference, ours) == {"q25": 3.5, "median": 3.5, "q75": 3.5}
     assert pair_ratios([8.0, 6.0, 10.0], [2.0, 2.0, 2.0]) == {"q25": 3.5, "median": 4.0, "q75": 4.5}
+
+
+@pytest.mark.skipif(not (BENCHMARKS.parent.parent / "shared" / "real").is_dir(), reason="../shared/real is absent")
+def test_velodyne_benchmark_reads_the_real_packet_bag():
+    bag = BENCHMARKS.parent.parent / "shared" / "real" / "nebula-driver-frames" / "bags" / "vlp16"
+    result = run_benchmark("velodyne.py", "--bag", str(bag), "--repeats", "1")
+    assert (result["sensor"], result["messages"], result["revolutions"]) == ("VLP-16", 4, 3)
+    assert 14_000 < result["points_per_revolution"] < 15_500
+    assert result["decode_ms"]["median_ms"] > 0 and result["open_ms"]["median_ms"] > 0

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag1 import Writer as Rosbag1Writer
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from sonata_model.io.bag_recovery import Salvage
@@ -22,7 +24,7 @@ from sonata_model.io.velodyne import (
     VelodyneError,
     decode_packets,
 )
-from sonata_model.io.velodyne_bags import VELODYNE_SCAN, scan_packets
+from sonata_model.io.velodyne_bags import VELODYNE_SCAN, scan_from_cdr, scan_packets
 
 NEBULA = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "nebula-driver-frames"
 needs_nebula = pytest.mark.skipif(not NEBULA.is_dir(), reason=f"real packets not here: {NEBULA} is absent")
@@ -196,21 +198,48 @@ def test_a_bad_block_ends_its_packet_and_unknown_sensors_fail_fast(tmp_path):
         list(iter_bag_frames(bag))
 
 
-def write_packet_bag(path, runs, topic="/velodyne_packets"):
-    """A rosbag2 (mcap) of VelodyneScan messages, one per (packets, seconds) run."""
-    scan, packet_type = STORE.types[VELODYNE_SCAN], STORE.types["velodyne_msgs/msg/VelodynePacket"]
-    time_type, header_type = STORE.types["builtin_interfaces/msg/Time"], STORE.types["std_msgs/msg/Header"]
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection(topic, VELODYNE_SCAN, typestore=STORE)
+def write_packet_bag(path, runs, topic="/velodyne_packets", ros1=False):
+    """A rosbag2 (mcap) or ROS 1 bag of VelodyneScan messages, one per (packets, seconds) run."""
+    store = _typestore(ros1)
+    scan, packet_type = store.types[VELODYNE_SCAN], store.types["velodyne_msgs/msg/VelodynePacket"]
+    time_type, header_type = store.types["builtin_interfaces/msg/Time"], store.types["std_msgs/msg/Header"]
+    writer = Rosbag1Writer(path) if ros1 else Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    serialize = store.serialize_ros1 if ros1 else store.serialize_cdr
+    with writer:
+        connection = writer.add_connection(topic, VELODYNE_SCAN, typestore=store)
         for packets, seconds in runs:
             stamps = [time_type(sec=int(s), nanosec=round((s % 1) * 1e9) % 10**9) for s in seconds]
+            header = {"stamp": stamps[-1], "frame_id": "velodyne"} | ({"seq": 0} if ros1 else {})
             msg = scan(
-                header=header_type(stamp=stamps[-1], frame_id="velodyne"),
+                header=header_type(**header),
                 packets=[packet_type(stamp=t, data=d) for t, d in zip(stamps, packets, strict=True)],
             )
-            ns = int(seconds[-1] * 1e9)
-            writer.write(connection, ns, STORE.serialize_cdr(msg, VELODYNE_SCAN))
+            writer.write(connection, int(seconds[-1] * 1e9), serialize(msg, VELODYNE_SCAN))
     return path
+
+
+def test_cdr_scans_are_read_in_place_as_deserializing_reads_them(tmp_path):
+    packets, seconds = vlp16_packets(0.3)
+    bag = write_packet_bag(tmp_path / "drive", [(packets, seconds)])
+    with AnyReader([bag], default_typestore=STORE) as reader:
+        ((_, _, raw),) = list(reader.messages())
+    frame_id, in_place, stamps = scan_from_cdr(raw)
+    expected = scan_packets(STORE.deserialize_cdr(raw, VELODYNE_SCAN))
+    assert frame_id == "velodyne" and in_place.base is not None  # a view of the message
+    np.testing.assert_array_equal(in_place, expected[0])
+    np.testing.assert_array_equal(stamps, expected[1])
+    with pytest.raises(VelodyneError, match="too short for its"):
+        scan_from_cdr(bytes(raw)[:-100])
+
+
+def test_ros1_packet_bags_read_as_rosbag2_ones(tmp_path):
+    packets, seconds = vlp16_packets(2.2)
+    runs = [(packets[k : k + 40], seconds[k : k + 40]) for k in range(0, len(packets), 40)]
+    ros1 = list(iter_bag_frames(write_packet_bag(tmp_path / "drive.bag", runs, ros1=True)))
+    ros2 = list(iter_bag_frames(write_packet_bag(tmp_path / "drive", runs)))
+    assert len(ros1) == len(ros2) == 1
+    np.testing.assert_array_equal(ros1[0].coord, ros2[0].coord)
+    np.testing.assert_array_equal(ros1[0].extra["time"], ros2[0].extra["time"])
 
 
 def test_a_packet_bag_is_a_frame_source_for_training(tmp_path):

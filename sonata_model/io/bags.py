@@ -14,6 +14,7 @@ into a bag, as no driver publishes them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -46,10 +47,10 @@ from .velodyne import RevolutionCutter, UnsupportedSensorError, VelodyneCalibrat
 from .velodyne_bags import (
     VELODYNE_SCAN,
     azimuth_bounds,
+    read_scan,
     register_velodyne_types,
     revolution_frame,
     revolution_spans,
-    scan_packets,
 )
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
@@ -121,7 +122,9 @@ class BagReport:
         return "; ".join(parts)
 
 
+@functools.cache
 def _typestore(ros1: bool = False):
+    """The message types bags are read and written with (built once: registering types takes ~0.1 s)."""
     from rosbags.typesys import Stores, get_typestore
 
     store = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_JAZZY)
@@ -298,7 +301,7 @@ class BagFrames:
                 except Exception as exc:  # a corrupt chunk or record: keep what was read
                     self.report.truncated = f"message {index}: {type(exc).__name__}: {exc}"
                     return
-                yield from self._frames_of(reader.deserialize, raw, connection.msgtype, index)
+                yield from self._frames_of(reader.deserialize, raw, connection.msgtype, index, ros1=not reader.is2)
         finally:
             reader.close()
             self._log()
@@ -318,26 +321,34 @@ class BagFrames:
                 continue
             store = stores[message.ros1]
             deserialize = store.deserialize_ros1 if message.ros1 else store.deserialize_cdr
-            yield from self._frames_of(deserialize, message.data, message.msgtype, index)
+            yield from self._frames_of(deserialize, message.data, message.msgtype, index, ros1=message.ros1)
             index += 1
         if salvage.unattributed:
             self.report.skipped["message without a connection record"] += salvage.unattributed
         self.report.truncated = f"{open_error}; read front to back: {salvage.stopped or 'to the end of the file'}"
 
-    def _frames_of(self, deserialize: Callable[[bytes, str], object], raw, msgtype: str, index: int) -> list[Frame]:
+    def _frames_of(
+        self, deserialize: Callable[[bytes, str], object], raw, msgtype: str, index: int, ros1: bool
+    ) -> list[Frame]:
         try:
-            msg = deserialize(raw, msgtype)
+            if msgtype == VELODYNE_SCAN:
+                frame_id, packets, seconds = read_scan(raw, deserialize, ros1)
+            else:
+                msg = deserialize(raw, msgtype)
+        except VelodyneError as exc:
+            self.report.skip("malformed VelodyneScan", f"message {index}: {exc}")
+            return []
         except Exception as exc:  # garbage bytes make the deserializer raise anything
             self.report.skip("undecodable message", f"message {index}: {type(exc).__name__}: {exc}")
             return []
         if msgtype == VELODYNE_SCAN:
-            return self._revolutions(msg, index)
+            return self._revolutions(frame_id, packets, seconds, index)
         frame = self._frame(msg, index)
         return [] if frame is None else [frame]
 
-    def _revolutions(self, msg, index: int) -> list[Frame]:
+    def _revolutions(self, frame_id: str, packets: np.ndarray, seconds: np.ndarray, index: int) -> list[Frame]:
         try:
-            revolutions = list(self._cutter.feed(*scan_packets(msg)))
+            revolutions = list(self._cutter.feed(packets, seconds))
         except UnsupportedSensorError as exc:
             raise BagError(f"{self.path}: {exc}") from exc
         except VelodyneError as exc:
@@ -346,7 +357,7 @@ class BagFrames:
         frames = []
         for revolution in revolutions:
             name = f"{self.path.name}#{self.report.frames}"
-            frames.append(revolution_frame(revolution, name=name, frame_id=msg.header.frame_id))
+            frames.append(revolution_frame(revolution, name=name, frame_id=frame_id))
             self.report.frames += 1
         return frames
 
@@ -406,10 +417,10 @@ class BagSource:
             connections = _cloud_connections(reader, self.path, topic)
             self.topic, self.packets = connections[0].topic, connections[0].msgtype == VELODYNE_SCAN
             stamps, bounds = [], []
-            for connection, t, raw in reader.messages(connections=connections):
+            for _, t, raw in reader.messages(connections=connections):
                 stamps.append(t)
                 if self.packets:
-                    bounds.append(azimuth_bounds(self._scan(reader, connection, raw, len(stamps) - 1)[1]))
+                    bounds.append(azimuth_bounds(self._scan(reader, raw, len(stamps) - 1)[1]))
             self.timestamps = np.array(stamps, dtype=np.int64)
         finally:
             reader.close()
@@ -445,11 +456,10 @@ class BagSource:
         for connection, _, raw in itertools.islice(window, earlier, earlier + last - first + 1):
             yield connection, raw
 
-    def _scan(self, reader, connection, raw, index: int) -> tuple[object, np.ndarray, np.ndarray]:
-        """A VelodyneScan message, its packets and their stamps."""
+    def _scan(self, reader, raw, index: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """A VelodyneScan message's frame id, packets and their stamps."""
         try:
-            msg = reader.deserialize(raw, connection.msgtype)
-            return msg, *scan_packets(msg)
+            return read_scan(raw, reader.deserialize, ros1=not reader.is2)
         except Exception as exc:
             raise BagError(f"{self.path}: VelodyneScan message {index} cannot be decoded: {exc}") from exc
 
@@ -458,9 +468,8 @@ class BagSource:
         cutter = RevolutionCutter(self.calibration)
         cutter.packets_seen = int(self.message_packet_offset[span.first_message])
         frame_id, found = "", []
-        for k, (connection, raw) in enumerate(self._messages(reader, span.first_message, span.last_message)):
-            msg, packets, seconds = self._scan(reader, connection, raw, span.first_message + k)
-            frame_id = msg.header.frame_id
+        for k, (_, raw) in enumerate(self._messages(reader, span.first_message, span.last_message)):
+            frame_id, packets, seconds = self._scan(reader, raw, span.first_message + k)
             try:
                 found += cutter.feed(packets, seconds)
             except VelodyneError as exc:

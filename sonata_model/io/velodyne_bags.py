@@ -51,6 +51,43 @@ def scan_packets(msg) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(data), seconds
 
 
+_CDR_LITTLE_ENDIAN = (0x00, 0x01)
+_PACKET_STRIDE = 1216  # stamp (8 bytes) + 1206 data bytes, padded to the next stamp's 4-byte alignment
+
+
+def scan_from_cdr(raw) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(frame_id, packets, stamps in s) of a little-endian CDR VelodyneScan, read in place: the packets are a
+    strided view of the message bytes (deserializing 600 packets object by object costs more than decoding
+    them). None for another encoding; raises VelodyneError for a message shorter than it says."""
+    data = np.frombuffer(raw, np.uint8)
+    if len(data) < 16 or tuple(data[:2]) != _CDR_LITTLE_ENDIAN:
+        return None
+    body = data[4:]  # CDR aligns relative to the end of the 4-byte encapsulation header
+    length = int(body[8:12].view("<u4")[0])
+    frame_id = bytes(body[12 : 12 + length]).rstrip(b"\0").decode("utf-8", "replace")
+    at = (12 + length + 3) // 4 * 4
+    if len(body) < at + 4:
+        raise VelodyneError(f"VelodyneScan of {len(data)} bytes ends inside its header")
+    count = int(body[at : at + 4].view("<u4")[0])
+    start = at + 4
+    if count and len(body) < start + (count - 1) * _PACKET_STRIDE + 8 + PACKET_BYTES:
+        raise VelodyneError(f"VelodyneScan of {len(data)} bytes is too short for its {count} packets")
+    buffer, offset = body.base if body.base is not None else body, 4 + start
+    packets = np.ndarray((count, PACKET_BYTES), np.uint8, buffer, offset + 8, (_PACKET_STRIDE, 1))
+    sec = np.ndarray((count,), "<i4", buffer, offset, (_PACKET_STRIDE,))
+    nanosec = np.ndarray((count,), "<u4", buffer, offset + 4, (_PACKET_STRIDE,))
+    return frame_id, packets, sec + nanosec * 1e-9
+
+
+def read_scan(raw, deserialize, ros1: bool) -> tuple[str, np.ndarray, np.ndarray]:
+    """(frame_id, packets, stamps in s) of a serialized VelodyneScan: in place when CDR, else deserialized."""
+    scan = None if ros1 else scan_from_cdr(raw)
+    if scan is not None:
+        return scan
+    msg = deserialize(raw, VELODYNE_SCAN)
+    return (msg.header.frame_id, *scan_packets(msg))
+
+
 def revolution_frame(revolution: Revolution, *, name: str, frame_id: str) -> Frame:
     """A Frame of one revolution: strength = intensity / 255 (Velodyne's calibrated reflectivity, as the
     node scales it), extra ring and time (seconds after the frame's stamp)."""
