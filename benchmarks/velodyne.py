@@ -3,10 +3,10 @@
     python benchmarks/velodyne.py [--bag ../shared/real/nebula-driver-frames/bags/vls128] [--repeats 20] [--record]
 
 The bag's VelodyneScan messages are read once; `decode_ms` times `velodyne.decode_packets` + the
-revolution cut on all of them (per revolution), `bag_read_ms` the whole `iter_bag_frames` pass (storage,
-messages, decoding, cutting, Frames) less the bag's opening (`open_ms`, once per bag: rosbags builds its
-message types), per revolution. A sensor spinning at 10 Hz sends one revolution per 100 ms: the ratio
-says how far faster than real time a long recording is read.
+revolution cut on all of them (per revolution); `bag_read_ms` the `iter_bag_frames` pass (storage,
+messages, decoding, cutting, Frames) per revolution after the first one, whose time also holds the bag's
+opening (`first_frame_ms`: rosbags builds its message types once per bag). A sensor spinning at 10 Hz
+sends one revolution per 100 ms: the ratio says how far faster than real time a long recording is read.
 """
 
 from __future__ import annotations
@@ -44,18 +44,19 @@ def main() -> None:
     args = parser.parse_args()
 
     messages = scans(args.bag)
-    decode_ms, read_ms, open_ms, revolutions = [], [], [], 0
+    decode_ms, read_ms, first_ms, revolutions = [], [], [], 0
     for _ in range(args.repeats):
         start = time.perf_counter()
         cutter = RevolutionCutter()
         found = [r for packets, seconds in messages for r in cutter.feed(packets, seconds)]
         decode_ms.append((time.perf_counter() - start) * 1e3 / len(found))
         start = time.perf_counter()
-        _open(args.bag).close()
-        open_ms.append((time.perf_counter() - start) * 1e3)
-        start = time.perf_counter()
-        frames = list(iter_bag_frames(args.bag))
-        read_ms.append(((time.perf_counter() - start) * 1e3 - open_ms[-1]) / len(frames))
+        frames = iter_bag_frames(args.bag)
+        next(frames)
+        first = time.perf_counter()
+        rest = sum(1 for _ in frames)
+        first_ms.append((first - start) * 1e3)
+        read_ms.append((time.perf_counter() - first) * 1e3 / rest)
         revolutions = len(found)
     points = [len(r.xyz) for r in found]
     packets = sum(len(p) for p, _ in messages)
@@ -70,7 +71,7 @@ def main() -> None:
             "revolutions": revolutions,
             "points_per_revolution": round(sum(points) / len(points)),
             "decode_ms": summarize(decode_ms),
-            "open_ms": summarize(open_ms),
+            "first_frame_ms": summarize(first_ms),
             "bag_read_ms": read,
             "faster_than_10hz_sensor": round(100.0 / read["median_ms"], 1),
         },
