@@ -62,7 +62,10 @@ PARAMETERS = {
     "frames": (20, "Frames of the synthetic drive, published in a loop."),
     "rate_hz": (10.0, "Publishing rate."),
     "bag": ("", "Replay this bag instead of a synthetic drive."),
-    "bag_topic": ("", "PointCloud2 topic of the bag (empty: its only one)."),
+    "bag_topic": (
+        "",
+        "PointCloud2 or VelodyneScan (raw packets: a cloud per revolution) topic of the bag (empty: its only one).",
+    ),
     "frame_id": ("lidar", "header.frame_id of published clouds."),
     "reliability": ("reliable", "Output QoS reliability: reliable | best_effort."),
     "count": (0, "Publish this many clouds, then exit; 0 publishes forever."),

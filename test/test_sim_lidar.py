@@ -5,6 +5,7 @@ a bag is replayed as recorded, without labels."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from rclpy.qos import QoSProfile
 from ros_helpers import NodeProcess, spin_until
 from sensor_msgs.msg import PointCloud2
 
-from sonata_model.io.bags import BagWriter
+from sonata_model.io.bags import BagWriter, iter_bag_frames
 from sonata_model.io.labels import load_label_set
 from sonata_model.io.pointcloud2 import pack_rgb, structured_view
 from sonata_model.synth.drive import generate_drive
@@ -119,6 +120,32 @@ def test_a_bag_is_replayed_in_a_loop_without_ground_truth(client, tmp_path):
         frame = frames[k % 2]
         np.testing.assert_array_equal(np.stack([view[a] for a in "xyz"], axis=1), frame.coord)
         np.testing.assert_allclose(view["intensity"], frame.strength * 255, atol=1e-3)  # as a driver sends it
+
+
+NEBULA_VLP16 = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "real" / "nebula-driver-frames" / "bags" / "vlp16"
+)
+
+
+@pytest.mark.skipif(not NEBULA_VLP16.is_dir(), reason=f"real packets not here: {NEBULA_VLP16} is absent")
+def test_a_raw_packet_bag_is_replayed_as_the_clouds_it_decodes_to(client):
+    """A real VelodyneScan recording plays into ROS as PointCloud2, one per revolution: no driver needed."""
+    frames = list(iter_bag_frames(NEBULA_VLP16))
+    process = NodeProcess(
+        "sonata_ros.sim_lidar",
+        [
+            *("-p", f"bag:={NEBULA_VLP16}", "-p", "count:=3", "-p", "rate_hz:=20.0"),
+            *("-p", "reliability:=reliable", "-p", "wait_for_subscribers:=1"),
+            *("-r", "__node:=packet_sim", "-r", "~/points:=/packet_sim/points", "-r", "~/ground_truth:=/packet_sim/t"),
+        ],
+    )
+    received = collect(
+        client, {"points": "/packet_sim/points", "truth": "/packet_sim/t"}, process, lambda r: len(r["points"]) >= 3
+    )
+    assert process.process.wait(timeout=30) == 0 and "published 3 clouds" in process.output
+    for cloud, frame in zip(received["points"][:3], frames, strict=True):
+        view = structured_view(cloud).reshape(-1)
+        np.testing.assert_array_equal(np.stack([view[a] for a in "xyz"], axis=1), frame.coord)
 
 
 def stamp(message) -> tuple[int, int]:
