@@ -1,6 +1,6 @@
 """Velodyne packets (`velodyne_msgs/VelodyneScan`) to point clouds, decoded as the ROS drivers decode them.
 
-Many robots record the LiDAR's raw packets rather than its clouds (a tenth of the size). This module
+Many robots record the LiDAR's raw packets rather than its clouds (several times smaller). This module
 turns them into frames without a driver: each 1206-byte packet holds 12 blocks of 32 returns (distance
 u16, intensity u8) with the block's azimuth; a return's point follows from its laser's calibrated
 elevation and azimuth offset, and from the azimuth interpolated between blocks by firing time. Frames
