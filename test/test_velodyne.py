@@ -294,3 +294,26 @@ def test_a_units_calibration_file_replaces_the_factory_table(tmp_path):
     path.write_text("lasers: [{laser_id: 3}]")
     with pytest.raises(VelodyneError, match=f"calibration {path}: laser ids must be 0..0"):
         VelodyneCalibration.load(path)
+
+
+def test_a_lost_message_breaks_the_stream_and_no_revolution_is_pieced_across_it(tmp_path):
+    packets, seconds = vlp16_packets(6.2)
+    runs = [(packets[k : k + 40], seconds[k : k + 40]) for k in range(0, len(packets), 40)]
+    bag = write_packet_bag(tmp_path / "drive", runs)
+    with AnyReader([bag], default_typestore=STORE) as reader:
+        messages = [(t, bytes(raw)) for _, t, raw in reader.messages()]
+    damaged = tmp_path / "damaged"
+    with Writer(damaged, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/velodyne_packets", VELODYNE_SCAN, typestore=STORE)
+        for k, (t, raw) in enumerate(messages):
+            writer.write(connection, t, raw[:100] if k == 6 else raw)  # message 6 cut short
+    before = list(RevolutionCutter().feed(packets[: 6 * 40], seconds[: 6 * 40]))
+    after = list(RevolutionCutter().feed(packets[7 * 40 :], seconds[7 * 40 :]))
+    streamed = iter_bag_frames(damaged)
+    frames = list(streamed)
+    assert streamed.report.skipped == {"malformed VelodyneScan": 1}
+    source = BagSource(damaged)
+    assert len(frames) == len(source) == len(before) + len(after) >= 3
+    for k, revolution in enumerate(before + after):
+        np.testing.assert_array_equal(frames[k].coord, revolution.xyz)
+        np.testing.assert_array_equal(source[k].coord, revolution.xyz)

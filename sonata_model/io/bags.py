@@ -336,9 +336,12 @@ class BagFrames:
             else:
                 msg = deserialize(raw, msgtype)
         except VelodyneError as exc:
+            self._restart_revolutions()
             self.report.skip("malformed VelodyneScan", f"message {index}: {exc}")
             return []
         except Exception as exc:  # garbage bytes make the deserializer raise anything
+            if msgtype == VELODYNE_SCAN:
+                self._restart_revolutions()
             self.report.skip("undecodable message", f"message {index}: {type(exc).__name__}: {exc}")
             return []
         if msgtype == VELODYNE_SCAN:
@@ -352,6 +355,7 @@ class BagFrames:
         except UnsupportedSensorError as exc:
             raise BagError(f"{self.path}: {exc}") from exc
         except VelodyneError as exc:
+            self._restart_revolutions()
             self.report.skip("malformed VelodyneScan", f"message {index}: {exc}")
             return []
         frames = []
@@ -360,6 +364,10 @@ class BagFrames:
             frames.append(revolution_frame(revolution, name=name, frame_id=frame_id))
             self.report.frames += 1
         return frames
+
+    def _restart_revolutions(self) -> None:
+        """After a lost message, start afresh: no revolution is pieced together across the gap."""
+        self._cutter = RevolutionCutter(self._cutter.calibration)
 
     def _frame(self, msg, index: int) -> Frame | None:
         try:
@@ -420,13 +428,13 @@ class BagSource:
             for _, t, raw in reader.messages(connections=connections):
                 stamps.append(t)
                 if self.packets:
-                    bounds.append(azimuth_bounds(self._scan(reader, raw, len(stamps) - 1)[1]))
+                    bounds.append(self._azimuth_bounds(reader, raw, len(stamps) - 1))
             self.timestamps = np.array(stamps, dtype=np.int64)
         finally:
             reader.close()
         if self.packets:
             self.revolutions = revolution_spans(bounds)
-            self.message_packet_offset = np.cumsum([0] + [len(first) for first, _ in bounds])
+            self.message_packet_offset = np.cumsum([0] + [0 if b is None else len(b[0]) for b in bounds])
 
     def __len__(self) -> int:
         return len(self.revolutions) if self.packets else len(self.timestamps)
@@ -455,6 +463,15 @@ class BagSource:
         window = reader.messages(connections=connections, start=start, stop=stop + 1)
         for connection, _, raw in itertools.islice(window, earlier, earlier + last - first + 1):
             yield connection, raw
+
+    def _azimuth_bounds(self, reader, raw, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each packet's first and last azimuth, or None for an unreadable message (logged; no revolution
+        spans it)."""
+        try:
+            return azimuth_bounds(self._scan(reader, raw, index)[1])
+        except BagError as exc:
+            log.warning("%s; its revolutions are left out", exc)
+            return None
 
     def _scan(self, reader, raw, index: int) -> tuple[str, np.ndarray, np.ndarray]:
         """A VelodyneScan message's frame id, packets and their stamps."""

@@ -112,25 +112,34 @@ class RevolutionSpan:
     end_packet: int  # the packet whose wrap ended it
 
 
-def revolution_spans(packet_azimuths: Iterable[tuple[np.ndarray, np.ndarray]], phase: int = 0) -> list[RevolutionSpan]:
+def revolution_spans(
+    packet_azimuths: Iterable[tuple[np.ndarray, np.ndarray] | None], phase: int = 0
+) -> list[RevolutionSpan]:
     """The complete revolutions of a topic from each message's packets' (first, last) block azimuths.
 
     Cut by `velodyne.wrap_cuts`, as the streaming decoder cuts; a revolution's messages begin one packet
-    before its starting cut, so that decoding them alone finds that cut again.
+    before its starting cut, so that decoding them alone finds that cut again. A message given as None
+    (unreadable) breaks the stream: no revolution spans it, as the streaming reader starts afresh after it.
     """
-    message_of_packet: list[np.ndarray] = []
-    cuts: list[int] = []
+    owners: list[np.ndarray] = []
+    runs: list[list[int]] = [[]]  # cuts between breaks
     previous_first, previous_was_cut, seen = None, False, 0
-    for m, (first, last) in enumerate(packet_azimuths):
+    for m, bounds in enumerate(packet_azimuths):
+        if bounds is None:
+            runs.append([])
+            previous_first, previous_was_cut = None, False
+            continue
+        first, last = bounds
         found, previous_first = wrap_cuts(first, last, phase, previous_first, previous_was_cut)
-        cuts.extend(seen + p for p in found)
+        runs[-1].extend(seen + p for p in found)
         if len(first):
             previous_was_cut = bool(found) and found[-1] == len(first) - 1
-        message_of_packet.append(np.full(len(first), m))
+        owners.append(np.full(len(first), m))
         seen += len(first)
-    owner = np.concatenate(message_of_packet) if message_of_packet else np.zeros(0, np.int64)
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
     return [
-        RevolutionSpan(int(owner[max(start - 1, 0)]), int(owner[end]), start, end)
+        RevolutionSpan(int(owner[start - 1]), int(owner[end]), start, end)
+        for cuts in runs
         for start, end in itertools.pairwise(cuts)
     ]
 
