@@ -142,7 +142,6 @@ class DecodedPackets:
     packet: np.ndarray  # (N,) int64 index of the point's packet in the run
     first_azimuth: np.ndarray  # (P,) int64, 0.01 deg
     last_azimuth: np.ndarray  # (P,) int64, 0.01 deg
-    packet_time: np.ndarray  # (P,) float64 seconds
 
 
 def packet_product(packets: np.ndarray) -> int:
@@ -196,51 +195,13 @@ def decode_packets(
     raw = returns[..., 0].astype(np.uint16) | returns[..., 1].astype(np.uint16) << 8
     intensity = returns[..., 2]
     dual = packets[:, RETURN_MODE_BYTE] == DUAL_RETURN
-    block_index = np.arange(BLOCKS)
-
-    # A block's azimuth and how far the sensor turns during it (the next firing's block minus this one);
-    # a packet's last block turns as much as the one before it, the block that ends a packet's firings none.
-    step = 1 + dual[:, None].astype(np.int64)
-    azimuth = np.take_along_axis(rotation, np.minimum(np.where(block_index == 0, 0, block_index + step - 1), 11), 1)
-    following = np.take_along_axis(rotation, np.minimum(block_index + step, 11), 1)
-    turn = (36000 + following - azimuth) % 36000
-    measured = block_index < BLOCKS - step
-    last_turn = np.take_along_axis(turn, (BLOCKS - 1 - step), 1)
-    final_block = BLOCKS - 1 - (4 if fmt == VLS128_FORMAT else 1) * dual[:, None]
-    turn = np.where(measured, turn, np.where(block_index == final_block, 0, last_turn)).astype(np.float32)
-
-    if fmt == VLS128_FORMAT:
-        bank = np.full(header.shape, -1)
-        for k, value in enumerate(BANK_HEADERS):
-            bank[header == value] = k
-        valid_block = np.cumprod(bank >= 0, axis=1).astype(bool) & (block_index < BLOCKS - 4 * dual[:, None])
-        laser = bank[:, :, None] * 32 + np.arange(CHANNELS)
-        group = laser // 8
-        fraction = (np.float32(_VLS128_GROUP_US) / np.float32(_VLS128_SEQUENCE_US)) * (group + group // 8).astype(
-            np.float32
-        )
-        turned = turn[:, :, None] * fraction
-        offset_s = (
-            _VLS128_SEQUENCE_US * (block_index // 4)[None, :, None]
-            + _VLS128_GROUP_US * (group + laser // 64)
-            - _VLS128_PACKET_OFFSET_US
-        ) * 1e-6
-        distance = raw.astype(np.float32) * _VLS128_DISTANCE_M
-    else:
-        valid_block = np.cumprod(header == BANK_HEADERS[0], axis=1).astype(bool)
-        laser = np.broadcast_to(np.arange(CHANNELS) % 16, raw.shape)
-        firing = np.arange(CHANNELS) // 16
-        firing_us = (np.arange(CHANNELS) % 16).astype(np.float32) * _VLP16_LASER_US + firing.astype(np.float32) * (
-            _VLP16_FIRING_US
-        )
-        turned = turn[:, :, None] * firing_us / _VLP16_BLOCK_US
-        sequence = np.where(dual[:, None], block_index - block_index % 2, 2 * block_index)[:, :, None] + firing
-        offset_s = 55.296e-6 * sequence + 2.304e-6 * (np.arange(CHANNELS) % 16)
-        distance = raw.astype(np.float32) * np.float32(calibration.distance_resolution)
-    laser = np.where(laser >= 0, laser, 0)
+    azimuth, turn = _block_azimuths(rotation, dual, fmt)
+    layout = _vls128_layout if fmt == VLS128_FORMAT else _vlp16_layout
+    valid_block, laser, turned, offset_s, distance = layout(header, turn, raw, dual, calibration)
     distance = np.where(distance > 1e-6, distance + calibration.distance_offset[laser], distance)
 
     # the other return of the same firing (dual mode pairs blocks 0-1, 2-3, ...)
+    block_index = np.arange(BLOCKS)
     partner = np.where(block_index % 2 == 1, block_index - 1, block_index + 1)
     repeated = dual[:, None, None] & (block_index % 2 == 1)[None, :, None] & (raw == raw[:, partner])
     keep = valid_block[:, :, None] & (raw != 0) & ~repeated
@@ -275,8 +236,59 @@ def decode_packets(
         packet=packet.astype(np.int64),
         first_azimuth=rotation[:, 0],
         last_azimuth=rotation[:, BLOCKS - 1],
-        packet_time=seconds,
     )
+
+
+def _block_azimuths(rotation: np.ndarray, dual: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each block's azimuth and how far the sensor turns during it (0.01 deg), as the drivers take them:
+    the next firing's block minus this one; a packet's last block turns as much as the one before it, the
+    block that ends a packet's firings not at all."""
+    block_index = np.arange(BLOCKS)
+    step = 1 + dual[:, None].astype(np.int64)  # dual mode sends each firing in two blocks
+    azimuth = np.take_along_axis(rotation, np.minimum(np.where(block_index == 0, 0, block_index + step - 1), 11), 1)
+    following = np.take_along_axis(rotation, np.minimum(block_index + step, 11), 1)
+    turn = (36000 + following - azimuth) % 36000
+    measured = block_index < BLOCKS - step
+    last_turn = np.take_along_axis(turn, (BLOCKS - 1 - step), 1)
+    final_block = BLOCKS - 1 - (4 if fmt == VLS128_FORMAT else 1) * dual[:, None]
+    turn = np.where(measured, turn, np.where(block_index == final_block, 0, last_turn)).astype(np.float32)
+    return azimuth, turn
+
+
+def _vls128_layout(header, turn, raw, dual, calibration):
+    """VLS-128 blocks: a bank header (lasers 0-31 ... 96-127) each; 8 lasers fire together."""
+    block_index = np.arange(BLOCKS)
+    bank = np.full(header.shape, -1)
+    for k, value in enumerate(BANK_HEADERS):
+        bank[header == value] = k
+    valid_block = np.cumprod(bank >= 0, axis=1).astype(bool) & (block_index < BLOCKS - 4 * dual[:, None])
+    laser = bank[:, :, None] * 32 + np.arange(CHANNELS)
+    group = laser // 8
+    fraction = np.float32(_VLS128_GROUP_US) / np.float32(_VLS128_SEQUENCE_US)
+    turned = turn[:, :, None] * (fraction * (group + group // 8).astype(np.float32))
+    offset_s = (
+        _VLS128_SEQUENCE_US * (block_index // 4)[None, :, None]
+        + _VLS128_GROUP_US * (group + laser // 64)
+        - _VLS128_PACKET_OFFSET_US
+    ) * 1e-6
+    distance = raw.astype(np.float32) * _VLS128_DISTANCE_M
+    return valid_block, np.where(laser >= 0, laser, 0), turned, offset_s, distance
+
+
+def _vlp16_layout(header, turn, raw, dual, calibration):
+    """VLP-16 blocks: two firings of the 16 lasers each, all under the upper-bank header."""
+    block_index = np.arange(BLOCKS)
+    valid_block = np.cumprod(header == BANK_HEADERS[0], axis=1).astype(bool)
+    laser = np.broadcast_to(np.arange(CHANNELS) % 16, raw.shape)
+    firing = np.arange(CHANNELS) // 16
+    firing_us = (np.arange(CHANNELS) % 16).astype(np.float32) * _VLP16_LASER_US + firing.astype(np.float32) * (
+        _VLP16_FIRING_US
+    )
+    turned = turn[:, :, None] * firing_us / _VLP16_BLOCK_US
+    sequence = np.where(dual[:, None], block_index - block_index % 2, 2 * block_index)[:, :, None] + firing
+    offset_s = 55.296e-6 * sequence + 2.304e-6 * (np.arange(CHANNELS) % 16)
+    distance = raw.astype(np.float32) * np.float32(calibration.distance_resolution)
+    return valid_block, laser, turned, offset_s, distance
 
 
 @dataclass
