@@ -3,6 +3,7 @@
     python benchmarks/real_scans.py --record                       # the shipped demo model
     python benchmarks/real_scans.py --encoder runs/x/encoder.pth --head head.pth --domain outdoor
     python benchmarks/real_scans.py --precision bf16 --name real_scans_bf16 --record --no-figures
+    python benchmarks/real_scans.py --sector-probe --name real_scans_sector_probe --record --no-figures
 
 The scan is SemanticKITTI's (HDL-64E, 123,389 points, ground truth; `../shared/real/`, never part of
 the repository). Its 19 classes are mapped by name onto the model's label set (for the demo model the
@@ -10,6 +11,10 @@ the repository). Its 19 classes are mapped by name onto the model's label set (f
 other-ground have no synthetic namesake and are left out). Every point is scored, as the node labels
 it; points the model leaves unlabelled (outside its domain's range) count as misses. With --record the
 figures go to `benchmarks/results/<name>.json`, `docs/<name>_bev.png` and `docs/<name>_confusion.png`.
+
+--sector-probe asks how much of the gap to the real scan is the head's: the scan is cut into 16 sectors
+around the sensor; a linear head is fitted (`sonata-probe`'s `fit_head`) on the same encoder's features
+of the even sectors' real labels and scored with the model's own head on the odd sectors' points.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import emit
 from real_lidar import REAL_ROOT, RealDataMissing, semantic_kitti
 
@@ -42,6 +48,7 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="on the CPU (bf16: autocast)")
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--no-figures", action="store_true", help="with --record: the JSON only")
+    parser.add_argument("--sector-probe", action="store_true", help="also a head fitted on half the scan's sectors")
     args = parser.parse_args()
     from sonata_ros.model_loading import load_model
 
@@ -92,10 +99,41 @@ def main() -> int:
             "unlabelled_points": report["unlabelled"],
             "seconds": round(seconds, 2),
             "figures": [str(p.relative_to(ROOT)) for p in (confusion_png, bev_png)] if figures else [],
+            **({"sector_probe": sector_probe(segmenter, scan, predicted, labels)} if args.sector_probe else {}),
         },
         args.record,
     )
     return 0
+
+
+def sector_probe(segmenter: sm.Segmenter, scan, predicted: np.ndarray, labels, sectors: int = 16) -> dict:
+    """The model's head against one fitted on the real labels of every other sector, on the sectors left."""
+    from sonata_model.io.frame import Frame
+    from sonata_model.train.probe import ProbeSettings, fit_head, voxel_features
+
+    azimuth = np.arctan2(scan.coord[:, 1], scan.coord[:, 0])
+    held_out = np.floor((azimuth + np.pi) / (2 * np.pi / sectors)).astype(np.int64) % 2 == 1
+    frame = Frame(scan.coord.astype(np.float32), strength=scan.strength, segment=scan.segment)
+    features, voxel_labels = voxel_features(segmenter, frame)
+    kept_point = segmenter.prepare([sm.Cloud(frame.coord, strength=frame.strength)]).voxel_index.cpu().numpy()
+    train = np.flatnonzero((voxel_labels >= 0) & ~held_out[kept_point])
+    head = fit_head(
+        features[train],
+        torch.as_tensor(voxel_labels[train], dtype=torch.long),
+        len(labels.names),
+        ProbeSettings(),
+        torch.device("cpu"),
+    )
+    fitted = sm.Segmenter(segmenter.encoder, head, device="cpu", domain=segmenter.domain)
+    refitted = fitted.segment_batch([sm.Cloud(frame.coord, strength=frame.strength)])[0].labels
+    result = {"sectors": sectors, "held_out_points": int(held_out.sum()), "train_voxels": len(train)}
+    for name, guess in (("model_head", predicted), ("head_fitted_on_the_other_sectors", refitted)):
+        scores = Scores.empty(list(labels.names))
+        scores.add(scan.segment[held_out], guess[held_out])
+        present = [n for n, count in zip(labels.names, scores.confusion.sum(1), strict=True) if count]
+        iou = {k: (None if v is None else round(v, 4)) for k, v in scores.report()["iou"].items() if k in present}
+        result[name] = {"miou": round(scores.miou, 4), "iou": iou}
+    return result
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ class NodeProcess:
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -62,15 +63,25 @@ class NodeProcess:
             try:
                 line = self._queue.get(timeout=0.2)
             except queue.Empty:
-                if self.process.poll() is not None and self._queue.empty():
+                if self._ended() and self._queue.empty():
                     break
                 continue
             if text in line:
                 return line
         raise AssertionError(f"no line containing {text!r} within {timeout} s; output:\n{self.output}")
 
+    def _ended(self) -> bool:
+        """Whether the child has exited and all it wrote has been read (its last lines can still be in the
+        pipe when it exits)."""
+        if self.process.poll() is None:
+            return False
+        self._reader.join(timeout=10)
+        return True
+
     @property
     def output(self) -> str:
+        """Everything the child wrote so far; all of it once it has exited."""
+        self._ended()
         return "".join(self.lines)
 
     def stop(self, sig: int, timeout: float = 20.0) -> int:
