@@ -255,8 +255,11 @@ def _block_azimuths(rotation: np.ndarray, dual: np.ndarray, fmt: str) -> tuple[n
     return azimuth, turn
 
 
-def _vls128_layout(header, turn, raw, dual, calibration):
-    """VLS-128 blocks: a bank header (lasers 0-31 ... 96-127) each; 8 lasers fire together."""
+def _vls128_layout(
+    header: np.ndarray, turn: np.ndarray, raw: np.ndarray, dual: np.ndarray, calibration: VelodyneCalibration
+) -> tuple[np.ndarray, ...]:
+    """VLS-128 blocks: a bank header (lasers 0-31 ... 96-127) each; 8 lasers fire together. Returns each
+    return's block validity, laser, turn since the block's azimuth, time offset (s) and distance (m)."""
     block_index = np.arange(BLOCKS)
     bank = np.full(header.shape, -1)
     for k, value in enumerate(BANK_HEADERS):
@@ -275,7 +278,9 @@ def _vls128_layout(header, turn, raw, dual, calibration):
     return valid_block, np.where(laser >= 0, laser, 0), turned, offset_s, distance
 
 
-def _vlp16_layout(header, turn, raw, dual, calibration):
+def _vlp16_layout(
+    header: np.ndarray, turn: np.ndarray, raw: np.ndarray, dual: np.ndarray, calibration: VelodyneCalibration
+) -> tuple[np.ndarray, ...]:
     """VLP-16 blocks: two firings of the 16 lasers each, all under the upper-bank header."""
     block_index = np.arange(BLOCKS)
     valid_block = np.cumprod(header == BANK_HEADERS[0], axis=1).astype(bool)
