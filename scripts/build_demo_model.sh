@@ -4,8 +4,8 @@
 #   1. eight unlabelled synthetic drives (seeds 100-107, 30 frames each) across the sensor mix
 #      (VLP-16, HDL-32E, HDL-64E, VLS-128, OS1-128) for self-distillation, outdoor domain (sensor frame);
 #   2. sonata-pretrain with config/pretrain/demo.yaml (exported as fp16);
-#   3. eight labelled drives (seeds 200-207, 6 frames each) for the linear probe, and two held-out
-#      drives (seeds 300, 301) to score it.
+#   3. eight labelled drives (seeds 200-207, 6 frames each) for the linear probe (sonata-probe's default
+#      class weights), and two held-out drives (seeds 300, 301) to score it.
 # The demo drive that `make demo` replays is seed 0, a street none of these saw. About 90 minutes on a
 # 2-core CPU (see README "The demo model"). Usage: scripts/build_demo_model.sh [work dir, default
 # runs/demo_model]; PY selects the interpreter (default .venv/bin/python).

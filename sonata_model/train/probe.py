@@ -4,8 +4,10 @@
 
 The encoder is frozen, so every frame's per-voxel features (the all-level upcast the head reads) are
 computed once and kept; the head — one Linear(C_upcast, classes), as the released probes — is then
-trained on them with AdamW (lr 0.002, weight decay 0.02, cross-entropy). Each voxel is labelled by the
-point the grid sampling kept for it. `--frames K` uses K frames, `--points P` only P labelled points
+trained on them with AdamW (lr 0.002, weight decay 0.02, cross-entropy weighted per class by the inverse
+square root of its share of the labelled voxels, `--class-weights`: rare classes such as cars, poles and
+people are a percent of a LiDAR frame, and an unweighted head learns to overlook them). Each voxel is
+labelled by the point the grid sampling kept for it. `--frames K` uses K frames, `--points P` only P labelled points
 per frame (data-efficiency runs). The head is saved in the released format with its class names.
 """
 
@@ -27,6 +29,8 @@ from ..io.sources import SPEC_SYNTAX, FrameSource, open_source
 from ..pooling import upcast
 from ..segmenter import Cloud, Segmenter
 
+CLASS_WEIGHTINGS = ("sqrt-inverse", "inverse", "none")
+
 
 @dataclass
 class ProbeSettings:
@@ -37,6 +41,20 @@ class ProbeSettings:
     lr: float = 0.002
     weight_decay: float = 0.02
     seed: int = 0
+    class_weights: str = "sqrt-inverse"  # one of CLASS_WEIGHTINGS
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, weighting: str) -> torch.Tensor | None:
+    """Cross-entropy weight per class: its share of `labels` to the power -1/2 ("sqrt-inverse") or -1
+    ("inverse"); classes without a label get 0. None for "none"."""
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class weighting must be one of {CLASS_WEIGHTINGS}, got {weighting!r}")
+    if weighting == "none":
+        return None
+    share = torch.bincount(labels, minlength=num_classes).double() / max(len(labels), 1)
+    power = 0.5 if weighting == "sqrt-inverse" else 1.0
+    weights = torch.where(share > 0, share.clamp_min(1e-12) ** -power, torch.zeros_like(share))
+    return (weights / weights[share > 0].mean()).float()
 
 
 def frame_cloud(frame: Frame) -> Cloud:
@@ -83,9 +101,12 @@ def extract(
 def fit_head(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: ProbeSettings, device: torch.device
 ) -> LinearHead:
-    """Train one Linear layer on cached features (mini-batches of points, AdamW, cross-entropy)."""
+    """Train one Linear layer on cached features (mini-batches of points, AdamW, cross-entropy weighted
+    per class as `settings.class_weights` says)."""
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
+    weight = class_weights(labels, num_classes, settings.class_weights)
+    weight = None if weight is None else weight.to(device)
     head = LinearHead(features.shape[1], num_classes).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
@@ -93,7 +114,7 @@ def fit_head(
     for _ in range(settings.steps):
         index = torch.randint(0, n, (min(settings.batch_points, n),), generator=generator)
         logits = head(features[index].to(device).float())
-        loss = F.cross_entropy(logits, labels[index].to(device))
+        loss = F.cross_entropy(logits, labels[index].to(device), weight=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -131,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=0, help="use P labelled points per frame (0: all)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTINGS,
+        default="sqrt-inverse",
+        help="cross-entropy weight per class from its share of the labelled voxels (default: sqrt-inverse)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--domain", help="indoor | outdoor | object (default: the encoder checkpoint's)")
     parser.add_argument("--label-set", help="label set name or YAML path, replacing the sources' own")
@@ -139,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     label_sets = {s.label_set.name for s in sources if s.label_set is not None}
     if len(label_sets) != 1:
         parser.error(f"the sources must share one label set, found {sorted(label_sets) or 'none'}")
-    settings = ProbeSettings(frames=args.frames, points_per_frame=args.points, steps=args.steps, seed=args.seed)
+    settings = ProbeSettings(
+        frames=args.frames,
+        points_per_frame=args.points,
+        steps=args.steps,
+        seed=args.seed,
+        class_weights=args.class_weights,
+    )
     head = train_probe(load(args.encoder), sources, sources[0].label_set, settings, args.device, args.domain)
     save_head(
         args.out,
@@ -150,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "frames": args.frames,
             "points_per_frame": args.points,
             "steps": args.steps,
+            "class_weights": args.class_weights,
         },
     )
     print(f"head written to {args.out}")
