@@ -13,7 +13,7 @@ from rosbags.rosbag1 import Writer as Rosbag1Writer
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from sonata_model.io.bag_recovery import Salvage
-from sonata_model.io.bags import BagError, BagSource, _typestore, iter_bag_frames
+from sonata_model.io.bags import BagError, BagSource, _typestore, iter_bag_frames, list_pointcloud_topics
 from sonata_model.io.pcd import read_pcd
 from sonata_model.io.sources import open_source
 from sonata_model.io.velodyne import (
@@ -70,6 +70,7 @@ def test_real_packets_decode_to_the_drivers_cloud_point_for_point(bag, pcd):
 
 @needs_nebula
 def test_a_real_packet_bag_reads_as_revolutions_streamed_and_at_random():
+    assert list_pointcloud_topics(NEBULA / "bags" / "vlp16") == {"/velodyne_packets": 4}
     streamed = iter_bag_frames(NEBULA / "bags" / "vlp16")
     frames = list(streamed)
     assert streamed.report.frames == 3 and not streamed.report.skipped

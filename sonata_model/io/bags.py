@@ -202,7 +202,8 @@ def _salvaged_counts(salvage: Salvage) -> Counter:
 
 
 def list_pointcloud_topics(path: str | os.PathLike) -> dict[str, int]:
-    """PointCloud2 topics of a bag and their message counts (of a damaged bag: those still readable)."""
+    """Point topics (PointCloud2, VelodyneScan) of a bag and their message counts (of a damaged bag: those
+    still readable)."""
     path = Path(path)
     try:
         reader = _open(path)
@@ -213,7 +214,7 @@ def list_pointcloud_topics(path: str | os.PathLike) -> dict[str, int]:
     try:
         counts: Counter = Counter()
         for connection in reader.connections:
-            if connection.msgtype == POINTCLOUD2:
+            if connection.msgtype in POINT_TOPIC_TYPES:
                 counts[connection.topic] += connection.msgcount
         return dict(counts)
     finally:
