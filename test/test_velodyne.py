@@ -75,7 +75,7 @@ def test_a_real_packet_bag_reads_as_revolutions_streamed_and_at_random():
     frames = list(streamed)
     assert streamed.report.frames == 3 and not streamed.report.skipped
     source = open_source(f"bag:{NEBULA / 'bags' / 'vlp16'}")
-    assert isinstance(source, BagSource) and source.packets and len(source) == len(frames)
+    assert isinstance(source, BagSource) and source.packet_topic and len(source) == len(frames)
     for k, frame in enumerate(frames):
         again = source[k]
         np.testing.assert_array_equal(again.coord, frame.coord)

@@ -424,27 +424,27 @@ class BagSource:
             raise BagError(f"{exc}; a damaged bag can only be read front to back (iter_bag_frames)") from exc
         try:
             connections = _cloud_connections(reader, self.path, topic)
-            self.topic, self.packets = connections[0].topic, connections[0].msgtype == VELODYNE_SCAN
+            self.topic, self.packet_topic = connections[0].topic, connections[0].msgtype == VELODYNE_SCAN
             stamps, bounds = [], []
             for _, t, raw in reader.messages(connections=connections):
                 stamps.append(t)
-                if self.packets:
+                if self.packet_topic:
                     bounds.append(self._azimuth_bounds(reader, raw, len(stamps) - 1))
             self.timestamps = np.array(stamps, dtype=np.int64)
         finally:
             reader.close()
-        if self.packets:
+        if self.packet_topic:
             self.revolutions = revolution_spans(bounds)
             self.message_packet_offset = np.cumsum([0] + [0 if b is None else len(b[0]) for b in bounds])
 
     def __len__(self) -> int:
-        return len(self.revolutions) if self.packets else len(self.timestamps)
+        return len(self.revolutions) if self.packet_topic else len(self.timestamps)
 
     def __getitem__(self, i: int) -> Frame:
         i = range(len(self))[i]  # negative indices count from the end, as the name should
         reader = _open(self.path)
         try:
-            if self.packets:
+            if self.packet_topic:
                 return self._revolution(reader, i)
             for connection, raw in self._messages(reader, i, i):
                 try:
