@@ -67,10 +67,12 @@ class Listener(Node):
         predicted = view["class_id"].copy()
         self.histogram += np.bincount(predicted, minlength=256)
         truth = self.truth.pop(stamp, None)
+        xyz = np.stack([view[a] for a in "xyz"], axis=1)
         if truth is not None and len(truth) == len(predicted):
             self.confusion.append((truth, predicted))
-        xyz = np.stack([view[a] for a in "xyz"], axis=1)
-        self.last = (xyz, predicted, truth)
+            self.last = (xyz, predicted, truth)
+        elif self.last is None or self.last[2] is None:  # the picture shows the newest frame with its truth
+            self.last = (xyz, predicted, None)
         if len(self.latencies) >= self.frames - 3 and self._rgb_subscription is None:
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
             self._rgb_subscription = self.create_subscription(
