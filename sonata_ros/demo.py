@@ -34,6 +34,17 @@ SENSOR = os.environ.get("DEMO_SENSOR", "vlp16")
 TIMEOUT_S = float(os.environ.get("DEMO_TIMEOUT_S", "300"))
 
 
+Shown = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # xyz, predicted, ground truth (None: missed)
+
+
+def picture_frame(shown: Shown | None, newest: Shown) -> Shown:
+    """The frame the picture shows: the newest one whose ground truth arrived, else the newest one (a
+    listener that falls behind on a loaded host loses some truth messages)."""
+    if newest[2] is not None or shown is None or shown[2] is None:
+        return newest
+    return shown
+
+
 class Listener(Node):
     def __init__(self, frames: int) -> None:
         super().__init__("demo_listener")
@@ -68,11 +79,11 @@ class Listener(Node):
         self.histogram += np.bincount(predicted, minlength=256)
         truth = self.truth.pop(stamp, None)
         xyz = np.stack([view[a] for a in "xyz"], axis=1)
-        if truth is not None and len(truth) == len(predicted):
+        if truth is not None and len(truth) != len(predicted):
+            truth = None
+        if truth is not None:
             self.confusion.append((truth, predicted))
-            self.last = (xyz, predicted, truth)
-        elif self.last is None or self.last[2] is None:  # the picture shows the newest frame with its truth
-            self.last = (xyz, predicted, None)
+        self.last = picture_frame(self.last, (xyz, predicted, truth))
         if len(self.latencies) >= self.frames - 3 and self._rgb_subscription is None:
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
             self._rgb_subscription = self.create_subscription(

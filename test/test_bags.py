@@ -227,3 +227,11 @@ def test_bad_messages_between_good_ones_are_skipped_and_counted(tmp_path, drive)
     assert [source[i] is None for i in range(len(source))] == [False, True, True, False]
     assert source.skipped == {"PointCloudError": 1, "BagError": 1}
     assert_same_frame(source[3], drive[0])
+
+
+def test_the_typestores_are_built_once():
+    """Registering message types costs ~0.1 s; random access opens the bag once per frame."""
+    from sonata_model.io.bags import _typestore
+
+    assert _typestore() is _typestore() and _typestore(ros1=True) is _typestore(ros1=True)
+    assert "velodyne_msgs/msg/VelodyneScan" in _typestore().types

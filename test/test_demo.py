@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from ros_helpers import ROOT
 
-from sonata_ros.demo import mean_iou
+from sonata_ros.demo import mean_iou, picture_frame
 
 
 def test_mean_iou_counts_classes_present_in_the_ground_truth_and_unknown_predictions_as_misses():
@@ -46,3 +46,13 @@ def test_the_demo_reports_the_drive_it_segmented(tmp_path):
         assert 1.5 < picture.width / picture.height < 3.0
     for log in ("sim_lidar.log", "perception_node.log"):
         assert "Traceback" not in (tmp_path / log).read_text()
+
+
+def test_the_picture_keeps_the_newest_frame_whose_truth_arrived():
+    xyz, labels = np.zeros((2, 3)), np.zeros(2, np.uint8)
+    first, second = (xyz, labels, labels), (xyz + 1, labels, labels)
+    without = (xyz + 2, labels, None)
+    assert picture_frame(None, without) is without  # nothing better yet
+    assert picture_frame(without, first) is first
+    assert picture_frame(first, without) is first  # a lost truth does not drop the panel
+    assert picture_frame(first, second) is second
