@@ -114,8 +114,8 @@ def sector_probe(segmenter: sm.Segmenter, scan, predicted: np.ndarray, labels, s
     azimuth = np.arctan2(scan.coord[:, 1], scan.coord[:, 0])
     held_out = np.floor((azimuth + np.pi) / (2 * np.pi / sectors)).astype(np.int64) % 2 == 1
     frame = Frame(scan.coord.astype(np.float32), strength=scan.strength, segment=scan.segment)
-    features, voxel_labels = voxel_features(segmenter, frame)
-    kept_point = segmenter.prepare([sm.Cloud(frame.coord, strength=frame.strength)]).voxel_index.cpu().numpy()
+    features, kept_point = voxel_features(segmenter, frame)
+    voxel_labels = scan.segment[kept_point]
     train = np.flatnonzero((voxel_labels >= 0) & ~held_out[kept_point])
     head = fit_head(
         features[train],

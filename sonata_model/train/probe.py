@@ -63,11 +63,11 @@ def frame_cloud(frame: Frame) -> Cloud:
 
 @torch.inference_mode()
 def voxel_features(segmenter: Segmenter, frame: Frame) -> tuple[torch.Tensor, np.ndarray]:
-    """(M, C) upcast features of a frame's voxels and the voxel labels (label of the kept point)."""
+    """(M, C) upcast features of a frame's voxels and the point each voxel kept (its label is the voxel's)."""
     prepared = segmenter.prepare([frame_cloud(frame)])
     with segmenter._autocast():
         feat = upcast(segmenter.encode(prepared)).float()
-    return feat, frame.segment[prepared.voxel_index.cpu().numpy()]
+    return feat, prepared.voxel_index.cpu().numpy()
 
 
 def choose_frames(source: FrameSource, count: int, seed: int) -> list[int]:
@@ -89,7 +89,8 @@ def extract(
             frame = source[index]
             if frame.segment is None:
                 raise ValueError(f"{source.name}: frame {index} has no labels; probing needs labelled frames")
-            feat, label = voxel_features(segmenter, frame)
+            feat, kept = voxel_features(segmenter, frame)
+            label = frame.segment[kept]
             keep = np.flatnonzero(label != IGNORE_LABEL)
             if settings.points_per_frame and len(keep) > settings.points_per_frame:
                 keep = rng.choice(keep, settings.points_per_frame, replace=False)
